@@ -1,0 +1,54 @@
+"""Config keys added by DS2D2 (``add_ds2d2_config``), each with the meaning it has for users.
+
+Stage 1 (teacher) and plain students need none of ``MODEL.DS2D2``; they use Detectron2's own meta-architectures.
+Stage 2 sets ``MODEL.META_ARCHITECTURE: DS2D2Amplifier``; stage 3 sets ``MODEL.META_ARCHITECTURE: DS2D2Distiller``.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_ds2d2_config(cfg: CN) -> None:
+    """Add DS2D2's keys (with their defaults) to a Detectron2 config, in place."""
+    _C = cfg
+
+    _C.MODEL.DS2D2 = CN()
+    # Meta-architecture of the detector that the amplifier (stage 2) wraps and that the distiller (stage 3) trains
+    # as the student: "RetinaNet" (dense family) or "GeneralizedRCNN" (two-stage family).
+    _C.MODEL.DS2D2.DETECTOR = "RetinaNet"
+    # Teacher's own Detectron2 YAML config (stage 2: its backbone/FPN are reused; stage 3: the whole teacher).
+    # Relative paths are resolved against the current directory, then against this config file's folder.
+    _C.MODEL.DS2D2.TEACHER_CONFIG = ""
+    # Teacher weights (.pth written by train_net.py, or a Detectron2 .pkl). Loaded strictly: any missing,
+    # unexpected or mis-shaped tensor is an error, never a silently random teacher.
+    _C.MODEL.DS2D2.TEACHER_WEIGHTS = ""
+    # Stage 3 only: checkpoint of the trained DS2D2Amplifier (stage 2); only its head is used.
+    _C.MODEL.DS2D2.AMPLIFIER_WEIGHTS = ""
+    # Wavelet basis of the one-level DWT (any discrete wavelet of PyWavelets: "haar", "db2", "sym4", ...).
+    # "haar" uses an exact fast path; the others go through pytorch_wavelets.
+    _C.MODEL.DS2D2.WAVELET = "haar"
+    # FPN levels compared between teacher and student (empty: the student head's input levels).
+    _C.MODEL.DS2D2.IN_FEATURES = []
+    # One 1x1 adapter (no bias) shared by all levels, as the authors do; False: one adapter per level.
+    _C.MODEL.DS2D2.SHARE_ADAPTER = True
+    # Features fed to the amplifiers on the student side: "raw" (the authors' choice), "adapted" (after the 1x1
+    # adapter) or "auto" (raw when the student's FPN width equals the teacher's, adapted otherwise).
+    _C.MODEL.DS2D2.IMPLICIT_INPUT = "auto"
+
+    # Loss weights l1..l4 of the paper: loss = detection + l1*L_ex_low + l2*L_ex_high + l3*L_im_full + l4*L_im_high.
+    # Defaults are the authors' RetinaNet/DIOR values; the configs under configs/ set the other settings.
+    _C.MODEL.DS2D2.LOSS = CN()
+    _C.MODEL.DS2D2.LOSS.EXPLICIT_LOW = 1e-5  # l1: DISW-weighted MSE on the LL band
+    _C.MODEL.DS2D2.LOSS.EXPLICIT_HIGH = 1e-5  # l2: DISW-weighted MSE on the LH/HL/HH bands
+    _C.MODEL.DS2D2.LOSS.IMPLICIT_FULL = 1.0  # l3: KD through the frozen teacher head (full-frequency amplifier)
+    _C.MODEL.DS2D2.LOSS.IMPLICIT_HIGH = 1.0  # l4: KD through the high-frequency amplifier head
+    # Dense KD: exponent beta of the quality-focal factor |sigmoid(s) - sigmoid(t)|^beta.
+    _C.MODEL.DS2D2.LOSS.DENSE_BETA = 1.0
+    # Two-stage KD: softmax temperature T of the RoI classification KL (scaled by T^2).
+    _C.MODEL.DS2D2.LOSS.ROI_TEMPERATURE = 3.0
+    # Two-stage KD: weight of the classification KL inside each implicit term (the box L1 has weight 1).
+    _C.MODEL.DS2D2.LOSS.ROI_CLS_WEIGHT = 0.5
+
+    # Trainer options that Detectron2's DefaultTrainer hard-codes.
+    # Passed to DistributedDataParallel; needed only for models with parameters unused in some iterations.
+    _C.SOLVER.FIND_UNUSED_PARAMETERS = False
+    # VOC-style AP: False = area under the interpolated PR curve (VOC2010+), True = 11-point (VOC2007).
+    _C.TEST.VOC_USE_07_METRIC = False
