@@ -1,0 +1,290 @@
+"""Pascal-VOC-format detection datasets (DIOR, NWPU VHR-10, RSOD, HRRSD, users' own) for Detectron2.
+
+One XML per image (``<size>`` with width/height, ``<object>`` with ``<name>``, optional ``<difficult>`` and
+``<bndbox>`` in 1-based inclusive pixel indices). Boxes are converted to Detectron2's continuous XYXY_ABS
+coordinates the way ``detectron2.data.datasets.pascal_voc`` does: ``(xmin - 1, ymin - 1, xmax, ymax)``, so a
+box covering a whole W x H image is ``(0, 0, W, H)``.
+"""
+
+import logging
+import math
+import os
+import xml.etree.ElementTree as ET
+from functools import partial
+from typing import Callable, Dict, List, Sequence, Tuple, Union
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "check_voc_paths",
+    "load_voc_detection",
+    "register_dataset",
+    "register_voc_detection",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+"""Image file extensions looked up (case-insensitively) in the image directory."""
+
+SplitFiles = Union[str, Sequence[str], None]
+
+
+def _as_list(split_file: SplitFiles) -> List[str]:
+    if split_file is None:
+        return []
+    if isinstance(split_file, (str, os.PathLike)):
+        return [os.fspath(split_file)]
+    return [os.fspath(f) for f in split_file]
+
+
+def check_voc_paths(image_dir: str, annotation_dir: str, split_file: SplitFiles = None) -> None:
+    """Raise FileNotFoundError naming the first of the directories / split files that does not exist."""
+    for kind, path in (("image directory", image_dir), ("annotation directory", annotation_dir)):
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"VOC {kind} {path!r} does not exist")
+    for path in _as_list(split_file):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"VOC split file {path!r} does not exist")
+
+
+def _check_classes(classes: Sequence[str]) -> None:
+    if len(set(classes)) != len(classes) or not all(isinstance(c, str) and c for c in classes):
+        raise ValueError(f"classes must be distinct non-empty strings, got {list(classes)}")
+
+
+def _read_split_ids(split_files: List[str], xml_names: set, images: Dict[str, List[str]]) -> List[str]:
+    """Ids listed in the split files (in order); each must have an XML and exactly one image."""
+    ids: List[str] = []
+    seen: Dict[str, str] = {}
+    for split_file in split_files:
+        with open(split_file) as f:
+            for line_no, line in enumerate(f, start=1):
+                image_id = line.strip()
+                if not image_id:
+                    continue
+                where = f"{split_file}:{line_no}"
+                if image_id in seen:
+                    raise ValueError(f"{where}: id {image_id!r} is listed twice (first at {seen[image_id]})")
+                if image_id + ".xml" not in xml_names:
+                    raise FileNotFoundError(f"{where}: no annotation {image_id}.xml for id {image_id!r}")
+                if image_id not in images:
+                    raise FileNotFoundError(
+                        f"{where}: no image for id {image_id!r} ({'/'.join(IMAGE_EXTENSIONS)})"
+                    )
+                seen[image_id] = where
+                ids.append(image_id)
+    return ids
+
+
+def _index_images(image_dir: str) -> Dict[str, List[str]]:
+    """Map file stem -> image paths in ``image_dir`` with an extension of IMAGE_EXTENSIONS."""
+    index: Dict[str, List[str]] = {}
+    with os.scandir(image_dir) as entries:
+        for entry in entries:
+            stem, ext = os.path.splitext(entry.name)
+            if ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
+                index.setdefault(stem, []).append(entry.path)
+    return index
+
+
+def _text(element: ET.Element, tag: str, where: str) -> str:
+    child = element.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        raise ValueError(f"{where}: missing or empty <{tag}>")
+    return child.text.strip()
+
+
+def _parse_size(root: ET.Element, xml_file: str) -> Tuple[int, int]:
+    size = root.find("size")
+    if size is None:
+        raise ValueError(f"{xml_file}: no <size> element (image width/height are read from the XML)")
+    dims = []
+    for tag in ("width", "height"):
+        text = _text(size, tag, f"{xml_file} <size>")
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{xml_file}: <size><{tag}> is not a number: {text!r}") from None
+        if not value.is_integer() or value <= 0:
+            raise ValueError(f"{xml_file}: <size><{tag}> must be a positive integer, got {text!r}")
+        dims.append(int(value))
+    return dims[0], dims[1]
+
+
+def _parse_box(obj: ET.Element, where: str) -> List[float]:
+    """VOC <bndbox> (1-based inclusive) -> continuous [x0, y0, x1, y1], unclipped."""
+    bndbox = obj.find("bndbox")
+    if bndbox is None:
+        raise ValueError(f"{where}: no <bndbox>")
+    coords = []
+    for tag in ("xmin", "ymin", "xmax", "ymax"):
+        text = _text(bndbox, tag, where)
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{where}: <{tag}> is not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: <{tag}> is not finite: {text!r}")
+        coords.append(value)
+    xmin, ymin, xmax, ymax = coords
+    return [xmin - 1.0, ymin - 1.0, xmax, ymax]
+
+
+def _parse_difficult(obj: ET.Element, where: str) -> int:
+    element = obj.find("difficult")
+    if element is None or element.text is None or not element.text.strip():
+        return 0
+    text = element.text.strip()
+    if text not in ("0", "1"):
+        raise ValueError(f"{where}: <difficult> must be 0 or 1, got {text!r}")
+    return int(text)
+
+
+def _parse_annotation(
+    xml_file: str, image_file: str, image_id: str, class_to_id: Dict[str, int]
+) -> Tuple[dict, int, int]:
+    """One VOC XML -> (Detectron2 dataset dict, number of clipped boxes, number of boxes dropped as empty)."""
+    try:
+        root = ET.parse(xml_file).getroot()
+    except ET.ParseError as e:
+        raise ValueError(f"{xml_file}: not valid XML ({e})") from None
+    width, height = _parse_size(root, xml_file)
+    annotations = []
+    clipped = dropped = 0
+    for index, obj in enumerate(root.findall("object")):
+        where = f"{xml_file} object #{index}"
+        name = _text(obj, "name", where)
+        if name not in class_to_id:
+            raise ValueError(f"{where}: unknown class {name!r}; known classes: {list(class_to_id)}")
+        box = _parse_box(obj, where)
+        difficult = _parse_difficult(obj, where)
+        x0, y0, x1, y1 = (
+            min(max(box[0], 0.0), width),
+            min(max(box[1], 0.0), height),
+            min(max(box[2], 0.0), width),
+            min(max(box[3], 0.0), height),
+        )
+        if x1 <= x0 or y1 <= y0:
+            dropped += 1
+            continue
+        if [x0, y0, x1, y1] != box:
+            clipped += 1
+        annotations.append(
+            {
+                "bbox": [x0, y0, x1, y1],
+                "bbox_mode": BoxMode.XYXY_ABS,
+                "category_id": class_to_id[name],
+                "difficult": difficult,
+            }
+        )
+    record = {
+        "file_name": image_file,
+        "image_id": image_id,
+        "height": height,
+        "width": width,
+        "annotations": annotations,
+    }
+    return record, clipped, dropped
+
+
+def load_voc_detection(
+    image_dir: str, annotation_dir: str, classes: Sequence[str], split_file: SplitFiles = None
+) -> List[dict]:
+    """Read a Pascal-VOC-format detection dataset into Detectron2 dataset dicts.
+
+    Args:
+        image_dir: folder of images; the image of id ``ID`` is the one file ``ID.<ext>`` with ext in
+            IMAGE_EXTENSIONS (the extension in the XML ``<filename>`` is not used).
+        annotation_dir: folder of ``ID.xml`` files.
+        classes: class names; ``category_id`` is the index in this list.
+        split_file: a text file (or several, concatenated) with one id per line; blank lines are ignored.
+            Without it, every ``*.xml`` in ``annotation_dir`` (sorted) is loaded.
+
+    Returns:
+        One dict per image: file_name, image_id (the id / XML stem), height, width (pixels, from the XML) and
+        annotations: [{bbox [x0, y0, x1, y1] (float, continuous pixel coords), bbox_mode XYXY_ABS,
+        category_id, difficult (0/1)}]. Boxes are clipped to the image; boxes empty after clipping are
+        dropped and counted in one log line.
+
+    Raises:
+        FileNotFoundError / ValueError naming the file (and line or object) for any bad input.
+    """
+    check_voc_paths(image_dir, annotation_dir, split_file)
+    _check_classes(classes)
+    class_to_id = {name: i for i, name in enumerate(classes)}
+    split_files = _as_list(split_file)
+    xml_names = {name for name in os.listdir(annotation_dir) if name.endswith(".xml")}
+    images = _index_images(image_dir)
+    if split_files:
+        ids = _read_split_ids(split_files, xml_names, images)
+    else:
+        ids = sorted(os.path.splitext(name)[0] for name in xml_names)
+
+    dicts = []
+    clipped = dropped = 0
+    for image_id in ids:
+        xml_file = os.path.join(annotation_dir, image_id + ".xml")
+        candidates = images.get(image_id, [])
+        if len(candidates) != 1:
+            problem = "no image" if not candidates else f"several images {sorted(candidates)}"
+            raise FileNotFoundError(f"{xml_file}: {problem} named {image_id}.<ext> in {image_dir!r}")
+        record, n_clipped, n_dropped = _parse_annotation(xml_file, candidates[0], image_id, class_to_id)
+        dicts.append(record)
+        clipped += n_clipped
+        dropped += n_dropped
+    source = annotation_dir if not split_files else ", ".join(split_files)
+    logger.info(
+        f"Loaded {len(dicts)} images with {sum(len(d['annotations']) for d in dicts)} boxes from {source}; "
+        f"clipped {clipped} boxes to their image, dropped {dropped} boxes empty after clipping."
+    )
+    return dicts
+
+
+def register_dataset(name: str, loader: Callable[[], List[dict]], metadata: dict, *, replace: bool) -> None:
+    """Register ``loader`` and ``metadata`` under ``name`` in Detectron2's catalogs.
+
+    Registering the same metadata again is a no-op (re-import). A different registration under an existing
+    name replaces it when ``replace`` is true and raises ValueError otherwise.
+    """
+    if name in DatasetCatalog.list():
+        current = MetadataCatalog.get(name).as_dict()
+        if all(current.get(key) == value for key, value in metadata.items()):
+            return
+        if not replace:
+            raise ValueError(f"dataset {name!r} is already registered with other metadata: {current}")
+        logger.info(f"Re-registering dataset {name!r} with {metadata}")
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(**metadata)
+
+
+def register_voc_detection(
+    name: str,
+    *,
+    image_dir: str,
+    annotation_dir: str,
+    classes: Sequence[str],
+    split_file: SplitFiles = None,
+    evaluator_type: str = "voc_detection",
+) -> None:
+    """Register a Pascal-VOC-format dataset under ``name`` (see :func:`load_voc_detection` for the arguments).
+
+    Directories and split files are checked now (FileNotFoundError); the XMLs are read, and their errors
+    raised, when the dataset is loaded with ``DatasetCatalog.get(name)``. Metadata: thing_classes,
+    evaluator_type, image_dir, annotation_dir, split_file.
+    """
+    check_voc_paths(image_dir, annotation_dir, split_file)
+    _check_classes(classes)
+    metadata = {
+        "thing_classes": list(classes),
+        "evaluator_type": evaluator_type,
+        "image_dir": image_dir,
+        "annotation_dir": annotation_dir,
+        "split_file": split_file,
+    }
+    loader = partial(load_voc_detection, image_dir, annotation_dir, list(classes), split_file)
+    register_dataset(name, loader, metadata, replace=False)
