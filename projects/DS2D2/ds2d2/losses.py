@@ -1,0 +1,218 @@
+"""DS2D2 distillation losses: the explicit (wavelet-band) stream and the prediction-level KD of the amplifiers.
+
+Conventions shared by every loss here:
+- teacher inputs are constants (detached inside), so gradients reach only the student;
+- computation is in float32 even for half inputs (AMP), and each loss is a 0-dim float32 tensor;
+- loss weights (lambda_1..4) are applied by the caller;
+- normalisers given as tensors stay on the device (no host synchronisation).
+"""
+from typing import List, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ds2d2.disw import disw_map
+from ds2d2.wavelet import dwt
+
+__all__ = [
+    "explicit_band_losses",
+    "explicit_loss",
+    "dense_cls_kd",
+    "dense_box_kd",
+    "roi_cls_kd",
+    "roi_box_kd",
+]
+
+
+def _check_same_shape(student: Tensor, teacher: Tensor, what: str) -> None:
+    if student.shape != teacher.shape:
+        raise ValueError(f"{what}: student shape {tuple(student.shape)} != teacher shape {tuple(teacher.shape)}")
+
+
+def _normaliser(num_pos: Union[Tensor, float]) -> Union[Tensor, float]:
+    """max(num_pos, 1) without leaving the device when num_pos is a tensor."""
+    if isinstance(num_pos, Tensor):
+        if num_pos.dim() != 0:
+            raise ValueError(f"num_pos must be a number or a 0-dim tensor, got shape {tuple(num_pos.shape)}")
+        return num_pos.detach().float().clamp(min=1.0)
+    return max(float(num_pos), 1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Explicit stream
+# ----------------------------------------------------------------------------------------------------------------
+def explicit_band_losses(
+    student_low: Tensor, student_high: Tensor, teacher_low: Tensor, teacher_high: Tensor, weight: Tensor
+) -> Tuple[Tensor, Tensor]:
+    """DISW-weighted squared band differences for one level.
+
+    Args:
+        student_low, teacher_low: LL bands [B, C, h, w].
+        student_high, teacher_high: high bands [B, C, 3, h, w].
+        weight: DISW map [B, 1, h, w].
+
+    Returns:
+        (mean((LL_s - LL_t)^2 * W), mean((H_s - H_t)^2 * W)), means over every element.
+    """
+    _check_same_shape(student_low, teacher_low, "explicit low band")
+    _check_same_shape(student_high, teacher_high, "explicit high bands")
+    b, _, h, w = student_low.shape
+    if student_high.shape != (b, student_low.shape[1], 3, h, w):
+        raise ValueError(f"explicit: high bands {tuple(student_high.shape)} do not match low band "
+                         f"{tuple(student_low.shape)} (expected [B, C, 3, h, w])")
+    if weight.shape != (b, 1, h, w):
+        raise ValueError(f"explicit: weight shape {tuple(weight.shape)} != {(b, 1, h, w)}")
+    weight = weight.detach().float()
+    low = ((student_low.float() - teacher_low.detach().float()).square() * weight).mean()
+    high = ((student_high.float() - teacher_high.detach().float()).square() * weight.unsqueeze(2)).mean()
+    return low, high
+
+
+def explicit_loss(
+    adapted_student_feats: Sequence[Tensor],
+    teacher_feats: Sequence[Tensor],
+    boxes: List[Tensor],
+    image_size: Tuple[int, int],
+    wave: str = "haar",
+) -> Tuple[Tensor, Tensor]:
+    """(L_ex_low, L_ex_high) summed over levels.
+
+    Args:
+        adapted_student_feats: per level [B, C, H_l, W_l], the student features after the adapter.
+        teacher_feats: per level, same shapes.
+        boxes: per image [N_i, 4] ground-truth boxes, xyxy in input pixels.
+        image_size: (H_in, W_in) of the padded batch.
+        wave: wavelet name (see ds2d2.wavelet.dwt).
+    """
+    if len(adapted_student_feats) == 0 or len(adapted_student_feats) != len(teacher_feats):
+        raise ValueError(f"explicit_loss: got {len(adapted_student_feats)} student and {len(teacher_feats)} teacher "
+                         f"levels; need the same non-zero number")
+    total_low, total_high = [], []
+    for level, (student, teacher) in enumerate(zip(adapted_student_feats, teacher_feats)):
+        _check_same_shape(student, teacher, f"explicit_loss level {level}")
+        student_low, student_high = dwt(student, wave)
+        with torch.no_grad():
+            teacher_low, teacher_high = dwt(teacher, wave)
+        weight = disw_map(boxes, image_size, teacher_low.shape[-2:])
+        low, high = explicit_band_losses(student_low, student_high, teacher_low, teacher_high, weight)
+        total_low.append(low)
+        total_high.append(high)
+    return torch.stack(total_low).sum(), torch.stack(total_high).sum()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dense detectors (RetinaNet): inputs flattened over the levels and anchors of the batch
+# ----------------------------------------------------------------------------------------------------------------
+def dense_cls_kd(
+    student_logits: Tensor, teacher_logits: Tensor, valid: Tensor, num_pos: Union[Tensor, float], beta: float = 1.0
+) -> Tensor:
+    """Quality-focal classification KD.
+
+    sum over valid anchors and classes of BCEWithLogits(s, sigmoid(t)) * |sigmoid(s) - sigmoid(t)|^beta, divided by
+    max(num_pos, 1).
+
+    Args:
+        student_logits, teacher_logits: [N, K] class logits.
+        valid: [N] bool, anchors that are not ignored.
+        num_pos: number of positive anchors (number or 0-dim tensor).
+        beta: focusing exponent, > 0.
+    """
+    _check_same_shape(student_logits, teacher_logits, "dense_cls_kd logits")
+    if valid.shape != student_logits.shape[:1] or valid.dtype != torch.bool:
+        raise ValueError(f"dense_cls_kd: valid must be a bool tensor of shape {tuple(student_logits.shape[:1])}, "
+                         f"got {valid.dtype} {tuple(valid.shape)}")
+    if beta <= 0:
+        raise ValueError(f"dense_cls_kd: beta must be > 0, got {beta}")
+    student = student_logits.float()
+    target = teacher_logits.detach().float().sigmoid()
+    bce = F.binary_cross_entropy_with_logits(student, target, reduction="none")
+    loss = bce * (student.sigmoid() - target).abs().pow(beta)
+    loss = torch.where(valid.unsqueeze(1), loss, torch.zeros_like(loss))
+    return loss.sum() / _normaliser(num_pos)
+
+
+def _giou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
+    """Generalized IoU of matching rows of two [N, 4] xyxy tensors, [N]. Identical boxes give exactly 1."""
+    x0 = torch.maximum(boxes1[:, 0], boxes2[:, 0])
+    y0 = torch.maximum(boxes1[:, 1], boxes2[:, 1])
+    x1 = torch.minimum(boxes1[:, 2], boxes2[:, 2])
+    y1 = torch.minimum(boxes1[:, 3], boxes2[:, 3])
+    intersection = (x1 - x0).clamp(min=0) * (y1 - y0).clamp(min=0)
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    union = area1 + area2 - intersection
+    iou = intersection / union.clamp(min=eps)
+    hull_w = torch.maximum(boxes1[:, 2], boxes2[:, 2]) - torch.minimum(boxes1[:, 0], boxes2[:, 0])
+    hull_h = torch.maximum(boxes1[:, 3], boxes2[:, 3]) - torch.minimum(boxes1[:, 1], boxes2[:, 1])
+    hull = hull_w * hull_h
+    return iou - (hull - union) / hull.clamp(min=eps)
+
+
+def dense_box_kd(
+    student_boxes: Tensor, teacher_boxes: Tensor, weight: Tensor, num_pos: Union[Tensor, float]
+) -> Tensor:
+    """Box KD: sum of weight * (1 - GIoU(student, teacher)) / max(num_pos, 1).
+
+    Args:
+        student_boxes, teacher_boxes: [N, 4] decoded xyxy boxes on the same anchors.
+        weight: [N] per-anchor weight, e.g. sigmoid(max teacher logit) * valid (treated as a constant).
+        num_pos: number of positive anchors (number or 0-dim tensor).
+    """
+    _check_same_shape(student_boxes, teacher_boxes, "dense_box_kd boxes")
+    if student_boxes.dim() != 2 or student_boxes.shape[1] != 4:
+        raise ValueError(f"dense_box_kd: boxes must be [N, 4], got {tuple(student_boxes.shape)}")
+    if weight.shape != student_boxes.shape[:1]:
+        raise ValueError(f"dense_box_kd: weight shape {tuple(weight.shape)} != {tuple(student_boxes.shape[:1])}")
+    loss = 1.0 - _giou(student_boxes.float(), teacher_boxes.detach().float())
+    return (loss * weight.detach().float()).sum() / _normaliser(num_pos)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Two-stage detectors (Faster R-CNN): on the RoIs sampled by the student's RoI head
+# ----------------------------------------------------------------------------------------------------------------
+def roi_cls_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 3.0) -> Tensor:
+    """Mean over RoIs of KL(softmax(t/T) || softmax(s/T)) (summed over classes), times T^2.
+
+    Args:
+        student_logits, teacher_logits: [R, K+1] logits (background last, as in Detectron2).
+        temperature: T > 0.
+    """
+    _check_same_shape(student_logits, teacher_logits, "roi_cls_kd logits")
+    if student_logits.dim() != 2:
+        raise ValueError(f"roi_cls_kd: logits must be [R, K+1], got {tuple(student_logits.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"roi_cls_kd: temperature must be > 0, got {temperature}")
+    student_log_p = F.log_softmax(student_logits.float() / temperature, dim=1)
+    teacher_log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+    kl = (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(dim=1)
+    return kl.sum() / max(kl.shape[0], 1) * temperature**2
+
+
+def roi_box_kd(student_deltas: Tensor, teacher_deltas: Tensor, teacher_logits: Tensor) -> Tensor:
+    """L1 between student and teacher deltas of the teacher's most probable foreground class.
+
+    Each RoI is weighted by that class's teacher probability p; the sum is divided by 4 * sum(p).
+
+    Args:
+        student_deltas, teacher_deltas: [R, K*4] (class-specific) or [R, 4] (class-agnostic).
+        teacher_logits: [R, K+1] (background last).
+    """
+    _check_same_shape(student_deltas, teacher_deltas, "roi_box_kd deltas")
+    if teacher_logits.dim() != 2 or teacher_logits.shape[0] != student_deltas.shape[0]:
+        raise ValueError(f"roi_box_kd: teacher_logits {tuple(teacher_logits.shape)} do not match deltas "
+                         f"{tuple(student_deltas.shape)} (expected [R, K+1])")
+    num_rois, num_classes = teacher_logits.shape[0], teacher_logits.shape[1] - 1
+    if student_deltas.dim() != 2 or student_deltas.shape[1] not in (4, 4 * num_classes):
+        raise ValueError(f"roi_box_kd: deltas must be [R, 4] or [R, {4 * num_classes}] for {num_classes} classes, "
+                         f"got {tuple(student_deltas.shape)}")
+    foreground = F.softmax(teacher_logits.detach().float(), dim=1)[:, :num_classes]
+    prob, cls = foreground.max(dim=1)
+    student, teacher = student_deltas.float(), teacher_deltas.detach().float()
+    if student.shape[1] != 4:
+        rows = torch.arange(num_rois, device=student.device)
+        student = student.view(num_rois, num_classes, 4)[rows, cls]
+        teacher = teacher.view(num_rois, num_classes, 4)[rows, cls]
+    l1 = (student - teacher).abs().sum(dim=1)
+    denominator = (4.0 * prob.sum()).clamp(min=torch.finfo(torch.float32).tiny)
+    return (l1 * prob).sum() / denominator
