@@ -31,7 +31,7 @@ def reference_disw(boxes, image_size, map_size):
 
 
 def random_boxes(n, image_size, generator, stride=8):
-    """A mix of ordinary, border-touching, partly/fully outside, degenerate, grid-aligned and inverted boxes."""
+    """Ordinary, border-touching, partly/fully outside, degenerate, grid-aligned and inverted boxes."""
     in_h, in_w = image_size
     scale = torch.tensor([in_w, in_h, in_w, in_h], dtype=torch.float32)
     xy = torch.rand(n, 2, generator=generator) * scale[:2]
@@ -51,7 +51,13 @@ def random_boxes(n, image_size, generator, stride=8):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "image_size,map_size",
-    [((64, 64), (8, 8)), ((64, 96), (8, 12)), ((100, 75), (13, 10)), ((1024, 1024), (64, 64)), ((33, 17), (1, 1))],
+    [
+        ((64, 64), (8, 8)),
+        ((64, 96), (8, 12)),
+        ((100, 75), (13, 10)),
+        ((1024, 1024), (64, 64)),
+        ((33, 17), (1, 1)),
+    ],
 )
 def test_matches_per_box_loop(image_size, map_size, device):
     generator = torch.Generator().manual_seed(sum(image_size) + sum(map_size))

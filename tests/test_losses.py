@@ -35,9 +35,9 @@ def assert_grad_only_to_student(loss, student, teacher):
     assert teacher.grad is None
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Explicit stream
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def per_box_disw(boxes, image_size, map_size):
     in_h, in_w = image_size
     h, w = map_size
@@ -122,9 +122,9 @@ def test_explicit_loss_rejects_mismatches():
                              torch.zeros(1, 1, 3, 2, 2), torch.ones(1, 1, 3, 3))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Dense KD
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def test_dense_cls_kd_known_value():
     # p_s = 0.5, p_t = 0.75: BCE = log 2 whatever the target, factor |0.5 - 0.75| = 0.25.
     student = torch.tensor([[0.0], [5.0]])
@@ -156,7 +156,8 @@ def test_dense_cls_kd_equal_inputs_gradients_and_half():
     logits = torch.randn(6, 4)
     assert dense_cls_kd(logits, logits.clone(), torch.ones(6, dtype=torch.bool), 3).item() == 0
     student, teacher = student_and_teacher(6, 4)
-    assert_grad_only_to_student(dense_cls_kd(student, teacher, torch.ones(6, dtype=torch.bool), 3), student, teacher)
+    loss = dense_cls_kd(student, teacher, torch.ones(6, dtype=torch.bool), 3)
+    assert_grad_only_to_student(loss, student, teacher)
     student, teacher = student_and_teacher(6, 4, dtype=torch.float16)
     assert dense_cls_kd(student, teacher, torch.ones(6, dtype=torch.bool), 3).dtype == torch.float32
 
@@ -201,9 +202,9 @@ def test_dense_box_kd_equal_inputs_and_gradients():
     assert student.grad.abs().sum() > 0 and teacher.grad is None and weight.grad is None
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Two-stage KD
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def test_roi_cls_kd_known_value():
     temperature = 3.0
     student = torch.zeros(1, 2)

@@ -11,7 +11,7 @@ SIZES = [(8, 8), (7, 8), (8, 5), (9, 11), (1, 1), (2, 3)]
 
 
 def reference_dwt(x, wave, exact_filters=True):
-    """pytorch_wavelets' DWT; it builds filters in the default dtype, so build them in float64 unless told not to."""
+    """pytorch_wavelets' DWT. It builds filters in the default dtype: float64 here unless told not to."""
     previous = torch.get_default_dtype()
     if exact_filters:
         torch.set_default_dtype(torch.float64)

@@ -1,9 +1,9 @@
-"""Density-Independent Scale Weight (DISW): per-cell weights for the explicit (wavelet-band) distillation loss.
+"""Density-Independent Scale Weight (DISW): per-cell weights for the explicit (wavelet-band) loss.
 
-Background weighs 1 and every ground-truth box adds 1/A to each of the A cells it covers, so each object adds 1 in
-total whatever its size and overlapping objects add up. The map is built with a 2-D difference array (four signed
-corner updates per box, one scatter for the whole batch) and two cumulative sums: O(boxes + cells), no Python loop
-over boxes or images, and no host/device synchronisation.
+Background weighs 1 and every ground-truth box adds 1/A to each of the A cells it covers, so each object adds
+1 in total whatever its size and overlapping objects add up. The map is built with a 2-D difference array
+(four signed corner updates per box, one scatter for the whole batch) and two cumulative sums:
+O(boxes + cells), no Python loop over boxes or images, and no host/device synchronisation.
 """
 from typing import Sequence
 
@@ -28,19 +28,23 @@ def disw_map(boxes: Sequence[Tensor], image_size: Sequence[int], map_size: Seque
         map_size: (h, w) of the band grid the weights are for.
 
     Returns:
-        [B, 1, h, w] float32 on the boxes' device: ``1 + sum over boxes covering a cell of 1 / (box cell area)``,
-        where a box covers columns max(0, floor(x0*w/W_in)) .. min(w-1, ceil(x1*w/W_in)) and the rows likewise
-        (inclusive). Boxes left with no covered cell after clamping (outside the map) add nothing.
+        [B, 1, h, w] float32 on the boxes' device: ``1 + sum over boxes covering a cell of 1 / A``, A being
+        the box's cell area. A box covers the columns max(0, floor(x0*w/W_in)) .. min(w-1, ceil(x1*w/W_in))
+        and the rows likewise (inclusive); boxes left with no covered cell after clamping add nothing.
         Cell indices and sums are computed in float64 so that thresholds are exact and weights do not drift.
     """
     if len(boxes) == 0:
         raise ValueError("disw_map: boxes is empty; pass one [N_i, 4] tensor per image (N_i may be 0)")
     for i, image_boxes in enumerate(boxes):
         if not isinstance(image_boxes, Tensor) or image_boxes.dim() != 2 or image_boxes.shape[1] != 4:
-            shape = tuple(image_boxes.shape) if isinstance(image_boxes, Tensor) else type(image_boxes).__name__
-            raise ValueError(f"disw_map: boxes[{i}] must be an [N, 4] xyxy tensor (use Boxes.tensor), got {shape}")
+            got = tuple(image_boxes.shape) if isinstance(image_boxes, Tensor) else type(image_boxes).__name__
+            raise ValueError(
+                f"disw_map: boxes[{i}] must be an [N, 4] xyxy tensor (use Boxes.tensor), got {got}"
+            )
         if image_boxes.device != boxes[0].device:
-            raise ValueError(f"disw_map: boxes[{i}] is on {image_boxes.device}, boxes[0] on {boxes[0].device}")
+            raise ValueError(
+                f"disw_map: boxes[{i}] is on {image_boxes.device}, boxes[0] on {boxes[0].device}"
+            )
     in_h, in_w = _pair(image_size, "image_size")
     h, w = _pair(map_size, "map_size")
     device = boxes[0].device
@@ -61,7 +65,7 @@ def disw_map(boxes: Sequence[Tensor], image_size: Sequence[int], map_size: Seque
     area = ((c1 - c0 + 1) * (r1 - r0 + 1)).clamp(min=1)
     value = torch.where(covers, 1.0 / area, torch.zeros_like(area))
 
-    # Corners of the difference array [B, h+1, w+1]; boxes that cover nothing carry 0, so only keep indices in range.
+    # Corners in the difference array [B, h+1, w+1]. Boxes covering nothing carry 0: just keep them in range.
     c0, r0 = c0.clamp(max=w).long(), r0.clamp(max=h).long()
     c_end, r_end = (c1 + 1).clamp(min=0).long(), (r1 + 1).clamp(min=0).long()
     stride_img, stride_row = (h + 1) * (w + 1), w + 1

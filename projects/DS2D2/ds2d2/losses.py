@@ -1,4 +1,4 @@
-"""DS2D2 distillation losses: the explicit (wavelet-band) stream and the prediction-level KD of the amplifiers.
+"""DS2D2 distillation losses: the explicit (wavelet-band) stream and the amplifiers' prediction-level KD.
 
 Conventions shared by every loss here:
 - teacher inputs are constants (detached inside), so gradients reach only the student;
@@ -27,7 +27,9 @@ __all__ = [
 
 def _check_same_shape(student: Tensor, teacher: Tensor, what: str) -> None:
     if student.shape != teacher.shape:
-        raise ValueError(f"{what}: student shape {tuple(student.shape)} != teacher shape {tuple(teacher.shape)}")
+        raise ValueError(
+            f"{what}: student shape {tuple(student.shape)} != teacher shape {tuple(teacher.shape)}"
+        )
 
 
 def _normaliser(num_pos: Union[Tensor, float]) -> Union[Tensor, float]:
@@ -39,9 +41,9 @@ def _normaliser(num_pos: Union[Tensor, float]) -> Union[Tensor, float]:
     return max(float(num_pos), 1.0)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Explicit stream
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def explicit_band_losses(
     student_low: Tensor, student_high: Tensor, teacher_low: Tensor, teacher_high: Tensor, weight: Tensor
 ) -> Tuple[Tensor, Tensor]:
@@ -86,8 +88,10 @@ def explicit_loss(
         wave: wavelet name (see ds2d2.wavelet.dwt).
     """
     if len(adapted_student_feats) == 0 or len(adapted_student_feats) != len(teacher_feats):
-        raise ValueError(f"explicit_loss: got {len(adapted_student_feats)} student and {len(teacher_feats)} teacher "
-                         f"levels; need the same non-zero number")
+        raise ValueError(
+            f"explicit_loss: got {len(adapted_student_feats)} student and {len(teacher_feats)} teacher "
+            f"levels; need the same non-zero number"
+        )
     total_low, total_high = [], []
     for level, (student, teacher) in enumerate(zip(adapted_student_feats, teacher_feats)):
         _check_same_shape(student, teacher, f"explicit_loss level {level}")
@@ -101,16 +105,20 @@ def explicit_loss(
     return torch.stack(total_low).sum(), torch.stack(total_high).sum()
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Dense detectors (RetinaNet): inputs flattened over the levels and anchors of the batch
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def dense_cls_kd(
-    student_logits: Tensor, teacher_logits: Tensor, valid: Tensor, num_pos: Union[Tensor, float], beta: float = 1.0
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    valid: Tensor,
+    num_pos: Union[Tensor, float],
+    beta: float = 1.0,
 ) -> Tensor:
     """Quality-focal classification KD.
 
-    sum over valid anchors and classes of BCEWithLogits(s, sigmoid(t)) * |sigmoid(s) - sigmoid(t)|^beta, divided by
-    max(num_pos, 1).
+    sum over valid anchors and classes of BCEWithLogits(s, sigmoid(t)) * |sigmoid(s) - sigmoid(t)|^beta,
+    divided by max(num_pos, 1).
 
     Args:
         student_logits, teacher_logits: [N, K] class logits.
@@ -120,8 +128,10 @@ def dense_cls_kd(
     """
     _check_same_shape(student_logits, teacher_logits, "dense_cls_kd logits")
     if valid.shape != student_logits.shape[:1] or valid.dtype != torch.bool:
-        raise ValueError(f"dense_cls_kd: valid must be a bool tensor of shape {tuple(student_logits.shape[:1])}, "
-                         f"got {valid.dtype} {tuple(valid.shape)}")
+        raise ValueError(
+            f"dense_cls_kd: valid must be a bool tensor of shape {tuple(student_logits.shape[:1])}, "
+            f"got {valid.dtype} {tuple(valid.shape)}"
+        )
     if beta <= 0:
         raise ValueError(f"dense_cls_kd: beta must be > 0, got {beta}")
     student = student_logits.float()
@@ -163,14 +173,16 @@ def dense_box_kd(
     if student_boxes.dim() != 2 or student_boxes.shape[1] != 4:
         raise ValueError(f"dense_box_kd: boxes must be [N, 4], got {tuple(student_boxes.shape)}")
     if weight.shape != student_boxes.shape[:1]:
-        raise ValueError(f"dense_box_kd: weight shape {tuple(weight.shape)} != {tuple(student_boxes.shape[:1])}")
+        raise ValueError(
+            f"dense_box_kd: weight shape {tuple(weight.shape)} != {tuple(student_boxes.shape[:1])}"
+        )
     loss = 1.0 - _giou(student_boxes.float(), teacher_boxes.detach().float())
     return (loss * weight.detach().float()).sum() / _normaliser(num_pos)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Two-stage detectors (Faster R-CNN): on the RoIs sampled by the student's RoI head
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def roi_cls_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 3.0) -> Tensor:
     """Mean over RoIs of KL(softmax(t/T) || softmax(s/T)) (summed over classes), times T^2.
 
@@ -204,8 +216,10 @@ def roi_box_kd(student_deltas: Tensor, teacher_deltas: Tensor, teacher_logits: T
                          f"{tuple(student_deltas.shape)} (expected [R, K+1])")
     num_rois, num_classes = teacher_logits.shape[0], teacher_logits.shape[1] - 1
     if student_deltas.dim() != 2 or student_deltas.shape[1] not in (4, 4 * num_classes):
-        raise ValueError(f"roi_box_kd: deltas must be [R, 4] or [R, {4 * num_classes}] for {num_classes} classes, "
-                         f"got {tuple(student_deltas.shape)}")
+        raise ValueError(
+            f"roi_box_kd: deltas must be [R, 4] or [R, {4 * num_classes}] for {num_classes} classes, "
+            f"got {tuple(student_deltas.shape)}"
+        )
     foreground = F.softmax(teacher_logits.detach().float(), dim=1)[:, :num_classes]
     prob, cls = foreground.max(dim=1)
     student, teacher = student_deltas.float(), teacher_deltas.detach().float()

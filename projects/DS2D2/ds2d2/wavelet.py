@@ -1,10 +1,10 @@
 """One-level 2-D discrete wavelet transform and the high-frequency features built from it.
 
-`dwt` has exactly the semantics of ``pytorch_wavelets.DWTForward(J=1, mode="zero", wave=wave)``: band order
-(LH, HL, HH), signs, output sizes and the zero padding of odd sizes. Haar takes a fast exact path made of slicing and
-additions (it keeps the input's dtype, so it is also the natural path under AMP); every other wavelet is delegated to
-pytorch_wavelets with its filters cast to the input's device and dtype and autocast disabled, so the whole
-transform (forward and backward) runs in the dtype of ``x``.
+`dwt` has exactly the semantics of ``pytorch_wavelets.DWTForward(J=1, mode="zero", wave=wave)``: band
+order (LH, HL, HH), signs, output sizes and the zero padding of odd sizes. Haar takes a fast exact path made
+of slicing and additions (it keeps the input's dtype, so it is also the natural path under AMP); every other
+wavelet is delegated to pytorch_wavelets with its filters cast to the input's device and dtype and autocast
+disabled, so the whole transform (forward and backward) runs in the dtype of ``x``.
 """
 from typing import Dict, Sequence, Tuple
 
@@ -33,7 +33,10 @@ def validate_wavelet(name: str) -> str:
 
 
 def _haar_dwt(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Haar DWT by slicing: each 2x2 block (a b / c d) gives (a+b+c+d)/2, (a+b-c-d)/2, (a-b+c-d)/2, (a-b-c+d)/2."""
+    """Haar DWT by slicing.
+
+    Each 2x2 block (a b / c d) gives LL, LH, HL, HH = (a+b+c+d)/2, (a+b-c-d)/2, (a-b+c-d)/2, (a-b-c+d)/2.
+    """
     height, width = x.shape[-2:]
     if height % 2 or width % 2:
         # pytorch_wavelets' zero mode pads odd sizes with one zero row/column at the end.
@@ -72,11 +75,14 @@ def dwt(x: Tensor, wave: str = "haar") -> Tuple[Tensor, Tensor]:
 
     Returns:
         (low [B, C, h, w], high [B, C, 3, h, w]) with bands ordered (LH, HL, HH); for Haar h = ceil(H/2),
-        w = ceil(W/2), in general ``pywt.dwt_coeff_len(H, filter_length, "zero")``. Same dtype and device as ``x``.
+        w = ceil(W/2), in general ``pywt.dwt_coeff_len(H, filter_length, "zero")``. Same dtype and device
+        as ``x``.
     """
     validate_wavelet(wave)
     if x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"dwt expects a floating [B, C, H, W] tensor, got shape {tuple(x.shape)} and {x.dtype}")
+        raise ValueError(
+            f"dwt expects a floating [B, C, H, W] tensor, got shape {tuple(x.shape)} and {x.dtype}"
+        )
     if wave in _HAAR_NAMES:
         return _haar_dwt(x)
     module = _dwt_module(wave, x.device, x.dtype)
@@ -87,9 +93,14 @@ def dwt(x: Tensor, wave: str = "haar") -> Tuple[Tensor, Tensor]:
 
 
 def high_frequency_from_bands(high: Tensor, size: Sequence[int]) -> Tensor:
-    """Sum of the three high bands [B, C, 3, h, w], resized bilinearly (align_corners=False) to ``size`` = (H, W).
+    """Sum of the three high bands, resized bilinearly (align_corners=False).
 
-    Returns [B, C, H, W].
+    Args:
+        high: [B, C, 3, h, w] high bands from ``dwt``.
+        size: (H, W) to resize to.
+
+    Returns:
+        [B, C, H, W].
     """
     if high.dim() != 5 or high.shape[2] != 3:
         raise ValueError(f"high bands must have shape [B, C, 3, h, w], got {tuple(high.shape)}")
