@@ -8,9 +8,13 @@
 
 The flags and trailing ``KEY VALUE`` overrides are Detectron2's ``default_argument_parser``.
 """
+import json
+import os
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
 
 from ds2d2 import add_ds2d2_config
 from ds2d2.engine import Trainer
@@ -26,15 +30,25 @@ def setup(args):
     return cfg
 
 
+def save_results(cfg, results) -> None:
+    """Write the final evaluation to OUTPUT_DIR/eval_results.json (rank 0), for scripts that chain stages."""
+    if results and comm.is_main_process():
+        with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+
+
 def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        results = Trainer.test(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+    save_results(cfg, results)
+    return results
 
 
 if __name__ == "__main__":

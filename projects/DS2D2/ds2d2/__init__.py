@@ -3,7 +3,7 @@
 Importing ``ds2d2`` registers its meta-architectures (DS2D2Amplifier, DS2D2Distiller) and builtin datasets
 (dior_*, synthetic_dior_*, dota_*) with Detectron2, and exposes the reusable building blocks below.
 """
-from . import meta_arch  # noqa: F401  (registers DS2D2Amplifier and DS2D2Distiller)
+from . import data, meta_arch  # noqa: F401  (registers datasets, DS2D2Amplifier and DS2D2Distiller)
 from .config import add_ds2d2_config
 from .disw import disw_map
 from .losses import dense_box_kd, dense_cls_kd, explicit_band_losses, explicit_loss, roi_box_kd, roi_cls_kd

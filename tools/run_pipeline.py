@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Run the three DS2D2 stages end to end, plus the student trained alone, and print AP per stage.
+
+    python tools/run_pipeline.py --config configs/synthetic/retinanet_R50_to_R18.yaml --output output/pipeline
+
+``--config`` is a stage-3 (DS2D2Distiller) config. The other stages are derived from it:
+  teacher     MODEL.DS2D2.TEACHER_CONFIG
+  amplifier   --amplifier-config if given, else the teacher config turned into a DS2D2Amplifier
+  student     the distiller config with MODEL.META_ARCHITECTURE = MODEL.DS2D2.DETECTOR (same schedule)
+  ds2d2       the distiller config, with the teacher and amplifier weights of this run
+Each stage is a ``train_net.py`` run in OUTPUT/<stage>; a stage whose eval_results.json exists is skipped, so an
+interrupted pipeline resumes (an unfinished stage restarts from its last checkpoint with --resume).
+Options after ``--`` (KEY VALUE pairs) are passed to every stage, e.g. ``-- MODEL.DEVICE cuda``.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List, Tuple
+
+from detectron2.config import get_cfg
+
+from ds2d2 import add_ds2d2_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = ("AP", "AP50", "AP75", "APs")
+
+
+def load(path: str):
+    cfg = get_cfg()
+    add_ds2d2_config(cfg)
+    cfg.merge_from_file(path)
+    return cfg
+
+
+def stages(args) -> Tuple[List[Dict], Dict[str, str]]:
+    """(name, config file, overrides) of the four runs, outputs chained."""
+    cfg = load(args.config)
+    ds = cfg.MODEL.DS2D2
+    out = {name: os.path.join(args.output, name) for name in ("teacher", "amplifier", "student", "ds2d2")}
+    teacher_w = os.path.join(out["teacher"], "model_final.pth")
+    amplifier_w = os.path.join(out["amplifier"], "model_final.pth")
+    if args.amplifier_config:
+        amp_file, amp_opts = args.amplifier_config, []
+    else:
+        amp_file = ds.TEACHER_CONFIG
+        amp_opts = ["MODEL.META_ARCHITECTURE", "DS2D2Amplifier", "MODEL.DS2D2.DETECTOR", ds.DETECTOR, "MODEL.WEIGHTS", ""]
+    return [
+        dict(name="teacher", config=ds.TEACHER_CONFIG, opts=[]),
+        dict(name="amplifier", config=amp_file, opts=amp_opts + ["MODEL.DS2D2.TEACHER_WEIGHTS", teacher_w]),
+        dict(name="student", config=args.config, opts=["MODEL.META_ARCHITECTURE", ds.DETECTOR]),
+        dict(
+            name="ds2d2",
+            config=args.config,
+            opts=["MODEL.DS2D2.TEACHER_WEIGHTS", teacher_w, "MODEL.DS2D2.AMPLIFIER_WEIGHTS", amplifier_w],
+        ),
+    ], out
+
+
+def run_stage(stage: Dict, output: str, extra: List[str]) -> Dict:
+    results_file = os.path.join(output, "eval_results.json")
+    if not os.path.isfile(results_file):
+        cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", stage["config"]]
+        if os.path.isfile(os.path.join(output, "last_checkpoint")):
+            cmd.append("--resume")
+        cmd += stage["opts"] + ["OUTPUT_DIR", output] + extra
+        print(f"==> stage {stage['name']}: {' '.join(cmd)}", flush=True)
+        subprocess.run(cmd, check=True)
+    with open(results_file) as f:
+        return json.load(f)
+
+
+def table(results: Dict[str, Dict]) -> str:
+    lines = ["| stage | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for name, res in results.items():
+        bbox = res.get("bbox", {})
+        lines.append(f"| {name} | " + " | ".join(f"{bbox.get(m, float('nan')):.1f}" for m in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="stage-3 (DS2D2Distiller) config file")
+    parser.add_argument("--amplifier-config", default="", help="stage-2 config (default: derived from the teacher's)")
+    parser.add_argument("--output", required=True, help="folder of the run; one sub-folder per stage")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every stage, after --")
+    args = parser.parse_args()
+    extra = [o for o in args.opts if o != "--"]
+    plan, outputs = stages(args)
+    results = {s["name"]: run_stage(s, outputs[s["name"]], extra) for s in plan}
+    report = table(results)
+    with open(os.path.join(args.output, "results.md"), "w") as f:
+        f.write(report + "\n")
+    print("\nDS2D2 pipeline (COCO-style box AP on the test split):\n" + report)
+
+
+if __name__ == "__main__":
+    main()
