@@ -46,7 +46,8 @@ def main(args):
     else:
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
-        results = trainer.train()
+        trainer.train()
+        results = getattr(trainer, "_last_eval_results", None)  # the evaluation run after the last iteration
     save_results(cfg, results)
     return results
 
