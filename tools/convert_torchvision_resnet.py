@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Convert torchvision ImageNet ResNet weights to a Detectron2 .pkl for the R-18/R-34 student configs.
+
+    python tools/convert_torchvision_resnet.py resnet18-f37072fd.pth pretrained/torchvision-R-18.pkl
+
+(the .pth is torchvision's file, e.g. from ``torchvision.models.resnet18(weights="IMAGENET1K_V1")`` on a machine with
+internet access). The configs that use it set INPUT.FORMAT RGB, torchvision's PIXEL_MEAN/PIXEL_STD and
+RESNETS.STRIDE_IN_1X1 False, which is how these weights were trained.
+"""
+import argparse
+import os
+import pickle
+import re
+from typing import Dict
+
+import torch
+
+_RULES = [
+    (r"^conv1\.", "stem.conv1."),
+    (r"^bn1\.", "stem.conv1.norm."),
+    (r"^layer(\d)\.", lambda m: f"res{int(m.group(1)) + 1}."),
+    (r"\.downsample\.0\.", ".shortcut."),
+    (r"\.downsample\.1\.", ".shortcut.norm."),
+    (r"\.bn(\d)\.", lambda m: f".conv{m.group(1)}.norm."),
+]
+
+
+def convert_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, "numpy.ndarray"]:  # noqa: F821
+    """torchvision ResNet names -> Detectron2 ResNet names (numpy values); the classifier (fc) is dropped."""
+    out = {}
+    for name, value in state.items():
+        if name.startswith("fc.") or name.endswith("num_batches_tracked"):
+            continue
+        new = name
+        for pattern, repl in _RULES:
+            new = re.sub(pattern, repl, new)
+        out[new] = value.detach().cpu().numpy()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="torchvision ResNet state dict (.pth)")
+    parser.add_argument("output", help="Detectron2 .pkl to write")
+    args = parser.parse_args()
+    state = torch.load(args.source, map_location="cpu", weights_only=True)
+    converted = convert_state_dict(state.get("state_dict", state))
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "wb") as f:
+        pickle.dump({"model": converted, "__author__": "torchvision", "matching_heuristics": True}, f)
+    print(f"wrote {len(converted)} tensors to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
