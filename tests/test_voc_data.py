@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
+import cv2
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
@@ -259,3 +260,23 @@ def test_register_all_dior_reports_missing_split_list(tmp_path):
     assert DatasetCatalog.get("dior_train")
     with pytest.raises(FileNotFoundError, match=r"split file .*val\.txt"):
         DatasetCatalog.get("dior_trainval")
+
+
+def test_synthetic_dior_loads_through_the_dior_path(tmp_path):
+    synthetic = pytest.importorskip("ds2d2.data.synthetic")
+    synthetic.write_synthetic_dior(tmp_path / "synthetic_dior", num_images=8, seed=0, image_size=64)
+    register_all_dior(str(tmp_path))
+    splits = {
+        split: DatasetCatalog.get(f"synthetic_dior_{split}") for split in ("train", "val", "trainval", "test")
+    }
+    ids = {split: [d["image_id"] for d in dicts] for split, dicts in splits.items()}
+    assert sorted(ids["trainval"]) == sorted(ids["train"] + ids["val"])
+    assert ids["test"] and not set(ids["test"]) & set(ids["trainval"])
+    records = splits["trainval"] + splits["test"]
+    assert sum(len(d["annotations"]) for d in records) > 0
+    for d in records:
+        assert cv2.imread(d["file_name"]).shape[:2] == (d["height"], d["width"]) == (64, 64)
+        for a in d["annotations"]:
+            x0, y0, x1, y1 = a["bbox"]
+            assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+            assert 0 <= a["category_id"] < len(DIOR_CLASSES)
