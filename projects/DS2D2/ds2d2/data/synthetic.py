@@ -195,8 +195,8 @@ def _texture(kind: str, u: np.ndarray, v: np.ndarray, length: float, width: floa
         return np.zeros(np.broadcast_shapes(u.shape, v.shape))
     if kind == "stripes":  # bars across the long axis
         return np.where(np.mod(u / period, 1.0) < 0.5, 1.0, -1.0) + 0 * v
-    if kind == "checker":
-        return np.where((np.floor(u / period) + np.floor(v / period)) % 2 == 0, 1.0, -1.0)
+    if kind == "checker":  # squares of half a period, like the bars of "stripes"
+        return np.where((np.floor(2 * u / period) + np.floor(2 * v / period)) % 2 == 0, 1.0, -1.0)
     if kind == "rings":  # tank roof: dark ring and a bright centre
         r = np.hypot(u, v) / (length / 2)
         return np.where((r > 0.55) & (r < 0.75), -1.0, np.where(r < 0.25, 0.5, 0.0))
