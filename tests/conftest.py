@@ -1,0 +1,91 @@
+"""Generic builders of tiny Detectron2/DS2D2 configs and random batches, shared by the tests."""
+from pathlib import Path
+from typing import Dict, Iterator, List, Sequence
+
+import pytest
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+from ds2d2 import add_ds2d2_config
+
+REPO = Path(__file__).resolve().parents[1]
+SYNTHETIC_CONFIGS = REPO / "configs" / "synthetic"
+
+# Shrink the synthetic CPU configs further: ResNet-18, narrow FPN and heads, few proposals, every box scored.
+TINY = {
+    "RetinaNet": [
+        "MODEL.RESNETS.DEPTH", 18, "MODEL.FPN.OUT_CHANNELS", 32, "MODEL.RETINANET.NUM_CLASSES", 3,
+        "MODEL.RETINANET.NUM_CONVS", 1, "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0,
+    ],
+    "GeneralizedRCNN": [
+        "MODEL.RESNETS.DEPTH", 18, "MODEL.FPN.OUT_CHANNELS", 32, "MODEL.ROI_HEADS.NUM_CLASSES", 3,
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32, "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
+        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 100, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 50,
+        "MODEL.RPN.PRE_NMS_TOPK_TEST", 100, "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
+    ],
+}
+BASE_YAML = {"RetinaNet": "Base-RetinaNet.yaml", "GeneralizedRCNN": "Base-RCNN-FPN.yaml"}
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread() -> Iterator[None]:
+    """Run a module's tiny models on one intra-op thread: on a few shared cores, more threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_cfg(detector: str, opts: Sequence = ()) -> CfgNode:
+    """Tiny CPU config of ``detector`` ("RetinaNet"/"GeneralizedRCNN") plus DS2D2's keys and ``opts``."""
+    cfg = get_cfg()
+    add_ds2d2_config(cfg)
+    cfg.merge_from_file(str(SYNTHETIC_CONFIGS / BASE_YAML[detector]))
+    cfg.merge_from_list([str(v) for v in TINY[detector]] + [str(v) for v in opts])
+    cfg.MODEL.DS2D2.DETECTOR = detector
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.TEST = ()
+    return cfg
+
+
+def random_batch(num_images: int = 2, size: int = 64, num_classes: int = 3, seed: int = 0) -> List[Dict]:
+    """Detectron2 training inputs: uint8-range float images [3, size, size] with 1-4 random boxes each."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(num_images):
+        n = int(torch.randint(1, 5, (1,), generator=generator))
+        corner = torch.rand(n, 2, generator=generator) * (size * 0.6)
+        extent = torch.rand(n, 2, generator=generator) * (size * 0.3) + 6
+        instances = Instances((size, size))
+        instances.gt_boxes = Boxes(torch.cat([corner, (corner + extent).clamp(max=size)], dim=1))
+        instances.gt_classes = torch.randint(0, num_classes, (n,), generator=generator)
+        image = torch.rand(3, size, size, generator=generator) * 255
+        batch.append({"image": image, "instances": instances, "height": size, "width": size})
+    return batch
+
+
+def tiny_stages(
+    folder: Path, detector: str, teacher_opts: Sequence = (), student_opts: Sequence = ()
+) -> CfgNode:
+    """Write a random tiny teacher (YAML + weights, FPN width 64) and its amplifier checkpoint under
+    ``folder``; return the distiller config (student FPN width 32, every loss weight 1) that uses them."""
+    teacher_cfg = tiny_cfg(detector, ["MODEL.FPN.OUT_CHANNELS", 64, *teacher_opts])
+    paths = {name: str(folder / name) for name in ("teacher.yaml", "teacher.pth", "amplifier.pth")}
+    Path(paths["teacher.yaml"]).write_text(teacher_cfg.dump())
+    torch.save({"model": build_model(teacher_cfg).state_dict()}, paths["teacher.pth"])
+    amplifier_cfg = teacher_cfg.clone()
+    amplifier_cfg.merge_from_list(
+        ["MODEL.META_ARCHITECTURE", "DS2D2Amplifier", "MODEL.DS2D2.TEACHER_WEIGHTS", paths["teacher.pth"]]
+    )
+    torch.save({"model": build_model(amplifier_cfg).state_dict()}, paths["amplifier.pth"])
+    ds2d2_opts = [
+        "MODEL.META_ARCHITECTURE", "DS2D2Distiller", "MODEL.DS2D2.TEACHER_CONFIG", paths["teacher.yaml"],
+        "MODEL.DS2D2.TEACHER_WEIGHTS", paths["teacher.pth"],
+        "MODEL.DS2D2.AMPLIFIER_WEIGHTS", paths["amplifier.pth"],
+    ]
+    for key in ("EXPLICIT_LOW", "EXPLICIT_HIGH", "IMPLICIT_FULL", "IMPLICIT_HIGH"):
+        ds2d2_opts += [f"MODEL.DS2D2.LOSS.{key}", 1.0]
+    return tiny_cfg(detector, [*ds2d2_opts, *student_opts])
