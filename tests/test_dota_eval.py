@@ -245,6 +245,8 @@ def test_dataset_ids_are_mapped_back(patch_set, catalog, tmp_path):
     results.write_text(json.dumps([{"image_id": 10**6, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]))
     with pytest.raises(ValueError, match="image_id 1000000"):
         merge_and_evaluate_coco_results("tiny_val_ids", results, tmp_path / "o")
+    argv = ["--dataset", "tiny_val_ids", "--detections", str(results), "--output", str(tmp_path / "o")]
+    assert load_tool("dota_merge_eval").main(argv) == 1  # reported, no traceback
 
 
 def test_evaluator_on_model_outputs(patch_set, catalog, tmp_path):

@@ -15,9 +15,7 @@ import argparse
 import os
 import sys
 
-from detectron2.data import DatasetCatalog
-
-from ds2d2.data.dota import register_all_dota
+import ds2d2  # noqa: F401  (registers the builtin dota_* patch sets)
 from ds2d2.evaluation.dota import DEFAULT_NMS_THRESH, merge_and_evaluate_coco_results
 
 
@@ -42,11 +40,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not os.path.isdir(args.dataset) and "dota_v1_train_1024" not in DatasetCatalog.list():
-        register_all_dota(os.getenv("DETECTRON2_DATASETS", "datasets"))
-    result = merge_and_evaluate_coco_results(
-        args.dataset, args.detections, args.output, args.labels, args.nms_thresh, not args.all_point_ap
-    )
+    try:
+        result = merge_and_evaluate_coco_results(
+            args.dataset, args.detections, args.output, args.labels, args.nms_thresh, not args.all_point_ap
+        )
+    except (OSError, KeyError, ValueError) as e:
+        print(f"dota_merge_eval: error: {e}", file=sys.stderr)
+        return 1
     print(f"Task2_<class>.txt written to {args.output}")
     if result is not None:
         for name, ap in result["AP"].items():

@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""Detect objects in one large image (a DOTA scene, any PNG/JPEG) with a trained detector: the image is cut
+into overlapping tiles as datasets/prepare_dota.py cuts patches, each tile is run through the model, and the
+tile detections are mapped back and merged with class-wise NMS.
+
+    python tools/infer_large_image.py --config-file configs/DOTA/retinanet_R50.yaml \
+        --weights output/dota/retinanet_R50/model_final.pth --input P0006.png --output output/infer
+
+Writes OUTPUT/<name>.json ({"image", "width", "height", "classes", "detections": [{"bbox": [x0, y0, x1, y1],
+"score", "category_id", "category"}]}, boxes in the image's pixels, best first) and OUTPUT/<name>_boxes.jpg.
+--weights is a plain detector checkpoint; for a DS2D2 stage-3 config, give the student exported by
+tools/export_student.py (the model built is then MODEL.DS2D2.DETECTOR).
+"""
+
+import argparse
+import colorsys
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+
+import ds2d2  # noqa: F401  (registers the builtin datasets, whose class names label the boxes)
+from ds2d2.config import add_ds2d2_config
+from ds2d2.data.dota import read_image
+from ds2d2.data.dota_split import cut_patches, resize_by_rate
+from ds2d2.evaluation.dota import DEFAULT_NMS_THRESH, ImageDetections, merge_detections, patch_to_image
+from ds2d2.teacher import load_state_strictly, read_checkpoint
+
+
+@torch.no_grad()
+def predict_tiles(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    cfg: CfgNode,
+    patch_size: int = 1024,
+    gap: int = 200,
+    rates: Sequence[float] = (1.0,),
+    batch_size: int = 4,
+) -> List[ImageDetections]:
+    """Detections of every tile of a BGR image (H, W, 3), in the image's pixels (one entry per tile).
+
+    Tiles are resized for the model as Detectron2's DefaultPredictor does (INPUT.MIN_SIZE_TEST/MAX_SIZE_TEST,
+    INPUT.FORMAT); the model returns boxes in tile pixels, mapped back by ``p / rate + tile origin``.
+    """
+    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    tiles = [
+        (patch, (left / rate, up / rate), rate)
+        for rate in rates
+        for left, up, patch in cut_patches(resize_by_rate(image, rate), patch_size, gap)
+    ]
+    results = []
+    for start in range(0, len(tiles), batch_size):
+        batch = tiles[start : start + batch_size]
+        inputs = []
+        for patch, _, _ in batch:
+            pixels = patch if cfg.INPUT.FORMAT == "BGR" else patch[:, :, ::-1]
+            pixels = resize.get_transform(pixels).apply_image(pixels)
+            tensor = torch.as_tensor(np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype("float32"))
+            inputs.append({"image": tensor, "height": patch_size, "width": patch_size})
+        for (_, origin, rate), output in zip(batch, model(inputs)):
+            inst = output["instances"].to("cpu")
+            boxes = patch_to_image(inst.pred_boxes.tensor.numpy(), origin, rate)
+            results.append(ImageDetections(boxes, inst.scores.numpy(), inst.pred_classes.numpy()))
+    return results
+
+
+def draw_detections(
+    image: np.ndarray, detections: ImageDetections, class_names: Sequence[str], min_score: float
+) -> np.ndarray:
+    """A copy of the BGR image with the boxes scoring at least ``min_score`` drawn, one colour per class."""
+    canvas = image.copy()
+    thickness = max(1, round(max(image.shape[:2]) / 1500))
+    for box, score, cls in zip(detections.boxes, detections.scores, detections.classes):
+        if score < min_score:
+            continue
+        hue = (int(cls) * 0.618034) % 1.0
+        color = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.9, 1.0)[::-1])
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        cv2.rectangle(canvas, (x0, y0), (x1, y1), color, thickness)
+        label = f"{class_names[cls]} {score:.2f}"
+        cv2.putText(
+            canvas, label, (x0, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1, cv2.LINE_AA
+        )
+    return canvas
+
+
+def class_names_for(cfg: CfgNode, dataset: Optional[str], num_classes: int) -> List[str]:
+    """Class names from the metadata of ``dataset`` (default: the config's first test set), else class_<i>."""
+    name = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    names = MetadataCatalog.get(name).get("thing_classes", None) if name else None
+    if names is not None and len(names) >= num_classes:
+        return list(names)
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, help="the detector's YAML config")
+    p.add_argument("--weights", default=None, help="checkpoint (default: MODEL.WEIGHTS of the config)")
+    p.add_argument("--input", required=True, help="the large image")
+    p.add_argument("--output", required=True, help="folder for <name>.json and <name>_boxes.jpg")
+    p.add_argument("--patch-size", type=int, default=1024, help="tile side in pixels (default 1024)")
+    p.add_argument("--gap", type=int, default=200, help="tile overlap in pixels (default 200)")
+    p.add_argument("--rates", type=float, nargs="+", default=[1.0], help="image scales (default 1.0)")
+    p.add_argument("--nms-thresh", type=float, default=DEFAULT_NMS_THRESH, help="class-wise NMS IoU (0.3)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--dataset", default=None, help="dataset whose class names label the boxes")
+    p.add_argument("--draw-score", type=float, default=0.3, help="draw boxes scoring at least this")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = get_cfg()
+    add_ds2d2_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.META_ARCHITECTURE in ("DS2D2Amplifier", "DS2D2Distiller"):
+        cfg.MODEL.META_ARCHITECTURE = cfg.MODEL.DS2D2.DETECTOR  # the student alone (tools/export_student.py)
+    weights = args.weights or cfg.MODEL.WEIGHTS
+    try:
+        image = read_image(args.input)
+        model = build_model(cfg)
+        load_state_strictly(model, read_checkpoint(weights, "--weights"), "--weights", weights)
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"infer_large_image: error: {e}", file=sys.stderr)
+        return 1
+    model.eval()
+    height, width = image.shape[:2]
+    tiles = predict_tiles(model, image, cfg, args.patch_size, args.gap, args.rates, args.batch_size)
+    merged = merge_detections(tiles, width, height, args.nms_thresh)
+
+    retina = cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
+    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES if retina else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    names = class_names_for(cfg, args.dataset, num_classes)
+    detections = [
+        {"bbox": [float(v) for v in box], "score": float(s), "category_id": int(c), "category": names[c]}
+        for box, s, c in zip(merged.boxes, merged.scores, merged.classes)
+    ]
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.input).stem
+    report = {"image": os.path.abspath(args.input), "width": width, "height": height, "classes": names}
+    report["detections"] = detections
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    cv2.imwrite(str(out / f"{stem}_boxes.jpg"), draw_detections(image, merged, names, args.draw_score))
+    print(f"{args.input}: {len(tiles)} tiles, {len(detections)} detections -> {out / (stem + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
