@@ -65,6 +65,11 @@ def tensors(module: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.state_dict().items()}
 
 
+def head_parameters(model: nn.Module) -> Dict[str, nn.Parameter]:
+    """The amplifier's parameters outside the (frozen) backbone, by the detector's names."""
+    return {k: v for k, v in model.detector.named_parameters() if not k.startswith("backbone.")}
+
+
 @pytest.mark.parametrize("detector", DETECTORS)
 def test_trunk_is_the_teacher_backbone(teachers, amplifiers, detector):
     _, _, teacher = teachers(detector)
@@ -74,8 +79,7 @@ def test_trunk_is_the_teacher_backbone(teachers, amplifiers, detector):
     assert trunk.keys() == expected.keys()
     assert all(torch.equal(trunk[k], expected[k]) for k in expected)
     teacher_params = dict(teacher.named_parameters())
-    heads = {k: v for k, v in model.detector.named_parameters() if not k.startswith("backbone.")}
-    assert any(not torch.equal(v, teacher_params[k]) for k, v in heads.items())  # a fresh head
+    assert any(not torch.equal(v, teacher_params[k]) for k, v in head_parameters(model).items())  # a fresh head
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
@@ -98,12 +102,11 @@ def test_training_step_changes_the_head_only(amplifiers, detector):
     trunk = model.detector.backbone.trunk
     optimizer = Trainer.build_optimizer(cfg, model)
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    heads = {id(p) for name, p in model.detector.named_parameters() if not name.startswith("backbone.")}
-    assert in_optimizer == heads
+    assert in_optimizer == {id(p) for p in head_parameters(model).values()}
     assert not any(p.requires_grad for p in trunk.parameters())
 
     trunk_before = tensors(trunk)
-    heads_before = {k: v.clone() for k, v in model.detector.named_parameters() if not k.startswith("backbone.")}
+    heads_before = {k: v.detach().clone() for k, v in head_parameters(model).items()}
     model.train()
     assert not any(m.training for m in trunk.modules())
     with EventStorage():
@@ -116,7 +119,7 @@ def test_training_step_changes_the_head_only(amplifiers, detector):
     assert not any(m.training for m in trunk.modules())
     trunk_after = trunk.state_dict()
     assert all(torch.equal(trunk_before[k], trunk_after[k]) for k in trunk_before)  # parameters, BN buffers
-    heads_after = dict(model.detector.named_parameters())
+    heads_after = head_parameters(model)
     moved = [k for k, v in heads_before.items() if not torch.equal(v, heads_after[k])]
     assert len(moved) > len(heads_before) // 2
 
