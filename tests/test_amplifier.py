@@ -78,8 +78,9 @@ def test_trunk_is_the_teacher_backbone(teachers, amplifiers, detector):
     expected = teacher.backbone.state_dict()
     assert trunk.keys() == expected.keys()
     assert all(torch.equal(trunk[k], expected[k]) for k in expected)
+    # the head is fresh, not the teacher's
     teacher_params = dict(teacher.named_parameters())
-    assert any(not torch.equal(v, teacher_params[k]) for k, v in head_parameters(model).items())  # a fresh head
+    assert any(not torch.equal(v, teacher_params[k]) for k, v in head_parameters(model).items())
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
