@@ -14,19 +14,22 @@ from ds2d2.data.synthetic import DEFAULT_SPLIT, write_synthetic_dior, write_synt
 DEFAULTS = {"dior": {"num_images": 64, "image_size": 128}, "dota": {"num_images": 6, "image_size": 2000}}
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", required=True, choices=sorted(DEFAULTS), help="release layout to write")
-    parser.add_argument("--out", required=True, help="output folder (created; must be empty or a synthetic one)")
+    parser.add_argument("--out", required=True,
+                        help="output folder (created; must be empty, new, or an earlier synthetic dataset)")
     parser.add_argument("--num-images", type=int, help="number of images (default: dior 64, dota 6)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (non-negative)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (non-negative; default 0)")
     parser.add_argument("--image-size", type=int,
-                        help="dior: side of the square images (default 128); dota: nominal scene side (default "
-                             "2000; scenes are 0.75-1.25x, every fourth one 0.3-0.5x)")
+                        help="dior: side of the square images (default 128); dota: nominal scene side "
+                             "(default 2000; scenes are 0.75-1.25x, every fourth one 0.3-0.5x)")
     parser.add_argument("--min-size", type=int, help="dota only: smallest side of the normal scenes")
     parser.add_argument("--max-size", type=int, help="dota only: largest side of the normal scenes")
-    parser.add_argument("--split", type=float, nargs=3, default=DEFAULT_SPLIT, metavar=("TRAIN", "VAL", "TEST"),
-                        help="fractions of images per split (default: %(default)s)")
+    parser.add_argument("--split", type=float, nargs=3, default=DEFAULT_SPLIT,
+                        metavar=("TRAIN", "VAL", "TEST"),
+                        help="fractions of images per split (default: 0.5 0.2 0.3)")
     args = parser.parse_args(argv)
     if args.format == "dior" and (args.min_size is not None or args.max_size is not None):
         parser.error("--min-size/--max-size apply to --format dota only")
@@ -36,13 +39,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list) -> None:
     args = parse_args(argv)
     if args.format == "dior":
         out = write_synthetic_dior(args.out, args.num_images, args.seed, args.image_size, split=args.split)
     else:
-        out = write_synthetic_dota(args.out, args.num_images, args.seed, args.image_size, min_size=args.min_size,
-                                   max_size=args.max_size, split=args.split)
+        out = write_synthetic_dota(args.out, args.num_images, args.seed, args.image_size,
+                                   min_size=args.min_size, max_size=args.max_size, split=args.split)
     print(f"synthetic {args.format.upper()} dataset ({args.num_images} images, seed {args.seed}) in {out}")
 
 

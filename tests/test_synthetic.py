@@ -1,5 +1,6 @@
-"""The synthetic generator writes deterministic data in the exact DIOR and DOTA release layouts, with the content the
-models are meant to learn (crowds, small and large objects, classes told apart by high-frequency texture)."""
+"""The synthetic generator writes deterministic data in the exact DIOR and DOTA release layouts, with the
+content the models are meant to learn (crowds, small and large objects, classes told apart by high-frequency
+texture)."""
 import hashlib
 import importlib.util
 import os
@@ -22,13 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 # The 20 DIOR classes and 15 DOTA v1.0 classes, written out here independently of the package.
 DIOR_20 = {
     "airplane", "airport", "baseballfield", "basketballcourt", "bridge", "chimney", "dam",
-    "Expressway-Service-area", "Expressway-toll-station", "golffield", "groundtrackfield", "harbor", "overpass",
-    "ship", "stadium", "storagetank", "tenniscourt", "trainstation", "vehicle", "windmill",
+    "Expressway-Service-area", "Expressway-toll-station", "golffield", "groundtrackfield", "harbor",
+    "overpass", "ship", "stadium", "storagetank", "tenniscourt", "trainstation", "vehicle", "windmill",
 }
 DOTA_15 = {
-    "plane", "ship", "storage-tank", "baseball-diamond", "tennis-court", "basketball-court", "ground-track-field",
-    "harbor", "bridge", "large-vehicle", "small-vehicle", "helicopter", "roundabout", "soccer-ball-field",
-    "swimming-pool",
+    "plane", "ship", "storage-tank", "baseball-diamond", "tennis-court", "basketball-court",
+    "ground-track-field", "harbor", "bridge", "large-vehicle", "small-vehicle", "helicopter", "roundabout",
+    "soccer-ball-field", "swimming-pool",
 }
 HBB = "Annotations/Horizontal Bounding Boxes"
 SMALL_DOTA = dict(image_size=600)  # normal scenes 450-750 px, every fourth one 180-300 px
@@ -43,7 +44,8 @@ def tree_digest(root: Path) -> dict:
 def read_voc(path: Path) -> tuple[str, int, int, list[tuple[str, int, int, int, int]]]:
     root = ET.parse(path).getroot()
     size = root.find("size")
-    boxes = [(o.findtext("name"), *(int(o.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")))
+    corners = ("xmin", "ymin", "xmax", "ymax")
+    boxes = [(o.findtext("name"), *(int(o.find("bndbox").findtext(k)) for k in corners))
              for o in root.iter("object")]
     return root.findtext("filename"), int(size.findtext("width")), int(size.findtext("height")), boxes
 
@@ -75,14 +77,17 @@ def test_dior_layout_is_the_release_layout(dior):
     ids = [f"{i:05d}" for i in range(1, 41)]
     # 40 images, split 50/20/30: test = 12 images, val = 8, train = 20; trainval holds ids 1-28.
     expected = {f"{HBB}/{i}.xml" for i in ids}
-    expected |= {f"JPEGImages-trainval/{i}.jpg" for i in ids[:28]} | {f"JPEGImages-test/{i}.jpg" for i in ids[28:]}
+    expected |= {f"JPEGImages-trainval/{i}.jpg" for i in ids[:28]}
+    expected |= {f"JPEGImages-test/{i}.jpg" for i in ids[28:]}
     expected |= {f"ImageSets/Main/{s}.txt" for s in ("train", "val", "test")} | {MARKER_FILE}
     assert files == expected
-    lists = {s: (dior / "ImageSets/Main" / f"{s}.txt").read_text().split("\n") for s in ("train", "val", "test")}
+    lists = {s: (dior / "ImageSets/Main" / f"{s}.txt").read_text().split("\n")
+             for s in ("train", "val", "test")}
     assert all(lines[-1] == "" for lines in lists.values())  # one id per line, newline-terminated
     train, val, test = (lines[:-1] for lines in lists.values())
     assert (len(train), len(val)) == (20, 8) and sorted(train + val) == ids[:28] and test == ids[28:]
-    assert train == sorted(train) and val == sorted(val) and train != ids[:20]  # interleaved, like the real lists
+    assert train == sorted(train) and val == sorted(val)
+    assert train != ids[:20]  # train and val ids interleave, as in the real lists
 
 
 def test_dior_xml_matches_the_images_and_boxes_lie_inside(dior):
@@ -152,11 +157,13 @@ def test_dota_layout_and_labels(dota):
             h, w = image.shape[:2]
             sizes.append((h, w))
             header, objects = read_dota(dota / split / "labelTxt" / f"{name}.txt")
-            assert header[0] == "imagesource:GoogleEarth" and 0.05 < float(header[1].removeprefix("gsd:")) < 0.5
+            assert header[0] == "imagesource:GoogleEarth"
+            assert header[1].startswith("gsd:") and 0.05 < float(header[1][4:]) < 0.5
             for fields in objects:
                 assert len(fields) == 10 and fields[8] in SYNTHETIC_DOTA_CLASSES and fields[9] in ("0", "1")
                 poly = np.array(fields[:8], dtype=float).reshape(4, 2)
-                assert poly.min() >= 0 and poly[:, 0].max() <= w - 1 and poly[:, 1].max() <= h - 1, (name, fields)
+                assert poly.min() >= 0, (name, fields)
+                assert poly[:, 0].max() <= w - 1 and poly[:, 1].max() <= h - 1, (name, fields)
                 edges = np.roll(poly, -1, axis=0) - poly
                 edges /= np.linalg.norm(edges, axis=1, keepdims=True)
                 assert np.abs((edges * np.roll(edges, -1, axis=0)).sum(1)).max() < 0.05  # right angles
@@ -214,8 +221,8 @@ def test_command_line_writes_what_the_api_writes(tmp_path):
               "--image-size", "96"])
     api = write_synthetic_dior(tmp_path / "api", num_images=5, seed=7, image_size=96)
     assert tree_digest(tmp_path / "cli") == tree_digest(api)
-    cli.main(["--format", "dota", "--out", str(tmp_path / "cli_dota"), "--num-images", "3", "--min-size", "150",
-              "--max-size", "180", "--image-size", "300"])
+    cli.main(["--format", "dota", "--out", str(tmp_path / "cli_dota"), "--num-images", "3",
+              "--min-size", "150", "--max-size", "180", "--image-size", "300"])
     assert tree_digest(tmp_path / "cli_dota") == tree_digest(
         write_synthetic_dota(tmp_path / "api_dota", 3, 0, 300, min_size=150, max_size=180))
     with pytest.raises(SystemExit):

@@ -1,14 +1,15 @@
 """Deterministic synthetic remote-sensing detection data, written in the real DIOR and DOTA release layouts.
 
-One scene renderer (:func:`render_scene`) draws a textured background (multi-scale noise, fields with crop rows,
-roads, unannotated buildings) and annotated objects: many small ones, some large ones, crowded groups (parking lots,
-tank farms, moored ships, court complexes). Two pairs of classes share shape, size and colour and differ only in
-high-frequency texture (tennis courts are striped, basketball courts checkered; small vehicles have a windshield,
-large vehicles cargo ribs), which is what spectral distillation is about.
+One scene renderer (:func:`render_scene`) draws a textured background (multi-scale noise, fields with crop
+rows, roads, unannotated buildings) and annotated objects: many small ones, some large ones, crowded groups
+(parking lots, tank farms, moored ships, court complexes). Classes that share shape, size and colour differ
+only in high-frequency texture (tennis courts are striped, basketball courts finely checkered; small vehicles
+have windows, large vehicles cargo ribs), which is what spectral distillation is about.
 
-The writers only write files (plus a ``.synthetic.json`` marker that no loader reads): the project's real DIOR and
-DOTA loaders are what read them back. Every random draw comes from a numpy Generator seeded by (seed, format,
-image index), and images are written with fixed encoder settings, so equal arguments give byte-identical files.
+The writers only write files (plus a ``.synthetic.json`` marker that no loader reads): the project's real DIOR
+and DOTA loaders are what read them back. Every random draw comes from a numpy Generator seeded by (seed,
+format, image index), and images are written with fixed encoder settings, so equal arguments give
+byte-identical files.
 """
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ __all__ = [
 RGB = tuple[int, int, int]
 
 MARKER_FILE = ".synthetic.json"
-_GENERATOR_VERSION = 1  # bump when the rendering changes, so that old outputs are regenerated
+_GENERATOR_VERSION = 2  # bump when the rendering changes, so that old outputs are regenerated
 _REF_SIZE = 128  # object sizes below are in pixels of a 128 px DIOR image (SceneLayout.scale = 1)
-_SUPERSAMPLE = 4  # objects are rasterised on a 4x finer grid and box-filtered (anti-aliased edges and textures)
+_SUPERSAMPLE = 4  # objects are rasterised on a 4x finer grid, then box-filtered (anti-aliased)
 _SENSOR_NOISE = 2.5  # std of the per-pixel Gaussian noise (grey levels)
 
 
@@ -81,6 +82,7 @@ class SceneLayout:
     objects_per_tile: scattered annotated objects. groups_per_tile: crowded groups of one class.
     group_size: multiplies the largest row and column counts of a group.
     buildings_per_tile: plain grey rectangles, not annotated (hard negatives).
+    fields_per_tile, roads_per_tile: background fields with crop rows, road segments.
     border_prob: chance that a scattered object is cut by the image border (at most half of it outside).
     difficult_prob: chance that an object is faded (drawn at half opacity) and flagged difficult.
     """
@@ -98,8 +100,8 @@ class SceneLayout:
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One annotated object. corners: (4, 2) oriented box (x, y) in pixels, clockwise on screen (y down), first
-    corner at the object's rear-left; outline: (N, 2) drawn polygon, inside the oriented box."""
+    """One annotated object. corners: (4, 2) oriented box (x, y) in pixels, clockwise on screen (y down),
+    first corner at the object's rear-left; outline: (N, 2) drawn polygon, inside the oriented box."""
 
     name: str
     corners: np.ndarray
@@ -108,14 +110,15 @@ class SceneObject:
 
 
 _COURT_COLOURS: tuple[RGB, ...] = ((62, 112, 150), (70, 128, 92), (150, 82, 70))
-_CAR_COLOURS: tuple[RGB, ...] = ((232, 232, 228), (178, 180, 182), (36, 38, 42), (172, 42, 40), (42, 64, 150))
+_CAR_COLOURS: tuple[RGB, ...] = (
+    (232, 232, 228), (178, 180, 182), (36, 38, 42), (172, 42, 40), (42, 64, 150))
 _ASPHALT: RGB = (82, 82, 86)
 _GENERIC_STYLES: dict[str, ObjectStyle] = {
     "plane": ObjectStyle("plane", "plain", (14, 42), (0.85, 1.0), ((226, 226, 224), (200, 204, 210))),
-    "ship": ObjectStyle("hull", "deck", (10, 30), (0.24, 0.32), ((236, 236, 230), (196, 194, 188)), 40, 3.0,
-                        group=(1, 2, 3, 7), group_weight=1.0, gap=2.0, pad=(46, 70, 92)),
-    "tank": ObjectStyle("circle", "rings", (6, 20), (1.0, 1.0), ((222, 222, 216), (204, 202, 192)), 50, 4.0,
-                        group=(2, 4, 2, 5), group_weight=2.0, gap=2.0, pad=(150, 146, 136)),
+    "ship": ObjectStyle("hull", "deck", (10, 30), (0.24, 0.32), ((236, 236, 230), (196, 194, 188)), 40,
+                        3.0, group=(1, 2, 3, 7), group_weight=1.0, gap=2.0, pad=(46, 70, 92)),
+    "tank": ObjectStyle("circle", "rings", (6, 20), (1.0, 1.0), ((222, 222, 216), (204, 202, 192)), 50,
+                        4.0, group=(2, 4, 2, 5), group_weight=2.0, gap=2.0, pad=(150, 146, 136)),
     "court_stripes": ObjectStyle("rect", "stripes", (12, 28), (0.5, 0.6), _COURT_COLOURS, 42, 4.0,
                                  group=(1, 2, 2, 3), group_weight=0.5, gap=2.0, pad=(126, 136, 120)),
     "court_checker": ObjectStyle("rect", "checker", (12, 28), (0.5, 0.6), _COURT_COLOURS, 42, 4.0,
@@ -125,7 +128,8 @@ _GENERIC_STYLES: dict[str, ObjectStyle] = {
     "large_vehicle": ObjectStyle("rect", "deck", (8, 16), (0.38, 0.48), _CAR_COLOURS, 60, 2.0,
                                  group=(1, 3, 3, 8), group_weight=1.5, gap=1.5, pad=_ASPHALT),
 }
-_BUILDING = ObjectStyle("rect", "plain", (10, 24), (0.6, 1.0), ((168, 164, 158), (150, 150, 152), (182, 170, 160)))
+_BUILDING = ObjectStyle(
+    "rect", "plain", (10, 24), (0.6, 1.0), ((168, 164, 158), (150, 150, 152), (182, 170, 160)))
 
 _DIOR_STYLES: dict[str, ObjectStyle] = {  # in DIOR's class order
     "airplane": _GENERIC_STYLES["plane"],
@@ -148,16 +152,18 @@ SYNTHETIC_DIOR_CLASSES: tuple[str, ...] = tuple(_DIOR_STYLES)
 SYNTHETIC_DOTA_CLASSES: tuple[str, ...] = tuple(_DOTA_STYLES)
 
 _DIOR_LAYOUT = SceneLayout()
-_DOTA_LAYOUT = SceneLayout(objects_per_tile=2.0, groups_per_tile=0.12, group_size=2.0, buildings_per_tile=1.5,
-                           fields_per_tile=1.0, roads_per_tile=0.3, border_prob=0.0, difficult_prob=0.08)
+_DOTA_LAYOUT = SceneLayout(objects_per_tile=2.0, groups_per_tile=0.12, group_size=2.0,
+                           buildings_per_tile=1.5, fields_per_tile=1.0, roads_per_tile=0.3, border_prob=0.0,
+                           difficult_prob=0.08)
 _GROUND_TINTS: tuple[RGB, ...] = ((88, 104, 72), (128, 112, 90), (112, 112, 108), (140, 132, 100))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Geometry
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def _local_outline(shape: str, length: float, width: float) -> np.ndarray:
-    """(N, 2) polygon in the object frame (u along the long side, v across), inside [-L/2, L/2] x [-W/2, W/2]."""
+    """(N, 2) polygon in the object frame (u along the long side, v across), inside [-L/2, L/2] x
+    [-W/2, W/2]."""
     a, b = length / 2, width / 2
     if shape == "rect":
         pts = [(-a, -b), (a, -b), (a, b), (-a, b)]
@@ -177,20 +183,22 @@ def _local_outline(shape: str, length: float, width: float) -> np.ndarray:
 
 
 def _to_image(local: np.ndarray, cx: float, cy: float, angle: float) -> np.ndarray:
-    """Rotate (N, 2) object-frame points by ``angle`` (radians, clockwise on screen) and move them to (cx, cy)."""
+    """Rotate (N, 2) object-frame points by ``angle`` (radians, clockwise on screen) about (cx, cy)."""
     c, s = math.cos(angle), math.sin(angle)
     return np.stack([cx + local[:, 0] * c - local[:, 1] * s, cy + local[:, 0] * s + local[:, 1] * c], axis=1)
 
 
-def _to_local(x: np.ndarray, y: np.ndarray, cx: float, cy: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
+def _to_local(x: np.ndarray, y: np.ndarray, cx: float, cy: float,
+              angle: float) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of :func:`_to_image` for coordinate grids."""
     c, s = math.cos(angle), math.sin(angle)
     dx, dy = x - cx, y - cy
     return dx * c + dy * s, -dx * s + dy * c
 
 
-def _texture(kind: str, u: np.ndarray, v: np.ndarray, length: float, width: float, period: float) -> np.ndarray:
-    """Texture value in [-1, 1] at object-frame points (u, v); zero mean over the object for the court pair."""
+def _texture(kind: str, u: np.ndarray, v: np.ndarray, length: float, width: float,
+             period: float) -> np.ndarray:
+    """Texture value in [-1, 1] at object-frame points (u, v) of an object of the given size (px)."""
     if kind == "plain":
         return np.zeros(np.broadcast_shapes(u.shape, v.shape))
     if kind == "stripes":  # bars across the long axis
@@ -209,12 +217,13 @@ def _texture(kind: str, u: np.ndarray, v: np.ndarray, length: float, width: floa
     raise ValueError(f"unknown object texture {kind!r}")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Rendering
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def _paint(img: np.ndarray, outline: np.ndarray, colour_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
            ss: int = _SUPERSAMPLE, opacity: float = 1.0) -> None:
-    """Composite a polygon into ``img`` (H, W, 3 float32) in place, anti-aliased by ``ss`` x ``ss`` supersampling.
+    """Composite a polygon into ``img`` (H, W, 3 float32) in place, anti-aliased by ``ss`` x ``ss``
+    supersampling.
 
     outline: (N, 2) polygon (x, y) in pixels; pixel (i, j) covers [j, j+1) x [i, i+1).
     colour_at(x, y): colours (..., 3) at broadcastable pixel-coordinate grids x (1, w) and y (h, 1).
@@ -226,7 +235,8 @@ def _paint(img: np.ndarray, outline: np.ndarray, colour_at: Callable[[np.ndarray
     if x1 <= x0 or y1 <= y0:
         return
     ph, pw = y1 - y0, x1 - x0
-    pts = np.rint(((outline - (x0, y0)) * ss - 0.5) * 16).astype(np.int32)  # 4 fractional bits, centre = integer
+    # OpenCV puts pixel centres on integers; shift=4 gives 4 fractional bits
+    pts = np.rint(((outline - (x0, y0)) * ss - 0.5) * 16).astype(np.int32)
     mask = np.zeros((ph * ss, pw * ss), np.uint8)
     cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=4)
     xs = x0 + (np.arange(pw * ss) + 0.5) / ss
@@ -241,7 +251,7 @@ def _paint(img: np.ndarray, outline: np.ndarray, colour_at: Callable[[np.ndarray
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
-    """(h, w) float32 value noise: unit-variance lattice values every ``cell`` pixels, smoothstep-interpolated."""
+    """(h, w) float32 value noise: unit-variance lattice values every ``cell`` px, smoothstep-interpolated."""
     cell = max(cell, 1.0)
     grid = rng.standard_normal((int(h / cell) + 2, int(w / cell) + 2)).astype(np.float32)
 
@@ -289,7 +299,8 @@ def _background(rng: np.random.Generator, h: int, w: int, layout: SceneLayout, t
     tint = _jitter(rng, _GROUND_TINTS[rng.integers(len(_GROUND_TINTS))], 10)
     img = np.empty((h, w, 3), np.float32)
     img[:] = tint
-    luminance = sum(amp * _smooth_noise(rng, h, w, cell * s) for cell, amp in ((48, 14), (16, 9), (5, 5), (2, 3)))
+    octaves = ((48, 14), (16, 9), (5, 5), (2, 3))  # (cell px, amplitude in grey levels)
+    luminance = sum(amp * _smooth_noise(rng, h, w, cell * s) for cell, amp in octaves)
     img += luminance[..., None]
     for c in range(3):  # slow colour variation
         img[..., c] += 6 * _smooth_noise(rng, h, w, 40 * s)
@@ -300,7 +311,8 @@ def _background(rng: np.random.Generator, h: int, w: int, layout: SceneLayout, t
         colour = _jitter(rng, tint, 20)
         period, row_angle = rng.uniform(5, 9) * s, angle + rng.choice([0.0, math.pi / 2])
 
-        def field(x: np.ndarray, y: np.ndarray, cx=cx, cy=cy, a=row_angle, p=period, col=colour) -> np.ndarray:
+        def field(x: np.ndarray, y: np.ndarray, cx=cx, cy=cy, a=row_angle, p=period,
+                  col=colour) -> np.ndarray:
             u, _ = _to_local(x, y, cx, cy, a)
             return col + 6.0 * np.sin(2 * math.pi * u / p)[..., None]
 
@@ -330,7 +342,8 @@ class _Placement:
 
     def extent(self) -> np.ndarray:
         """(4,) bounds (x0, y0, x1, y1) of the pad and all oriented boxes, relative to the centre."""
-        parts = [_to_image(_local_outline("rect", m.length, m.width), m.dx, m.dy, m.angle) for m in self.members]
+        parts = [_to_image(_local_outline("rect", m.length, m.width), m.dx, m.dy, m.angle)
+                 for m in self.members]
         pts = np.concatenate(parts + ([self.pad] if self.pad is not None else []))
         return np.concatenate([pts.min(axis=0), pts.max(axis=0)])
 
@@ -340,7 +353,7 @@ def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float
 
 
 def _group(rng: np.random.Generator, style: ObjectStyle, layout: SceneLayout) -> _Placement:
-    """A crowded group on a pad: rows x cols slots (85% occupied), members side by side, long axes parallel."""
+    """A crowded group on a pad: rows x cols slots (85% occupied), side by side, long axes parallel."""
     assert style.group is not None
     r0, r1, c0, c1 = style.group
     rows = int(rng.integers(r0, math.ceil(r1 * layout.group_size) + 1))
@@ -356,8 +369,9 @@ def _group(rng: np.random.Generator, style: ObjectStyle, layout: SceneLayout) ->
             if rng.random() > 0.85:
                 continue
             gu, gv = (k - (cols - 1) / 2) * (width + gap), (r - (rows - 1) / 2) * (length + gap)
-            members.append(_Member(gu * c - gv * s, gu * s + gv * c, theta + math.pi / 2 + rng.normal(0, 0.03),
-                                   length * rng.uniform(0.93, 1.0), width * rng.uniform(0.93, 1.0)))
+            angle = theta + math.pi / 2 + rng.normal(0, 0.03)
+            members.append(_Member(gu * c - gv * s, gu * s + gv * c, angle, length * rng.uniform(0.93, 1.0),
+                                   width * rng.uniform(0.93, 1.0)))
     pad = _to_image(_local_outline("rect", cols * (width + gap) + 2 * gap, rows * (length + gap) + 2 * gap),
                     0.0, 0.0, theta)
     return _Placement(members, pad)
@@ -365,7 +379,8 @@ def _group(rng: np.random.Generator, style: ObjectStyle, layout: SceneLayout) ->
 
 def _single(rng: np.random.Generator, style: ObjectStyle, scale: float) -> _Placement:
     length = _log_uniform(rng, style.length) * scale
-    return _Placement([_Member(0.0, 0.0, rng.uniform(0, 2 * math.pi), length, length * rng.uniform(*style.aspect))])
+    angle, width = rng.uniform(0, 2 * math.pi), length * rng.uniform(*style.aspect)
+    return _Placement([_Member(0.0, 0.0, angle, length, width)])
 
 
 def _find_spot(rng: np.random.Generator, extent: np.ndarray, h: int, w: int, occupied: list[np.ndarray],
@@ -393,9 +408,9 @@ def _find_spot(rng: np.random.Generator, extent: np.ndarray, h: int, w: int, occ
     return None
 
 
-def _draw(img: np.ndarray, rng: np.random.Generator, style: ObjectStyle, member: _Member, cx: float, cy: float,
-          difficult: bool, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Paint one object (faded if difficult); returns its (4, 2) oriented box corners and (N, 2) outline (px)."""
+def _draw(img: np.ndarray, rng: np.random.Generator, style: ObjectStyle, member: _Member, cx: float,
+          cy: float, difficult: bool, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Paint one object (faded if difficult); returns its (4, 2) oriented box and (N, 2) outline (px)."""
     x, y, angle = cx + member.dx, cy + member.dy, member.angle
     outline = _to_image(_local_outline(style.shape, member.length, member.width), x, y, angle)
     corners = _to_image(_local_outline("rect", member.length, member.width), x, y, angle)
@@ -414,8 +429,9 @@ def render_scene(rng: np.random.Generator, height: int, width: int, styles: Mapp
                  layout: SceneLayout) -> tuple[np.ndarray, list[SceneObject]]:
     """Draw one scene. Returns the (height, width, 3) uint8 RGB image and its annotated objects.
 
-    Crowded groups are placed first, then unannotated buildings, then scattered objects (classes drawn uniformly);
-    placements never overlap. At least one scattered object is attempted, so scenes are rarely empty.
+    Crowded groups are placed first, then unannotated buildings, then scattered objects (classes drawn
+    uniformly); placements never overlap. At least one scattered object is attempted, so scenes are rarely
+    empty.
     """
     tiles = height * width / (_REF_SIZE * layout.scale) ** 2
     img = _background(rng, height, width, layout, tiles)
@@ -451,9 +467,9 @@ def render_scene(rng: np.random.Generator, height: int, width: int, styles: Mapp
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), objects
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Writers
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 DEFAULT_SPLIT = (0.5, 0.2, 0.3)  # train, val, test fractions
 _DIOR_DIRS = ("Annotations", "JPEGImages-trainval", "JPEGImages-test", "ImageSets")
 _DOTA_DIRS = ("train", "val", "test")
@@ -468,7 +484,8 @@ def _rng(seed: int, fmt: str, *key: int) -> np.random.Generator:
 def _split_counts(num_images: int, split: Sequence[float]) -> tuple[int, int, int]:
     """(train, val, test) image counts from fractions; test and val are rounded, train takes the rest."""
     if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6:
-        raise ValueError(f"split must be three non-negative fractions (train, val, test) summing to 1, got {split}")
+        raise ValueError(
+            f"split must be three non-negative fractions (train, val, test) summing to 1, got {split}")
     n_test, n_val = round(num_images * split[2]), round(num_images * split[1])
     if num_images - n_test - n_val < 1:
         raise ValueError(f"split {tuple(split)} of {num_images} images leaves no training image")
@@ -500,8 +517,8 @@ def _start(out: Path, args: dict) -> bool:
         for name in _DIOR_DIRS if old_format == "dior" else _DOTA_DIRS:
             shutil.rmtree(out / name, ignore_errors=True)
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists, is not empty and has no {MARKER_FILE}: refusing to write a synthetic "
-                              "dataset over what may be real data; choose an empty or new directory")
+        raise FileExistsError(f"{out} exists, is not empty and has no {MARKER_FILE}: refusing to write a "
+                              "synthetic dataset over what may be real data; choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"args": args, "complete": False}, sort_keys=True) + "\n")
     return True
@@ -520,16 +537,17 @@ def _write_image(path: Path, rgb: np.ndarray, params: list[int]) -> None:
 def _voc_xml(filename: str, width: int, height: int, objects: list[SceneObject]) -> str:
     """DIOR's Horizontal-Bounding-Boxes XML: VOC fields, 1-based inclusive integer pixel boxes clipped to the
     image, no <truncated>/<difficult> (the real files have neither)."""
-    lines = ["<annotation>", f"\t<filename>{filename}</filename>", "\t<source>", "\t\t<database>DIOR</database>",
-             "\t</source>", "\t<size>", f"\t\t<width>{width}</width>", f"\t\t<height>{height}</height>",
-             "\t\t<depth>3</depth>", "\t</size>", "\t<segmented>0</segmented>"]
+    lines = ["<annotation>", f"\t<filename>{filename}</filename>", "\t<source>",
+             "\t\t<database>DIOR</database>", "\t</source>", "\t<size>", f"\t\t<width>{width}</width>",
+             f"\t\t<height>{height}</height>", "\t\t<depth>3</depth>", "\t</size>",
+             "\t<segmented>0</segmented>"]
     for obj in objects:
         (x0, y0), (x1, y1) = obj.outline.min(axis=0), obj.outline.max(axis=0)
         xmin, ymin = int(math.floor(max(x0, 0.0))) + 1, int(math.floor(max(y0, 0.0))) + 1
         xmax, ymax = int(math.ceil(min(x1, float(width)))), int(math.ceil(min(y1, float(height))))
-        lines += ["\t<object>", f"\t\t<name>{obj.name}</name>", "\t\t<pose>Unspecified</pose>", "\t\t<bndbox>",
-                  f"\t\t\t<xmin>{xmin}</xmin>", f"\t\t\t<ymin>{ymin}</ymin>", f"\t\t\t<xmax>{xmax}</xmax>",
-                  f"\t\t\t<ymax>{ymax}</ymax>", "\t\t</bndbox>", "\t</object>"]
+        lines += ["\t<object>", f"\t\t<name>{obj.name}</name>", "\t\t<pose>Unspecified</pose>",
+                  "\t\t<bndbox>", f"\t\t\t<xmin>{xmin}</xmin>", f"\t\t\t<ymin>{ymin}</ymin>",
+                  f"\t\t\t<xmax>{xmax}</xmax>", f"\t\t\t<ymax>{ymax}</ymax>", "\t\t</bndbox>", "\t</object>"]
     return "\n".join(lines + ["</annotation>"]) + "\n"
 
 
@@ -538,10 +556,11 @@ def write_synthetic_dior(out: str | Path, num_images: int, seed: int, image_size
     """Write a synthetic dataset in DIOR's release layout under ``out`` and return ``out``.
 
     Layout: ``Annotations/Horizontal Bounding Boxes/NNNNN.xml``, ``JPEGImages-trainval/NNNNN.jpg`` (ids 1 to
-    train+val), ``JPEGImages-test/NNNNN.jpg`` (the following ids), ``ImageSets/Main/{train,val,test}.txt`` (5-digit
-    ids; train and val are interleaved random subsets of the trainval ids). Images are square, ``image_size`` px;
-    objects are 6-42 px at 128 px and scale with the image. Classes: :data:`SYNTHETIC_DIOR_CLASSES`.
-    Nothing is written when ``out`` already holds the dataset of these arguments.
+    train+val), ``JPEGImages-test/NNNNN.jpg`` (the following ids), ``ImageSets/Main/{train,val,test}.txt``
+    (5-digit ids; train and val are interleaved random subsets of the trainval ids). Images are square,
+    ``image_size`` px; objects are 6-42 px at 128 px and scale with the image. Classes:
+    :data:`SYNTHETIC_DIOR_CLASSES`. Nothing is written when ``out`` already holds the dataset of these
+    arguments.
     """
     _check_common(num_images, seed)
     if num_images > 99999:
@@ -562,10 +581,12 @@ def write_synthetic_dior(out: str | Path, num_images: int, seed: int, image_size
     n_trainval = n_train + n_val
     for index in range(num_images):
         image_id = f"{index + 1:05d}"
-        image, objects = render_scene(_rng(seed, "dior", 1, index), image_size, image_size, _DIOR_STYLES, layout)
+        rng = _rng(seed, "dior", 1, index)
+        image, objects = render_scene(rng, image_size, image_size, _DIOR_STYLES, layout)
         folder = "JPEGImages-trainval" if index < n_trainval else "JPEGImages-test"
         _write_image(out / folder / f"{image_id}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-        (annotations / f"{image_id}.xml").write_text(_voc_xml(f"{image_id}.jpg", image_size, image_size, objects))
+        xml = _voc_xml(f"{image_id}.jpg", image_size, image_size, objects)
+        (annotations / f"{image_id}.xml").write_text(xml)
     ids = [f"{i + 1:05d}" for i in range(num_images)]
     train = set(_rng(seed, "dior", 0).permutation(n_trainval)[:n_train].tolist())
     lists = {"train": [ids[i] for i in range(n_trainval) if i in train],
@@ -592,14 +613,15 @@ def write_synthetic_dota(out: str | Path, num_images: int, seed: int, image_size
                          split: Sequence[float] = DEFAULT_SPLIT, object_scale: float = 2.0) -> Path:
     """Write a synthetic dataset in DOTA v1.0's release layout under ``out`` and return ``out``.
 
-    Layout: ``{train,val}/images/PNNNN.png`` with ``{train,val}/labelTxt/PNNNN.txt``, ``test/images/PNNNN.png``
-    (no labels); scene ids are numbered across splits and assigned to splits at random. Scene sides are drawn
-    independently (non-square, odd sizes) from [min_size, max_size] (default 0.75 and 1.25 x ``image_size``),
-    except every fourth scene (P0001, P0005, ...), whose sides lie in [0.3, 0.5] x ``image_size`` (smaller than a
-    1024 px patch at the default size). Objects are rotated at any angle, lie inside the image, 8% are faded and
-    marked difficult; their size is ``object_scale`` x the DIOR 128 px sizes (x0.85-1.2 per scene, reflected in
-    the gsd header). Classes: :data:`SYNTHETIC_DOTA_CLASSES`. Nothing is written when ``out`` already holds the
-    dataset of these arguments.
+    Layout: ``{train,val}/images/PNNNN.png`` with ``{train,val}/labelTxt/PNNNN.txt``,
+    ``test/images/PNNNN.png`` (no labels); scene ids are numbered across splits and assigned to splits at
+    random. Scene sides are drawn independently (non-square, odd sizes) from [min_size, max_size] (default
+    0.75 and 1.25 x ``image_size``), except every fourth scene (P0001, P0005, ...), whose sides lie in
+    [0.3, 0.5] x ``image_size`` (smaller than a 1024 px patch at the default size). Objects are rotated at any
+    angle, lie inside [0, W-1] x [0, H-1], 8% are faded and marked difficult; their size is ``object_scale`` x
+    the DIOR 128 px sizes (x0.85-1.2 per scene, reflected in the gsd header). Classes:
+    :data:`SYNTHETIC_DOTA_CLASSES`. Nothing is written when ``out`` already holds the dataset of these
+    arguments.
     """
     _check_common(num_images, seed)
     if num_images > 10000:
@@ -608,8 +630,8 @@ def write_synthetic_dota(out: str | Path, num_images: int, seed: int, image_size
     max_size = round(1.25 * image_size) if max_size is None else max_size
     small = (round(0.3 * image_size), round(0.5 * image_size))
     if not 32 <= min_size <= max_size or small[0] < 32:
-        raise ValueError(f"scene sizes must satisfy 32 <= min_size <= max_size and 0.3 * image_size >= 32, got "
-                         f"min_size={min_size}, max_size={max_size}, image_size={image_size}")
+        raise ValueError(f"scene sizes must satisfy 32 <= min_size <= max_size and 0.3 * image_size >= 32, "
+                         f"got min_size={min_size}, max_size={max_size}, image_size={image_size}")
     if object_scale <= 0:
         raise ValueError(f"object_scale must be positive, got {object_scale}")
     counts = _split_counts(num_images, split)
@@ -620,14 +642,16 @@ def write_synthetic_dota(out: str | Path, num_images: int, seed: int, image_size
     if not _start(out, args):
         return out
     order = _rng(seed, "dota", 0).permutation(num_images)
-    split_of = {int(i): name for name, part in zip(_DOTA_DIRS, np.split(order, np.cumsum(counts)[:2])) for i in part}
+    parts = np.split(order, np.cumsum(counts)[:2])
+    split_of = {int(i): name for name, part in zip(_DOTA_DIRS, parts) for i in part}
     for index in range(num_images):
         rng = _rng(seed, "dota", 1, index)
         lo, hi = small if index % 4 == 1 else (min_size, max_size)
         height, width = (int(v) for v in rng.integers(lo, hi + 1, size=2))
         scene_scale = object_scale * rng.uniform(0.85, 1.2)
-        gsd = 0.13 * object_scale / scene_scale  # metres per pixel: larger objects in pixels, finer ground sampling
-        image, objects = render_scene(rng, height, width, _DOTA_STYLES, replace(_DOTA_LAYOUT, scale=scene_scale))
+        gsd = 0.13 * object_scale / scene_scale  # metres per pixel: objects larger in pixels, finer sampling
+        layout = replace(_DOTA_LAYOUT, scale=scene_scale)
+        image, objects = render_scene(rng, height, width, _DOTA_STYLES, layout)
         name, folder = f"P{index:04d}", out / split_of[index]
         _write_image(folder / "images" / f"{name}.png", image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
         if split_of[index] != "test":
