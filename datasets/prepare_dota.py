@@ -55,8 +55,16 @@ def main(argv=None) -> int:
     classes = args.classes
     if classes is not None and len(classes) == 1 and classes[0] in CLASS_LISTS:
         classes = list(CLASS_LISTS[classes[0]])
-    settings = SplitSettings(args.patch_size, args.gap, tuple(args.rates), args.min_inside)
-    report = split_dota(args.src, args.dst, classes, settings, args.workers, args.skip_invalid)
+    try:
+        settings = SplitSettings(args.patch_size, args.gap, tuple(args.rates), args.min_inside)
+    except ValueError as e:
+        print(f"prepare_dota: error: {e}", file=sys.stderr)
+        return 1
+    try:
+        report = split_dota(args.src, args.dst, classes, settings, args.workers, args.skip_invalid)
+    except (OSError, ValueError) as e:
+        print(f"prepare_dota: error: {e}", file=sys.stderr)
+        return 1
     for line in report.invalid_lines:
         print(f"skipped: {line}", file=sys.stderr)
     if args.skip_invalid:

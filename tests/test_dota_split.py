@@ -1,5 +1,6 @@
 """Splitting: the devkit's windows and keep rule, exact coordinate mapping, padding, determinism, resuming."""
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from test_dota_scenes import CLASSES, GAP, PATCH, bounds, write_dota_folder
 from ds2d2.data.dota import DOTA_V1_CLASSES, DotaFormatError, load_dota_patches, register_dota
 from ds2d2.data.dota_split import SplitSettings, inside_fraction, patch_starts, split_dota
 
+REPO = Path(__file__).resolve().parents[1]
 RATES = (0.5, 1.0, 1.5)
 SETTINGS = SplitSettings(PATCH, GAP, RATES, 0.7)
 
@@ -201,3 +203,33 @@ def test_unlabelled_split_and_bad_labels(tmp_path):
     with pytest.raises(DotaFormatError, match=r"P0000.txt:\d+: category 'airship'"):
         split_dota(tmp_path / "bad", tmp_path / "bad_p", settings=SETTINGS, num_workers=1, progress=False)
     assert not (tmp_path / "bad_p").exists()  # labels are checked before anything is written
+
+
+def test_cli_reports_bad_lines_or_skips_them_with_a_count(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("prepare_dota", REPO / "datasets" / "prepare_dota.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    scenes = write_dota_folder(tmp_path / "src", sizes=((300, 280),))
+    label = tmp_path / "src" / "labelTxt" / "P0000.txt"
+    good = len(label.read_text().splitlines())
+    label.write_text(label.read_text() + "1 2 3 4 5 6 7 plane\n1 2 3 4 5 6 7 8 plane x\n")
+    argv = [
+        "--src",
+        str(tmp_path / "src"),
+        "--dst",
+        str(tmp_path / "dst"),
+        "--patch-size",
+        "256",
+        "--gap",
+        "64",
+    ]
+    assert prepare.main(argv) == 1
+    assert f"P0000.txt:{good + 1}: expected 9 or 10 fields" in capsys.readouterr().err
+
+    assert prepare.main(argv + ["--skip-invalid", "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"P0000.txt:{good + 1}:" in err and f"P0000.txt:{good + 2}: difficult must be" in err
+    assert "2 invalid label lines skipped" in err
+    assert len(records(tmp_path / "dst")["P0000"]["objects"]) == len(scenes["P0000"])
+    assert prepare.main(argv + ["--gap", "300"]) == 1  # gap >= patch size
+    assert "gap < patch_size" in capsys.readouterr().err

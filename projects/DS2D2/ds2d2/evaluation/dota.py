@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
+from torchvision.ops import nms
 
 from ..data.dota import (
     DotaFormatError,
@@ -76,19 +78,14 @@ def patch_to_image(boxes: np.ndarray, origin: Sequence[float], scale: float) -> 
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
-    """Greedy NMS (plain IoU) of boxes (N, 4); ties in score keep the larger box first (a whole object over
-    the part of it cut by a patch border), then the earlier one. Returns kept indices, best first."""
+    """Greedy NMS (plain IoU, suppress above ``thresh``) of boxes (N, 4); ties in score keep the larger box first
+    (a whole object over a part of it cut by a patch border), then the earlier one. Kept indices, best first.
+    """
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     order = np.lexsort((np.arange(len(boxes)), -areas, -scores))
-    keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        iw = np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0])
-        ih = np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1])
-        inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
-        order = rest[inter <= thresh * (areas[i] + areas[rest] - inter)]
-    return np.array(keep, dtype=np.int64)
+    # torchvision's NMS sorts scores stably, so equal scores keep the order given here
+    keep = nms(torch.from_numpy(boxes[order]), torch.from_numpy(scores[order]), thresh).numpy()
+    return order[keep]
 
 
 def merge_detections(
