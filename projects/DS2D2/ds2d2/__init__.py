@@ -7,7 +7,7 @@ from . import data, meta_arch  # noqa: F401  (registers datasets, DS2D2Amplifier
 from .config import add_ds2d2_config
 from .disw import disw_map
 from .losses import dense_box_kd, dense_cls_kd, explicit_band_losses, explicit_loss, roi_box_kd, roi_cls_kd
-from .wavelet import dwt, high_frequency, high_frequency_from_bands
+from .wavelet import dwt, high_frequency, high_frequency_from_bands, validate_wavelet
 
 __all__ = [
     "add_ds2d2_config",
@@ -21,4 +21,5 @@ __all__ = [
     "high_frequency_from_bands",
     "roi_box_kd",
     "roi_cls_kd",
+    "validate_wavelet",
 ]
