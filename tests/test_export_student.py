@@ -1,6 +1,7 @@
 """tools/export_student.py and ds2d2.export: a distiller checkpoint -> a plain student checkpoint that loads
 strictly and predicts exactly what the distiller predicts."""
 import importlib.util
+import itertools
 import os
 import subprocess
 import sys
@@ -9,13 +10,12 @@ from typing import Dict, NamedTuple
 
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
 from torch import nn
 
 from conftest import REPO, random_batch, tiny_stages
+from ds2d2.engine import Trainer
 from ds2d2.export import AUTHOR, export_student, export_student_state, student_config
 
 TOOL = REPO / "tools" / "export_student.py"
@@ -29,9 +29,21 @@ class Trained(NamedTuple):
     model: nn.Module
 
 
+class RandomBatchTrainer(Trainer):
+    """train_net.py's Trainer, fed with random batches and writing no metrics."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return (random_batch(seed=i) for i in itertools.count())
+
+    def build_writers(self):
+        return []
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """``trained(detector)``: a tiny distiller after one SGD step, saved like train_net.py saves it."""
+    """``trained(detector)``: a tiny distiller trained for 2 iterations by the Trainer, which wrote
+    OUTPUT_DIR/model_final.pth (weights, optimizer and scheduler state) as train_net.py does."""
     cache: Dict[str, Trained] = {}
 
     def get(detector: str) -> Trained:
@@ -39,16 +51,15 @@ def trained(tmp_path_factory):
             folder = tmp_path_factory.mktemp(detector)
             torch.manual_seed(0)
             cfg = tiny_stages(folder, detector)
-            model = build_model(cfg)
-            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-            model.train()
-            with EventStorage():
-                sum(model(random_batch()).values()).backward()
-            optimizer.step()  # weights and BN statistics differ from a fresh build
-            DetectionCheckpointer(model, save_dir=str(folder)).save("model_final", iteration=1)
+            cfg.merge_from_list(["OUTPUT_DIR", str(folder / "out"), "SOLVER.MAX_ITER", 2])
+            cfg.SOLVER.BASE_LR = 1e-6
+            os.makedirs(cfg.OUTPUT_DIR)
+            trainer = RandomBatchTrainer(cfg)
+            trainer.train()  # weights and BN statistics now differ from a fresh build
             config_file = folder / "distiller.yaml"
             config_file.write_text(cfg.dump())
-            cache[detector] = Trained(cfg, str(config_file), str(folder / "model_final.pth"), model.eval())
+            checkpoint = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+            cache[detector] = Trained(cfg, str(config_file), checkpoint, trainer.model.eval())
         return cache[detector]
 
     return get
@@ -92,7 +103,9 @@ def test_command_line_writes_the_student(trained, tmp_path):
     run = trained("RetinaNet")
     output = tmp_path / "out" / "student.pth"
     argv = ["--config-file", run.config_file, "--checkpoint", run.checkpoint, "--output", str(output)]
-    done = subprocess.run([sys.executable, str(TOOL), *argv], capture_output=True, text=True, cwd=REPO)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, str(TOOL), *argv]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr
     assert "student tensors" in done.stdout
     state = torch.load(output, weights_only=True)["model"]
