@@ -23,6 +23,8 @@ TERMS = {
     "IMPLICIT_FULL": "loss_ds2d2_im_full",
     "IMPLICIT_HIGH": "loss_ds2d2_im_high",
 }
+# The student's first trainable weight (MODEL.BACKBONE.FREEZE_AT is 2).
+DEEP_STUDENT_WEIGHT = "backbone.bottom_up.res3.0.conv1.weight"
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
@@ -67,19 +69,16 @@ def frozen_state(model: nn.Module) -> Dict[str, torch.Tensor]:
     return state
 
 
-def train_step(model: nn.Module, cfg: CfgNode, batch=None) -> Dict[str, torch.Tensor]:
+def train_step(model: nn.Module, cfg: CfgNode) -> Dict[str, torch.Tensor]:
+    """One SGD step of the optimizer that ds2d2's Trainer builds; returns the losses."""
     optimizer = Trainer.build_optimizer(cfg, model)
     model.train()
     with EventStorage():
-        losses = model(batch or random_batch())
+        losses = model(random_batch())
     optimizer.zero_grad()
     sum(losses.values()).backward()
     optimizer.step()
     return losses
-
-
-# The student's first trainable weight (MODEL.BACKBONE.FREEZE_AT is 2).
-DEEP_STUDENT_WEIGHT = "backbone.bottom_up.res3.0.conv1.weight"
 
 
 def trained_ids(model: nn.Module) -> set:
