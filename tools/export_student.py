@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export the student of a DS2D2 distiller (stage 3) checkpoint as a plain Detectron2 checkpoint.
+r"""Export the student of a DS2D2 distiller (stage 3) checkpoint as a plain Detectron2 checkpoint.
 
     python tools/export_student.py --config-file configs/synthetic/retinanet_R50_to_R18.yaml \
         --checkpoint output/synthetic/retinanet_R50_to_R18/model_final.pth --output student.pth

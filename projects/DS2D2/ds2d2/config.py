@@ -15,7 +15,7 @@ def add_ds2d2_config(cfg: CN) -> None:
     # as the student: "RetinaNet" (dense family) or "GeneralizedRCNN" (two-stage family).
     _C.MODEL.DS2D2.DETECTOR = "RetinaNet"
     # Teacher's own Detectron2 YAML config (stage 2: its backbone/FPN are reused; stage 3: the whole teacher).
-    # Relative paths are resolved against the current directory, then against this config file's folder.
+    # A relative path is taken from the current directory (run the tools from the repository root).
     _C.MODEL.DS2D2.TEACHER_CONFIG = ""
     # Teacher weights (.pth written by train_net.py, or a Detectron2 .pkl). Loaded strictly: any missing,
     # unexpected or mis-shaped tensor is an error, never a silently random teacher.

@@ -22,11 +22,12 @@ _DISCRETE_WAVELETS = frozenset(pywt.wavelist(kind="discrete"))
 _DWT_MODULES: Dict[Tuple[str, torch.device, torch.dtype], torch.nn.Module] = {}
 
 
-def validate_wavelet(name: str) -> str:
-    """Return ``name`` if pytorch_wavelets can use it as a discrete wavelet, else raise ValueError."""
+def validate_wavelet(name: str, key: str = "wavelet") -> str:
+    """Return ``name`` if pytorch_wavelets can use it as a discrete wavelet, else raise a ValueError naming ``key``
+    (the config key or argument that gave it)."""
     if not isinstance(name, str) or name not in _DISCRETE_WAVELETS:
         raise ValueError(
-            f"Unknown wavelet {name!r}: expected a discrete wavelet name from "
+            f"{key}: unknown wavelet {name!r}: expected a discrete wavelet name from "
             f"pywt.wavelist(kind='discrete') (e.g. 'haar', 'db2', 'sym4', 'coif1', 'bior2.2')."
         )
     return name

@@ -47,7 +47,7 @@ class DS2D2Amplifier(nn.Module):
     def __init__(self, cfg: CfgNode):
         super().__init__()
         ds = cfg.MODEL.DS2D2
-        validate_wavelet(ds.WAVELET)
+        validate_wavelet(ds.WAVELET, "MODEL.DS2D2.WAVELET")
         detector_cfg = cfg.clone()
         detector_cfg.defrost()
         detector_cfg.MODEL.META_ARCHITECTURE = ds.DETECTOR

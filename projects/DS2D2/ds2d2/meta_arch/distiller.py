@@ -79,7 +79,7 @@ class DS2D2Distiller(nn.Module):
     def __init__(self, cfg: CfgNode):
         super().__init__()
         ds = cfg.MODEL.DS2D2
-        self.wave = validate_wavelet(ds.WAVELET)
+        self.wave = validate_wavelet(ds.WAVELET, "MODEL.DS2D2.WAVELET")
         self.loss_weights = check_loss_weights(cfg)
 
         student_cfg = cfg.clone()
@@ -198,8 +198,10 @@ class DS2D2Distiller(nn.Module):
                 weight = disw_map(boxes, size, tuple(t_low.shape[-2:]))  # once per level
                 level_low, level_high = explicit_band_losses(s_low, s_high, t_low, t_high, weight)
                 low, high = low + level_low, high + level_high
-            losses["loss_ds2d2_ex_low"] = w["EXPLICIT_LOW"] * low
-            losses["loss_ds2d2_ex_high"] = w["EXPLICIT_HIGH"] * high
+            if w["EXPLICIT_LOW"] > 0:
+                losses["loss_ds2d2_ex_low"] = w["EXPLICIT_LOW"] * low
+            if w["EXPLICIT_HIGH"] > 0:
+                losses["loss_ds2d2_ex_high"] = w["EXPLICIT_HIGH"] * high
 
         implicit_in = adapted if self.implicit_adapted else s_feats
         if w["IMPLICIT_FULL"] > 0:
