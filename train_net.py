@@ -6,27 +6,36 @@
     python train_net.py --config-file CFG --resume            # continue from OUTPUT_DIR/last_checkpoint
     python train_net.py --config-file CFG --num-gpus 8        # multi-GPU; add --num-machines/--machine-rank/--dist-url
 
-The flags and trailing ``KEY VALUE`` overrides are Detectron2's ``default_argument_parser``.
+The flags and trailing ``KEY VALUE`` overrides are Detectron2's ``default_argument_parser``. With
+``MODEL.DEVICE cpu`` (or without CUDA), ``--num-gpus N`` starts N CPU processes that train together over gloo.
 """
 import json
 import os
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ds2d2 import add_ds2d2_config
-from ds2d2.engine import Trainer
+from ds2d2.checkpoint import AtomicCheckpointer
+from ds2d2.engine import Trainer, check_datasets_registered
+from ds2d2.launch import launch
 
 
-def setup(args):
+def build_config(args) -> CfgNode:
+    """The frozen config of ``--config-file`` with the trailing ``KEY VALUE`` overrides."""
     cfg = get_cfg()
     add_ds2d2_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    return cfg
+
+
+def setup(args) -> CfgNode:
+    cfg = build_config(args)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ds2d2")  # dataset and VOC AP logs
     return cfg
@@ -42,8 +51,9 @@ def save_results(cfg, results) -> None:
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        check_datasets_registered(cfg, ["TEST"])
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
     else:
         trainer = Trainer(cfg)
@@ -56,6 +66,7 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
+    device = torch.device(build_config(args).MODEL.DEVICE).type
     launch(
         main,
         args.num_gpus,
@@ -63,4 +74,5 @@ if __name__ == "__main__":
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        cpu=device == "cpu" or not torch.cuda.is_available(),
     )

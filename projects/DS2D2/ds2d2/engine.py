@@ -1,22 +1,35 @@
-"""Trainer for every DS2D2 stage: Detectron2's DefaultTrainer with three changes.
+"""Trainer for every DS2D2 stage: Detectron2's DefaultTrainer with these changes.
 
 1. Evaluators come from the dataset's metadata (``evaluator_type``), so one train_net.py serves DIOR-style VOC
    datasets and DOTA patch sets alike.
-2. ``SOLVER.FIND_UNUSED_PARAMETERS`` reaches DistributedDataParallel (DefaultTrainer hard-codes it).
-3. Checkpoints hold the optimizer (and AMP grad-scaler) state next to the iteration and scheduler state, so that
-   ``--resume`` continues exactly where training stopped (detectron2 v0.6 saves neither).
+2. ``SOLVER.FIND_UNUSED_PARAMETERS`` reaches DistributedDataParallel (DefaultTrainer hard-codes it), and DDP also
+   works for CPU processes (``ds2d2.launch``).
+3. ``--resume`` continues exactly where training stopped: checkpoints hold the optimizer (and AMP grad-scaler)
+   state, the run's seed and RetinaNet's loss-normaliser EMA next to the iteration and scheduler state (detectron2
+   v0.6 saves none of these); the data order and augmentations are a function of (seed, position)
+   (``ds2d2.data.sampler``) and the model's RNGs are reseeded per iteration (``ds2d2.train_loop``).
+4. Checkpoints are written atomically and read without unpickling code (``ds2d2.checkpoint``).
+5. Unregistered dataset names fail before anything is built; non-finite losses stop training naming the term.
 """
 import logging
 import os
 import weakref
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data.common import DatasetFromList
+from detectron2.data.samplers import RepeatFactorTrainingSampler
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoint import AtomicCheckpointer
+from .data.sampler import ResumableTrainLoader
+from .train_loop import CheckedAMPTrainer, CheckedSimpleTrainer, ReseedEachIteration
 
 
 def detectron2_has_compiled_ops() -> bool:
@@ -57,33 +70,78 @@ def build_evaluators(cfg, dataset_name: str, output_folder: Optional[str] = None
     return DatasetEvaluators(evaluators)
 
 
+def check_datasets_registered(cfg, keys: Sequence[str] = ("TRAIN", "TEST")) -> None:
+    """Raise ValueError naming the config key and the name of any ``DATASETS.<key>`` entry that is not registered."""
+    registered = set(DatasetCatalog.list())
+    for key in keys:
+        for name in cfg.DATASETS[key]:
+            if name not in registered:
+                raise ValueError(
+                    f"DATASETS.{key}: dataset '{name}' is not registered. Registered names: {sorted(registered)}. "
+                    "Register it first (ds2d2.data.register_voc_detection, register_dota) or fix the name."
+                )
+
+
+def run_seed(cfg) -> int:
+    """``SEED`` if set (>= 0), else one random seed shared by all processes."""
+    return cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with metadata-driven evaluators, configurable DDP and full-state checkpoints."""
+    """DefaultTrainer with metadata-driven evaluators, configurable DDP, exact resume and safe checkpoints."""
 
     def __init__(self, cfg):
+        check_datasets_registered(cfg)
         TrainerBase.__init__(self)
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
 
+        self.seed = run_seed(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        data_loader = self.build_train_loader(cfg, seed=self.seed)
+        on_cpu = next(model.parameters()).device.type == "cpu"
         model = create_ddp_model(
-            model, broadcast_buffers=False, find_unused_parameters=cfg.SOLVER.FIND_UNUSED_PARAMETERS
+            model,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.SOLVER.FIND_UNUSED_PARAMETERS,
+            **({"device_ids": None} if on_cpu else {}),
         )
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = (CheckedAMPTrainer if cfg.SOLVER.AMP.ENABLED else CheckedSimpleTrainer)(
+            model, data_loader, optimizer
+        )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def build_hooks(self):
+        return [ReseedEachIteration(), *super().build_hooks()]
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        super().resume_or_load(resume=resume)
+        self.data_loader.seed = self.seed  # the checkpoint's seed, if one was loaded
+        self.data_loader.start_batch = self.start_iter
+
+    def _dense_detectors(self):
+        return {n: m for n, m in _unwrap(self.model).named_modules() if isinstance(m, DenseDetector)}
+
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["_trainer"] = self._trainer.state_dict()  # optimizer (+ AMP grad scaler)
+        state["seed"] = self.seed
+        # RetinaNet/FCOS keep the EMA of their loss normaliser in a plain attribute, outside state_dict()
+        state["loss_normalizers"] = {
+            name: float(m.loss_normalizer) for name, m in self._dense_detectors().items() if hasattr(m, "loss_normalizer")
+        }
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -91,6 +149,48 @@ class Trainer(DefaultTrainer):
         if "_trainer" not in state:
             raise KeyError("checkpoint has no optimizer state ('_trainer'); it was not written by ds2d2's Trainer")
         self._trainer.load_state_dict(state["_trainer"])
+        self.seed = state.get("seed", self.seed)
+        detectors = self._dense_detectors()
+        for name, value in state.get("loss_normalizers", {}).items():
+            if name in detectors:
+                detectors[name].loss_normalizer = value
+
+    @classmethod
+    def build_train_loader(cls, cfg, seed: Optional[int] = None) -> ResumableTrainLoader:
+        """Detectron2's training data (datasets, DatasetMapper, sampler and aspect-ratio grouping settings) in a
+        resumable order; ``seed`` defaults to ``run_seed(cfg)``."""
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        sampler = cfg.DATALOADER.SAMPLER_TRAIN
+        if sampler == "TrainingSampler":
+            repeat_factors = None
+        elif sampler == "RepeatFactorTrainingSampler":
+            repeat_factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+                dataset, cfg.DATALOADER.REPEAT_THRESHOLD
+            ).tolist()
+        else:
+            raise ValueError(
+                f"DATALOADER.SAMPLER_TRAIN is {sampler!r}; ds2d2's resumable data order supports 'TrainingSampler' "
+                "and 'RepeatFactorTrainingSampler'."
+            )
+        group_ids = None
+        if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+            group_ids = [0 if d["width"] > d["height"] else 1 for d in dataset]
+        return ResumableTrainLoader(
+            DatasetFromList(dataset, copy=False),
+            DatasetMapper(cfg, True),
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            seed=run_seed(cfg) if seed is None else seed,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            rank=comm.get_rank(),
+            world_size=comm.get_world_size(),
+            group_ids=group_ids,
+            repeat_factors=repeat_factors,
+        )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -1,0 +1,176 @@
+"""Checkpoint files that survive crashes and do not run code from the files they read.
+
+- Writes are atomic: the checkpoint and the ``last_checkpoint`` tag are written to a temporary file in the same
+  folder, flushed to disk and renamed over the target (``os.replace``), so a crash while saving leaves the previous
+  files intact (at worst a stale hidden ``.*.tmp`` file).
+- ``.pth`` files are read with ``torch.load(weights_only=True)``: tensors and plain containers only, no pickled
+  code. A truncated or corrupt file, or one that needs arbitrary unpickling, is an error that names the file.
+- Detectron2 ``.pkl`` files (model zoo, Caffe2 conversions) are plain pickles; they are read with an unpickler that
+  only accepts builtin containers and NumPy arrays, so a crafted file cannot run code either.
+"""
+import contextlib
+import os
+import pickle
+import tempfile
+from typing import IO, Any, Callable, Dict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = ["AtomicCheckpointer", "CheckpointError", "atomic_write", "read_checkpoint_file"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, truncated, corrupt or not loadable without running pickled code."""
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(f)`` on a temporary file next to ``path``, sync it and rename it to ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows it
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# The globals that pickles of NumPy arrays and builtin containers refer to (NumPy 1 and 2 module names, pickle
+# protocols 2 to 5); anything else in a .pkl is refused before it is called.
+_PKL_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("builtins", "dict"),
+    ("builtins", "list"),
+    ("builtins", "tuple"),
+    ("builtins", "set"),
+    ("_codecs", "encode"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PKL_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_pth(path: str) -> Dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's weights-only unpickler refused something
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
+        raise CheckpointError(
+            f"Checkpoint '{path}' cannot be read with weights_only=True: it is corrupt, or it holds objects other "
+            f"than tensors and plain containers, which ds2d2 does not unpickle because that can run code ({reason})."
+        ) from e
+
+
+def _read_pkl(path: str) -> Dict:
+    try:
+        with open(path, "rb") as f:
+            data = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except _RefusedGlobal as e:
+        raise CheckpointError(
+            f"Checkpoint '{path}' refers to '{e}'; ds2d2 reads .pkl files with an unpickler that only builds NumPy "
+            "arrays and builtin containers, and does not run code stored in them."
+        ) from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"Checkpoint '{path}' holds a {type(data).__name__}, not a dict of arrays.")
+    if "model" in data and "__author__" in data:  # Detectron2 model zoo format
+        return data
+    blobs = data.get("blobs", data)  # Caffe2 / Detectron1 models: names are matched heuristically
+    weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+    return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
+
+
+def read_checkpoint_file(path: str) -> Dict:
+    """The dict in a ``.pth`` (weights only) or Detectron2 ``.pkl`` (arrays only) file, with ``"model"`` set.
+
+    Raises CheckpointError naming ``path`` if it is missing, truncated, corrupt or holds code.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint '{path}' does not exist.")
+    try:
+        data = _read_pkl(path) if path.endswith(".pkl") else _read_pth(path)
+    except CheckpointError:
+        raise
+    except Exception as e:  # truncated zip, bad pickle stream, ...
+        raise CheckpointError(
+            f"Checkpoint '{path}' cannot be read; it is truncated or corrupt ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'no details'})."
+        ) from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"Checkpoint '{path}' holds a {type(data).__name__}, not a dict.")
+    return data if "model" in data else {"model": data}
+
+
+class AtomicCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer with atomic saves, safe loading and clear errors about bad files."""
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {path}")
+        atomic_write(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+    def get_checkpoint_file(self) -> str:
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        with open(tag) as f:
+            name = f.read().strip()
+        path = os.path.join(self.save_dir, name)
+        if not name or not os.path.isfile(path):
+            raise CheckpointError(
+                f"'{tag}' names '{name}', which does not exist. {self._other_checkpoints(path)}"
+            )
+        return path
+
+    def _other_checkpoints(self, bad: str) -> str:
+        others = sorted(os.path.basename(p) for p in self.get_all_checkpoint_files() if p != bad)
+        if not others:
+            return "There is no other checkpoint in this folder: start without --resume."
+        return (
+            f"Write the name of an earlier checkpoint (one of {others}) into last_checkpoint and resume again, "
+            "or start without --resume."
+        )
+
+    def _load_file(self, filename: str) -> Dict:
+        if not filename.endswith((".pth", ".pkl")):
+            return super()._load_file(filename)  # other formats: Detectron2's own reader
+        try:
+            return read_checkpoint_file(filename)
+        except CheckpointError as e:
+            in_save_dir = os.path.dirname(os.path.abspath(filename)) == os.path.abspath(self.save_dir or ".")
+            if not in_save_dir:
+                raise
+            raise CheckpointError(f"{e} {self._other_checkpoints(filename)}") from e
+
