@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Accuracy of DS2D2 against its baselines on synthetic DIOR (CPU, seeded, resumable).
+
+    python benchmarks/bench_accuracy.py --quick           # RetinaNet, seed 1: student alone vs full DS2D2
+    nohup python benchmarks/bench_accuracy.py > benchmarks/results/accuracy.log 2>&1 &    # the full table
+
+Per detector: an R-50 teacher (longer schedule) and its high-frequency amplifier are trained once; then, for each
+seed, R-18 students with one schedule: alone, FitNet (feature MSE, benchmarks/fitnet.py), DS2D2 explicit only,
+implicit only, full DS2D2 (the configs' loss weights; a zero weight turns a term off). Everything trains on
+synthetic_dior_train; the table reports synthetic_dior_test, and val (for choices) next to it. Each run is a
+``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json exists is skipped, an unfinished one
+resumes from its last checkpoint, so the command can be re-run after an interruption. The Markdown/CSV/PNG tables
+are rewritten after every run.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import ROOT, RESULTS, bar_plot, machine_line, markdown_table, set_threads  # noqa: E402
+from benchmarks.common import write_csv, write_report  # noqa: E402
+
+METRICS = ("AP", "AP50", "AP75", "APs")
+METHODS = ("alone", "fitnet", "explicit", "implicit", "ds2d2")
+CONFIGS = {
+    "retinanet": ("retinanet_R50_teacher", "retinanet_R50_amplifier", "retinanet_R18_student", "retinanet_R50_to_R18"),
+    "faster_rcnn": (
+        "faster_rcnn_R50_teacher", "faster_rcnn_R50_amplifier", "faster_rcnn_R18_student", "faster_rcnn_R50_to_R18",
+    ),
+}
+ZERO_IMPLICIT = ["MODEL.DS2D2.LOSS.IMPLICIT_FULL", "0.0", "MODEL.DS2D2.LOSS.IMPLICIT_HIGH", "0.0"]
+ZERO_EXPLICIT = ["MODEL.DS2D2.LOSS.EXPLICIT_LOW", "0.0", "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", "0.0"]
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="RetinaNet, one seed, alone vs full DS2D2")
+    p.add_argument("--detectors", nargs="+", choices=sorted(CONFIGS), default=["retinanet", "faster_rcnn"])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2], help="student seeds (teacher: seed 1)")
+    p.add_argument("--teacher-iters", type=int, default=1000)
+    p.add_argument("--amplifier-iters", type=int, default=300)
+    p.add_argument("--student-iters", type=int, default=300)
+    p.add_argument("--batch", type=int, default=4, help="images per iteration")
+    p.add_argument("--fitnet-weight", type=float, default=1.0, help="weight of the FitNet feature MSE")
+    p.add_argument("--num-images", type=int, default=1000, help="synthetic DIOR images (50%% train/20 val/30 test)")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of every training process")
+    p.add_argument("--workers", type=int, default=1, help="DATALOADER.NUM_WORKERS")
+    p.add_argument("--work", default=os.path.join(ROOT, "output", "benchmarks", "accuracy"), help="runs folder")
+    p.add_argument("--results", default=RESULTS, help="where the Markdown/CSV/PNG tables go")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.detectors, args.methods, args.seeds = ["retinanet"], ["alone", "ds2d2"], args.seeds[:1]
+    return args
+
+
+def schedule(iters: int) -> List[str]:
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({max(1, int(iters * 0.8))},)",
+            "SOLVER.WARMUP_ITERS", str(min(50, iters)), "SOLVER.CHECKPOINT_PERIOD", "100"]
+
+
+def plan(args: argparse.Namespace, detector: str) -> List[Dict]:
+    """The runs of one detector, in order: teacher, amplifier, then every (seed, method)."""
+    teacher, amplifier, student, distiller = (f"configs/synthetic/{c}.yaml" for c in CONFIGS[detector])
+    work = os.path.join(args.work, detector)
+    t_weights = os.path.join(work, "teacher", "model_final.pth")
+    a_weights = os.path.join(work, "amplifier", "model_final.pth")
+    with_teacher = ["MODEL.DS2D2.TEACHER_WEIGHTS", t_weights, "MODEL.DS2D2.AMPLIFIER_WEIGHTS", a_weights]
+    runs = [
+        dict(method="teacher", seed=1, config=teacher, opts=schedule(args.teacher_iters) + ["SEED", "1"]),
+        dict(method="amplifier", seed=1, config=amplifier,
+             opts=schedule(args.amplifier_iters) + ["SEED", "1", "MODEL.DS2D2.TEACHER_WEIGHTS", t_weights]),
+    ]
+    variants = {
+        "alone": (student, []),
+        "fitnet": (distiller, with_teacher + ["MODEL.META_ARCHITECTURE", "FitNetDistiller",
+                                              "MODEL.DS2D2.LOSS.EXPLICIT_LOW", str(args.fitnet_weight),
+                                              "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", "0.0"] + ZERO_IMPLICIT),
+        "explicit": (distiller, with_teacher + ZERO_IMPLICIT),
+        "implicit": (distiller, with_teacher + ZERO_EXPLICIT),
+        "ds2d2": (distiller, with_teacher),
+    }
+    for seed in args.seeds:
+        for method in args.methods:
+            config, opts = variants[method]
+            runs.append(dict(method=method, seed=seed, config=config,
+                             opts=schedule(args.student_iters) + ["SEED", str(seed)] + opts))
+    needs_amplifier = any(r["method"] in ("implicit", "ds2d2") for r in runs)
+    for run in runs:
+        run["detector"] = detector
+        run["name"] = run["method"] if run["method"] in ("teacher", "amplifier") else f"{run['method']}_s{run['seed']}"
+        run["output"] = os.path.join(work, run["name"])
+    return [r for r in runs if r["method"] != "amplifier" or needs_amplifier]
+
+
+def run_training(args: argparse.Namespace, run: Dict, data_root: str) -> None:
+    """Train and evaluate one run in its folder (resuming it if it has a checkpoint), logging to stdout.txt."""
+    os.makedirs(run["output"], exist_ok=True)
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "train.py"), "--config-file", run["config"]]
+    if os.path.isfile(os.path.join(run["output"], "last_checkpoint")):
+        cmd.append("--resume")
+    cmd += run["opts"] + [
+        "DATASETS.TRAIN", "('synthetic_dior_train',)",
+        "DATASETS.TEST", "('synthetic_dior_val', 'synthetic_dior_test')",
+        "SOLVER.IMS_PER_BATCH", str(args.batch), "DATALOADER.NUM_WORKERS", str(args.workers),
+        "MODEL.DEVICE", "cpu", "OUTPUT_DIR", run["output"],
+    ]
+    env = dict(os.environ, DETECTRON2_DATASETS=data_root)
+    start = time.time()
+    with open(os.path.join(run["output"], "stdout.txt"), "a") as log:
+        subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    with open(os.path.join(run["output"], "bench_time.json"), "w") as f:
+        json.dump({"seconds": time.time() - start, "resumed": "--resume" in cmd}, f)
+
+
+def read_result(run: Dict) -> Optional[Dict]:
+    """Test metrics (and val AP50, train seconds) of a finished run, else None."""
+    path = os.path.join(run["output"], "eval_results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    test, val = results["synthetic_dior_test"]["bbox"], results["synthetic_dior_val"]["bbox"]
+    row = {k: run[k] for k in ("detector", "method", "seed")}
+    row.update({m: float(test[m]) for m in METRICS})
+    row["val_AP50"] = float(val["AP50"])
+    time_file = os.path.join(run["output"], "bench_time.json")
+    if os.path.isfile(time_file):
+        with open(time_file) as f:
+            row["train_s"] = json.load(f)["seconds"]
+    return row
+
+
+def summarise(rows: List[Dict]) -> List[Dict]:
+    """Mean and spread (population std over seeds) per (detector, method), with AP50 gain over the student alone."""
+    groups: Dict[tuple, List[Dict]] = {}
+    for row in rows:
+        groups.setdefault((row["detector"], row["method"]), []).append(row)
+    summary = []
+    for (detector, method), members in groups.items():
+        entry = {"detector": detector, "method": method, "seeds": len(members)}
+        for m in METRICS + ("val_AP50",):
+            values = [r[m] for r in members]
+            entry[m] = statistics.mean(values)
+            entry[f"{m}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+        summary.append(entry)
+    for entry in summary:
+        alone = [e for e in summary if e["detector"] == entry["detector"] and e["method"] == "alone"]
+        if alone and entry["method"] not in ("teacher", "amplifier"):
+            entry["dAP50"] = entry["AP50"] - alone[0]["AP50"]
+    return summary
+
+
+def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
+    name = "accuracy_quick" if args.quick else "accuracy"
+    columns = ["detector", "method", "seed"] + list(METRICS) + ["val_AP50", "train_s"]
+    write_csv(os.path.join(args.results, f"{name}_runs.csv"), rows, columns)
+    summary = summarise(rows)
+    show = [dict(e, **{m: f"{e[m]:.1f} ± {e[m + '_std']:.1f}" for m in METRICS + ("val_AP50",)}) for e in summary]
+    for e in show:
+        e["dAP50"] = f"{e['dAP50']:+.1f}" if "dAP50" in e else ""
+    table_cols = ["detector", "method", "seeds"] + list(METRICS) + ["val_AP50", "dAP50"]
+    write_csv(os.path.join(args.results, f"{name}.csv"), summary,
+              ["detector", "method", "seeds"] + [c for m in METRICS + ("val_AP50",) for c in (m, m + "_std")] + ["dAP50"])
+    notes = (f"COCO-style box AP on synthetic_dior_test (mean ± std over seeds {args.seeds}); val_AP50 on "
+             f"synthetic_dior_val; dAP50 = AP50 gain over the student alone. Teacher R-50 {args.teacher_iters} "
+             f"iterations, amplifier {args.amplifier_iters}, students R-18 {args.student_iters}, batch {args.batch}, "
+             f"128 px, {args.num_images} images. Command: python benchmarks/bench_accuracy.py"
+             + (" --quick" if args.quick else ""))
+    text = write_report(os.path.join(args.results, f"{name}.md"), "Accuracy on synthetic DIOR", machine,
+                        markdown_table(show, table_cols), notes)
+    students = [e for e in summary if e["method"] not in ("amplifier",)]
+    if students:
+        methods = [m for m in ("teacher",) + METHODS if any(e["method"] == m for e in students)]
+        detectors = sorted({e["detector"] for e in students})
+        pick = {(e["detector"], e["method"]): e for e in students}
+        series = {d: [pick.get((d, m), {}).get("AP50", 0.0) for m in methods] for d in detectors}
+        errors = {d: [pick.get((d, m), {}).get("AP50_std", 0.0) for m in methods] for d in detectors}
+        bar_plot(os.path.join(args.results, f"{name}.png"), methods, series, "AP50 (synthetic_dior_test)",
+                 "Accuracy on synthetic DIOR (mean ± std over seeds)", errors=errors)
+    return text
+
+
+def main(argv: Optional[List[str]] = None) -> str:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    machine = machine_line()
+    data_root = os.path.join(args.work, "datasets")
+    from ds2d2.data.synthetic import write_synthetic_dior
+
+    write_synthetic_dior(os.path.join(data_root, "synthetic_dior"), args.num_images, args.data_seed)
+    runs = [run for detector in args.detectors for run in plan(args, detector)]
+    rows: List[Dict] = []
+    text = ""
+    for i, run in enumerate(runs, 1):
+        row = read_result(run)
+        if row is None:
+            print(f"[{time.strftime('%H:%M:%S')}] run {i}/{len(runs)}: {run['detector']} {run['name']}", flush=True)
+            run_training(args, run, data_root)
+            row = read_result(run)
+            if row is None:
+                raise RuntimeError(f"{run['output']}: training finished without eval_results.json")
+        else:
+            print(f"run {i}/{len(runs)}: {run['detector']} {run['name']} already done, kept", flush=True)
+        rows.append(row)
+        text = report(args, rows, machine)
+    print(text, flush=True)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+#!/usr/bin/env python
+"""Training-step cost of DS2D2: seconds per iteration and peak memory of each variant, and a per-component breakdown.
+
+    python benchmarks/bench_step.py                                    # 512 and 800 px, R-50 and R-101 teachers
+    python benchmarks/bench_step.py --sizes 512 --teachers 50 --repeats 2 --warmup 1    # reduced
+
+Models are the DIOR configs (student R-18, FPN 256, 20 classes; teacher R-50 / R-101 from configs/DIOR; the
+authors' DIOR loss weights) with random weights (speed does not depend on them). For each detector, teacher and input size, each variant runs in its own
+process (so peak memory is its own): ``alone`` (the student), ``teacher_fwd`` (distiller with every weight 0: student
++ teacher forward), ``explicit`` (implicit weights 0), ``implicit`` (explicit weights 0), ``full``. A step is
+forward, backward and SGD update on a random batch with ``--boxes`` ground-truth boxes per image. The full variant
+also times its components alone on the same batch (forward + backward where a gradient flows): teacher backbone
+forward, DISW (all levels), explicit stream (adapter, DWT, DISW, weighted band MSE), full-frequency amplifier (KD
+through the teacher head), high-frequency amplifier (HF features + KD through the amplifier head).
+Target: full <= 1.15 x (teacher_fwd + both amplifier components).
+Peak memory: CUDA max allocated; on CPU, the process's peak RSS (model building included) and its rise during steps.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from typing import Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import ROOT, RESULTS, bar_plot, machine_line, markdown_table, median_time  # noqa: E402
+from benchmarks.common import set_threads, write_csv, write_report  # noqa: E402
+
+VARIANTS = ("alone", "teacher_fwd", "explicit", "implicit", "full")
+WEIGHTS = {  # which of (EXPLICIT_LOW, EXPLICIT_HIGH, IMPLICIT_FULL, IMPLICIT_HIGH) keep the config's value
+    "teacher_fwd": (0, 0, 0, 0), "explicit": (1, 1, 0, 0), "implicit": (0, 0, 1, 1), "full": (1, 1, 1, 1),
+}
+LOSS_KEYS = ("EXPLICIT_LOW", "EXPLICIT_HIGH", "IMPLICIT_FULL", "IMPLICIT_HIGH")
+# The authors' DIOR weights l1..l4 (REFERENCE.md), set on the student config (as configs/DIOR/ds2d2/*_to_R18.yaml do)
+AUTHORS_DIOR = {"retinanet": (1e-5, 1e-5, 1.0, 1.0), "faster_rcnn": (0.5, 0.5, 1e-5, 1e-5)}
+COMPONENTS = ("teacher_fwd_ms", "disw_ms", "explicit_ms", "amp_full_ms", "amp_high_ms")
+DETECTORS = {"retinanet": "retinanet", "faster_rcnn": "faster_rcnn"}
+
+
+def cfg_paths(detector: str, depth: int) -> Dict[str, str]:
+    base = os.path.join(ROOT, "configs", "DIOR")
+    return {"student": os.path.join(base, f"{detector}_R18.yaml"),
+            "teacher": os.path.join(base, f"{detector}_R{depth}.yaml")}
+
+
+def load(path: str, opts: List[str]):
+    from ds2d2.teacher import load_config_file
+
+    cfg = load_config_file(path, "config")
+    cfg.merge_from_list(opts)
+    return cfg
+
+
+def write_teacher_files(detector: str, depth: int, device: str, folder: str) -> Dict[str, str]:
+    """Random teacher (YAML + weights) and amplifier checkpoint of one teacher depth, in ``folder``."""
+    from detectron2.modeling import build_model
+
+    out = {k: os.path.join(folder, f"{detector}_R{depth}_{k}") for k in ("teacher.yaml", "teacher.pth", "amp.pth")}
+    teacher_cfg = load(cfg_paths(detector, depth)["teacher"], ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device])
+    with open(out["teacher.yaml"], "w") as f:
+        f.write(teacher_cfg.dump())
+    torch.save({"model": build_model(teacher_cfg).state_dict()}, out["teacher.pth"])
+    detector_name = teacher_cfg.MODEL.META_ARCHITECTURE
+    amp_cfg = teacher_cfg.clone()
+    amp_cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "DS2D2Amplifier", "MODEL.DS2D2.DETECTOR", detector_name,
+                             "MODEL.DS2D2.TEACHER_WEIGHTS", out["teacher.pth"]])
+    torch.save({"model": build_model(amp_cfg).state_dict()}, out["amp.pth"])
+    return out
+
+
+def random_batch(num_images: int, size: int, boxes: int, seed: int = 0) -> List[Dict]:
+    from detectron2.structures import Boxes, Instances
+
+    generator = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(num_images):
+        side = torch.empty(boxes, 2).uniform_(size / 64, size / 6, generator=generator)
+        corner = torch.rand(boxes, 2, generator=generator) * (size - side)
+        instances = Instances((size, size))
+        instances.gt_boxes = Boxes(torch.cat([corner, corner + side], dim=1))
+        instances.gt_classes = torch.randint(0, 20, (boxes,), generator=generator)
+        image = torch.rand(3, size, size, generator=generator) * 255
+        batch.append({"image": image, "instances": instances, "height": size, "width": size})
+    return batch
+
+
+def build_variant(spec: Dict):
+    from detectron2.modeling import build_model
+
+    cfg = load(cfg_paths(spec["detector"], spec["depth"])["student"],
+               ["MODEL.WEIGHTS", "", "MODEL.DEVICE", spec["device"]])
+    if spec["variant"] == "alone":
+        return build_model(cfg)
+    ds = cfg.MODEL.DS2D2
+    ds.DETECTOR, cfg.MODEL.META_ARCHITECTURE = cfg.MODEL.META_ARCHITECTURE, "DS2D2Distiller"
+    ds.TEACHER_CONFIG, ds.TEACHER_WEIGHTS = spec["files"]["teacher.yaml"], spec["files"]["teacher.pth"]
+    ds.AMPLIFIER_WEIGHTS = spec["files"]["amp.pth"]
+    for key, weight, keep in zip(LOSS_KEYS, AUTHORS_DIOR[spec["detector"]], WEIGHTS[spec["variant"]]):
+        ds.LOSS[key] = weight if keep else 0.0
+    return build_model(cfg)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def components(model, batch: List[Dict], repeats: int, device: str) -> Dict[str, float]:
+    """Milliseconds of each DS2D2 component alone on ``batch`` (forward + backward where a gradient flows)."""
+    from ds2d2.disw import disw_map
+    from ds2d2.losses import explicit_band_losses
+    from ds2d2.wavelet import dwt, high_frequency, high_frequency_from_bands
+
+    images = model.student.preprocess_image(batch)
+    gt = [x["instances"].to(model.device) for x in batch]
+    t_images = model._teacher_images(batch, images.tensor.shape[-2:]).tensor
+    with torch.no_grad():
+        s_feats = model.student.backbone(images.tensor)
+        t_feats = model.teacher.backbone(t_images)
+    leaves = {f: v.detach().requires_grad_() for f, v in s_feats.items()}
+    _, targets = model.family.detection_losses(images, leaves, gt)  # so the RoI family reuses pooled features
+    heads = model.family.head_in_features()
+    boxes, size = [g.gt_boxes.tensor for g in gt], tuple(images.tensor.shape[-2:])
+    t_bands = {f: dwt(t_feats[f], model.wave) for f in set(model.in_features) | set(heads)}
+
+    def teacher_fwd() -> None:
+        with torch.no_grad():
+            model.teacher.backbone(t_images)
+
+    def disw() -> None:
+        for f in model.in_features:
+            disw_map(boxes, size, tuple(t_bands[f][0].shape[-2:]))
+
+    def explicit() -> None:
+        total = 0.0
+        for f in model.in_features:
+            s_low, s_high = dwt(model.adapters[f](leaves[f]), model.wave)
+            weight = disw_map(boxes, size, tuple(t_bands[f][0].shape[-2:]))
+            low, high = explicit_band_losses(s_low, s_high, t_bands[f][0], t_bands[f][1], weight)
+            total = total + low + high
+        total.backward()
+
+    def amp_full() -> None:
+        head = model.family.head_of(model.teacher)
+        model.family.kd_loss(head, [leaves[f] for f in heads], [t_feats[f] for f in heads], targets).backward(retain_graph=True)
+
+    def amp_high() -> None:
+        s_hf = [high_frequency(leaves[f], model.wave) for f in heads]
+        with torch.no_grad():
+            t_hf = [high_frequency_from_bands(t_bands[f][1], tuple(t_feats[f].shape[-2:])) for f in heads]
+        model.family.kd_loss(model.amplifier_head, s_hf, t_hf, targets).backward(retain_graph=True)
+
+    parts = dict(teacher_fwd_ms=teacher_fwd, disw_ms=disw, explicit_ms=explicit, amp_full_ms=amp_full,
+                 amp_high_ms=amp_high)
+    return {name: median_time(fn, repeats, device=device) * 1e3 for name, fn in parts.items()}
+
+
+def measure(spec: Dict) -> Dict:
+    """Time one variant's training step (runs in a worker process)."""
+    from detectron2.utils.events import EventStorage
+
+    set_threads(spec["threads"])
+    torch.manual_seed(0)
+    device = spec["device"]
+    model = build_variant(spec)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    batch = random_batch(spec["batch"], spec["size"], spec["boxes"])
+    rss_before = rss_mb()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        losses = model(batch)
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    with EventStorage(0):  # detectors log training statistics into one
+        seconds = median_time(step, spec["repeats"], warmup=spec["warmup"], device=device)
+        parts = components(model, batch, spec["repeats"], device) if spec["variant"] == "full" else {}
+    result = dict(spec, s_per_it=seconds, **parts)
+    result.pop("files")
+    if device.startswith("cuda"):
+        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        result["peak_mb"], result["step_extra_mb"] = peak_rss_mb(), peak_rss_mb() - rss_before
+    return result
+
+
+def run_worker(spec: Dict) -> Dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"bench_step worker failed for {spec['variant']}:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def add_ratios(rows: List[Dict]) -> None:
+    """Each variant's time as a ratio to the student alone of its group, and the target check on ``full``."""
+    key = lambda r: (r["device"], r["detector"], r["depth"], r["size"])  # noqa: E731
+    by_group: Dict[tuple, Dict[str, Dict]] = {}
+    for row in rows:
+        by_group.setdefault(key(row), {})[row["variant"]] = row
+    for group in by_group.values():
+        alone = group.get("alone")
+        for row in group.values():
+            if alone:
+                row["ratio"] = row["s_per_it"] / alone["s_per_it"]
+        full, teacher = group.get("full"), group.get("teacher_fwd")
+        if full and teacher:
+            bound = teacher["s_per_it"] + (full["amp_full_ms"] + full["amp_high_ms"]) / 1e3
+            full["vs_inherent"] = full["s_per_it"] / bound
+            full["met"] = full["vs_inherent"] <= 1.15
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--detectors", nargs="+", choices=sorted(DETECTORS), default=["retinanet", "faster_rcnn"])
+    p.add_argument("--teachers", nargs="+", type=int, choices=[50, 101], default=[50, 101], help="teacher depths")
+    p.add_argument("--sizes", nargs="+", type=int, default=[512, 800], help="input sides (px)")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--batch", type=int, default=2, help="images per step")
+    p.add_argument("--boxes", type=int, default=20, help="ground-truth boxes per image")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
+    p.add_argument("--results", default=RESULTS)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> str:
+    args = parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(measure(json.loads(args.worker))), flush=True)
+        return ""
+    set_threads(args.threads)
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for device in devices:
+            for detector in args.detectors:
+                for depth in args.teachers:
+                    files = write_teacher_files(detector, depth, device, folder)
+                    for size in args.sizes:
+                        for variant in args.variants:
+                            spec = dict(device=device, detector=detector, depth=depth, size=size, variant=variant,
+                                        batch=args.batch, boxes=args.boxes, repeats=args.repeats,
+                                        warmup=args.warmup, threads=args.threads, files=files)
+                            rows.append(run_worker(spec))
+                            print(f"{device} {detector} R-{depth} {size}px {variant}: "
+                                  f"{rows[-1]['s_per_it']:.3f} s/it", flush=True)
+    add_ratios(rows)
+    for row in rows:
+        row["teacher"] = f"R-{row['depth']}"
+    columns = ["device", "detector", "teacher", "size", "variant", "s_per_it", "ratio", "peak_mb", "step_extra_mb",
+               *COMPONENTS, "vs_inherent", "met"]
+    write_csv(os.path.join(args.results, "step.csv"), rows, columns)
+    groups = sorted({(r["device"], r["detector"], r["teacher"], r["size"]) for r in rows}, key=str)
+    labels = [f"{d} {det} {t} {s}px" for d, det, t, s in groups]
+    pick = {(r["device"], r["detector"], r["teacher"], r["size"], r["variant"]): r for r in rows}
+    series = {v: [pick.get(g + (v,), {}).get("ratio", 0.0) for g in groups] for v in args.variants}
+    bar_plot(os.path.join(args.results, "step.png"), labels, series, "s/it relative to the student alone",
+             "Training-step cost (student R-18)")
+    machine = "; ".join(machine_line(d) for d in devices)
+    notes = (f"Batch {args.batch}, {args.boxes} boxes/image, median of {args.repeats} steps after {args.warmup} "
+             "warm-up. ratio: s/it over the student alone; vs_inherent (full only): s/it over teacher_fwd + both "
+             "amplifier components (target <= 1.15). Component columns: ms, measured alone on the same batch. "
+             "Command: python benchmarks/bench_step.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    text = write_report(os.path.join(args.results, "step.md"), "Training-step cost", machine,
+                        markdown_table(rows, columns), notes)
+    print(text, flush=True)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Smoke runs of the benchmarks on tiny settings: each prints its Markdown table and writes CSV + PNG + Markdown.
+No timing is asserted (benchmarks are measurements, not tests)."""
+import csv
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import bench_accuracy, bench_ops, bench_step  # noqa: E402
+
+
+def check_outputs(folder, name, rows_at_least):
+    for ext in ("csv", "md", "png"):
+        assert os.path.getsize(os.path.join(folder, f"{name}.{ext}")) > 0, f"{name}.{ext} missing"
+    with open(os.path.join(folder, f"{name}.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= rows_at_least
+    return rows
+
+
+def test_bench_ops_tiny(tmp_path, capsys):
+    bench_ops.main(["--repeats", "1", "--ref-repeats", "1", "--boxes", "3", "40", "--disw-size", "256",
+                    "--dwt-size", "16", "--pyramid-size", "64", "--channels", "4", "--devices", "cpu",
+                    "--results", str(tmp_path)])
+    assert "| DISW (5 levels) |" in capsys.readouterr().out
+    rows = check_outputs(tmp_path, "ops", 6)
+    disw = [r for r in rows if r["op"] == "DISW (5 levels)"]
+    assert [float(r["max_abs_diff"]) for r in disw] == [0.0, 0.0], "DISW must equal the per-box float64 loop"
+    assert all(float(r["max_abs_diff"]) <= 1e-5 for r in rows if r["op"] == "Haar DWT fwd+bwd")
+
+
+@pytest.mark.slow
+def test_bench_step_tiny(tmp_path, capsys):
+    bench_step.main(["--detectors", "retinanet", "--teachers", "50", "--sizes", "64", "--variants", "alone",
+                     "teacher_fwd", "full", "--batch", "1", "--boxes", "2", "--repeats", "1", "--warmup", "0",
+                     "--threads", "1", "--devices", "cpu", "--results", str(tmp_path)])
+    assert "| full |" in capsys.readouterr().out
+    rows = check_outputs(tmp_path, "step", 3)
+    full = next(r for r in rows if r["variant"] == "full")
+    assert all(float(full[c]) > 0 for c in bench_step.COMPONENTS) and float(full["vs_inherent"]) > 0
+
+
+@pytest.mark.slow
+def test_bench_accuracy_tiny_resumes(tmp_path, capsys):
+    argv = ["--quick", "--teacher-iters", "2", "--amplifier-iters", "2", "--student-iters", "2", "--batch", "1",
+            "--num-images", "10", "--workers", "0", "--threads", "1", "--work", str(tmp_path / "work"),
+            "--results", str(tmp_path / "results")]
+    bench_accuracy.main(argv)
+    rows = check_outputs(tmp_path / "results", "accuracy_quick", 4)
+    assert [r["method"] for r in rows] == ["teacher", "amplifier", "alone", "ds2d2"]
+    capsys.readouterr()
+    bench_accuracy.main(argv)  # every run finished: all kept, none retrained
+    assert capsys.readouterr().out.count("already done, kept") == 4
