@@ -4,13 +4,13 @@
     python benchmarks/bench_accuracy.py --quick           # RetinaNet, seed 1: student alone vs full DS2D2
     nohup python benchmarks/bench_accuracy.py > benchmarks/results/accuracy.log 2>&1 &    # the full table
 
-Per detector: an R-50 teacher (longer schedule) and its high-frequency amplifier are trained once; then, for each
-seed, R-18 students with one schedule: alone, FitNet (feature MSE, benchmarks/fitnet.py), DS2D2 explicit only,
-implicit only, full DS2D2 (the configs' loss weights; a zero weight turns a term off). Everything trains on
-synthetic_dior_train; the table reports synthetic_dior_test, and val (for choices) next to it. Each run is a
-``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json exists is skipped, an unfinished one
-resumes from its last checkpoint, so the command can be re-run after an interruption. The Markdown/CSV/PNG tables
-are rewritten after every run.
+Per detector: an R-50 teacher (longer schedule) and its high-frequency amplifier are trained once; then,
+for each seed, R-18 students with one schedule: alone, FitNet (feature MSE, benchmarks/fitnet.py), DS2D2
+explicit only, implicit only, full DS2D2 (the configs' loss weights; a zero weight turns a term off).
+Everything trains on synthetic_dior_train; the table reports synthetic_dior_test, and val (for choices) next
+to it. Each run is a ``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json
+exists is kept and skipped, an unfinished one resumes from its last checkpoint, so the command can be re-run
+after an interruption. The Markdown/CSV/PNG tables are rewritten after every run.
 """
 import argparse
 import json
@@ -28,12 +28,8 @@ from benchmarks.common import write_csv, write_report  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75", "APs")
 METHODS = ("alone", "fitnet", "explicit", "implicit", "ds2d2")
-CONFIGS = {
-    "retinanet": ("retinanet_R50_teacher", "retinanet_R50_amplifier", "retinanet_R18_student", "retinanet_R50_to_R18"),
-    "faster_rcnn": (
-        "faster_rcnn_R50_teacher", "faster_rcnn_R50_amplifier", "faster_rcnn_R18_student", "faster_rcnn_R50_to_R18",
-    ),
-}
+DETECTORS = ("retinanet", "faster_rcnn")
+STAGES = ("R50_teacher", "R50_amplifier", "R18_student", "R50_to_R18")
 ZERO_IMPLICIT = ["MODEL.DS2D2.LOSS.IMPLICIT_FULL", "0.0", "MODEL.DS2D2.LOSS.IMPLICIT_HIGH", "0.0"]
 ZERO_EXPLICIT = ["MODEL.DS2D2.LOSS.EXPLICIT_LOW", "0.0", "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", "0.0"]
 
@@ -41,7 +37,7 @@ ZERO_EXPLICIT = ["MODEL.DS2D2.LOSS.EXPLICIT_LOW", "0.0", "MODEL.DS2D2.LOSS.EXPLI
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="RetinaNet, one seed, alone vs full DS2D2")
-    p.add_argument("--detectors", nargs="+", choices=sorted(CONFIGS), default=["retinanet", "faster_rcnn"])
+    p.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS))
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2], help="student seeds (teacher: seed 1)")
     p.add_argument("--teacher-iters", type=int, default=1000)
@@ -49,11 +45,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--student-iters", type=int, default=300)
     p.add_argument("--batch", type=int, default=4, help="images per iteration")
     p.add_argument("--fitnet-weight", type=float, default=1.0, help="weight of the FitNet feature MSE")
-    p.add_argument("--num-images", type=int, default=1000, help="synthetic DIOR images (50%% train/20 val/30 test)")
+    p.add_argument("--num-images", type=int, default=1000,
+                   help="synthetic DIOR images (50%% train, 20%% val, 30%% test)")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads of every training process")
     p.add_argument("--workers", type=int, default=1, help="DATALOADER.NUM_WORKERS")
-    p.add_argument("--work", default=os.path.join(ROOT, "output", "benchmarks", "accuracy"), help="runs folder")
+    p.add_argument("--work", default=os.path.join(ROOT, "output", "benchmarks", "accuracy"),
+                   help="folder of the runs and the generated data")
     p.add_argument("--results", default=RESULTS, help="where the Markdown/CSV/PNG tables go")
     args = p.parse_args(argv)
     if args.quick:
@@ -68,7 +66,7 @@ def schedule(iters: int) -> List[str]:
 
 def plan(args: argparse.Namespace, detector: str) -> List[Dict]:
     """The runs of one detector, in order: teacher, amplifier, then every (seed, method)."""
-    teacher, amplifier, student, distiller = (f"configs/synthetic/{c}.yaml" for c in CONFIGS[detector])
+    teacher, amplifier, student, distiller = (f"configs/synthetic/{detector}_{s}.yaml" for s in STAGES)
     work = os.path.join(args.work, detector)
     t_weights = os.path.join(work, "teacher", "model_final.pth")
     a_weights = os.path.join(work, "amplifier", "model_final.pth")
@@ -95,13 +93,14 @@ def plan(args: argparse.Namespace, detector: str) -> List[Dict]:
     needs_amplifier = any(r["method"] in ("implicit", "ds2d2") for r in runs)
     for run in runs:
         run["detector"] = detector
-        run["name"] = run["method"] if run["method"] in ("teacher", "amplifier") else f"{run['method']}_s{run['seed']}"
+        shared = run["method"] in ("teacher", "amplifier")
+        run["name"] = run["method"] if shared else f"{run['method']}_s{run['seed']}"
         run["output"] = os.path.join(work, run["name"])
     return [r for r in runs if r["method"] != "amplifier" or needs_amplifier]
 
 
 def run_training(args: argparse.Namespace, run: Dict, data_root: str) -> None:
-    """Train and evaluate one run in its folder (resuming it if it has a checkpoint), logging to stdout.txt."""
+    """Train and evaluate one run in its folder (resuming from its checkpoint if any); log in stdout.txt."""
     os.makedirs(run["output"], exist_ok=True)
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "train.py"), "--config-file", run["config"]]
     if os.path.isfile(os.path.join(run["output"], "last_checkpoint")):
@@ -139,7 +138,8 @@ def read_result(run: Dict) -> Optional[Dict]:
 
 
 def summarise(rows: List[Dict]) -> List[Dict]:
-    """Mean and spread (population std over seeds) per (detector, method), with AP50 gain over the student alone."""
+    """Mean and spread (population std over seeds) per (detector, method); dAP50: AP50 gain over the student
+    alone."""
     groups: Dict[tuple, List[Dict]] = {}
     for row in rows:
         groups.setdefault((row["detector"], row["method"]), []).append(row)
@@ -163,16 +163,18 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
     columns = ["detector", "method", "seed"] + list(METRICS) + ["val_AP50", "train_s"]
     write_csv(os.path.join(args.results, f"{name}_runs.csv"), rows, columns)
     summary = summarise(rows)
-    show = [dict(e, **{m: f"{e[m]:.1f} ± {e[m + '_std']:.1f}" for m in METRICS + ("val_AP50",)}) for e in summary]
+    shown = METRICS + ("val_AP50",)
+    show = [dict(e, **{m: f"{e[m]:.1f} ± {e[m + '_std']:.1f}" for m in shown}) for e in summary]
     for e in show:
         e["dAP50"] = f"{e['dAP50']:+.1f}" if "dAP50" in e else ""
-    table_cols = ["detector", "method", "seeds"] + list(METRICS) + ["val_AP50", "dAP50"]
-    write_csv(os.path.join(args.results, f"{name}.csv"), summary,
-              ["detector", "method", "seeds"] + [c for m in METRICS + ("val_AP50",) for c in (m, m + "_std")] + ["dAP50"])
+    table_cols = ["detector", "method", "seeds", *shown, "dAP50"]
+    csv_cols = ["detector", "method", "seeds"] + [c for m in shown for c in (m, m + "_std")] + ["dAP50"]
+    write_csv(os.path.join(args.results, f"{name}.csv"), summary, csv_cols)
     notes = (f"COCO-style box AP on synthetic_dior_test (mean ± std over seeds {args.seeds}); val_AP50 on "
-             f"synthetic_dior_val; dAP50 = AP50 gain over the student alone. Teacher R-50 {args.teacher_iters} "
-             f"iterations, amplifier {args.amplifier_iters}, students R-18 {args.student_iters}, batch {args.batch}, "
-             f"128 px, {args.num_images} images. Command: python benchmarks/bench_accuracy.py"
+             f"synthetic_dior_val; dAP50 = AP50 gain over the student alone. Teacher R-50 "
+             f"{args.teacher_iters} iterations, amplifier {args.amplifier_iters}, students R-18 "
+             f"{args.student_iters}, batch {args.batch}, 128 px, {args.num_images} images. "
+             "Command: python benchmarks/bench_accuracy.py"
              + (" --quick" if args.quick else ""))
     text = write_report(os.path.join(args.results, f"{name}.md"), "Accuracy on synthetic DIOR", machine,
                         markdown_table(show, table_cols), notes)
@@ -202,7 +204,8 @@ def main(argv: Optional[List[str]] = None) -> str:
     for i, run in enumerate(runs, 1):
         row = read_result(run)
         if row is None:
-            print(f"[{time.strftime('%H:%M:%S')}] run {i}/{len(runs)}: {run['detector']} {run['name']}", flush=True)
+            now = time.strftime("%H:%M:%S")
+            print(f"[{now}] run {i}/{len(runs)}: {run['detector']} {run['name']}", flush=True)
             run_training(args, run, data_root)
             row = read_result(run)
             if row is None:

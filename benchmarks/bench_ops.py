@@ -1,17 +1,18 @@
 #!/usr/bin/env python
 """Operator speed: DISW, the Haar DWT and the explicit loss (CPU; also CUDA when a GPU is present).
 
-    python benchmarks/bench_ops.py                   # medians of repeated runs; writes benchmarks/results/ops.*
+    python benchmarks/bench_ops.py          # medians of repeated runs; writes benchmarks/results/ops.*
 
 - DISW: ``disw_map`` for the five band grids of a RetinaNet P3-P7 pyramid (strides 8-128, bands at half the
-  feature size) of a 1024 px batch of 2 images, against a per-box reference that mirrors the public implementation
-  (Python loops over levels x images x boxes, host read of every box, a [256, h, w] float16 mask per image and
-  level, then moved to the device) and against the same per-box loop in float32 on one channel (the exactness
-  check: max |difference|).
+  feature size) of a 1024 px batch of 2 images, against a per-box reference that mirrors the public
+  implementation (Python loops over levels x images x boxes, host read of every box, a [256, h, w] float16
+  mask per image and level, then moved to the device), and against the same per-box loop on one channel
+  summed in float64 / float32 (exactness: max |difference|).
 - DWT: ``ds2d2.wavelet.dwt`` (Haar slicing path) against ``pytorch_wavelets.DWTForward(J=1, mode="zero")``,
-  forward + backward, on [2, 256, 128, 128] and on the P3-P7 pyramid of an 800 px input.
-- Explicit loss (``ds2d2.losses.explicit_loss``: DWT of both, DISW, weighted band MSE) forward + backward over the
-  P3-P7 pyramid of an 800 px batch of 2 images with 200 boxes each.
+  forward + backward (and forward alone, as for the teacher), on [2, 256, 128, 128] and on the P3-P7 pyramid
+  of an 800 px input.
+- Explicit loss (``ds2d2.losses.explicit_loss``: DWT of both, DISW, weighted band MSE) forward + backward over
+  the P3-P7 pyramid of an 800 px batch of 2 images with 200 boxes each.
 """
 import argparse
 import math
@@ -24,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import RESULTS, bar_plot, machine_line, markdown_table, median_time  # noqa: E402
-from benchmarks.common import set_threads, write_csv, write_report  # noqa: E402
+from benchmarks.common import median_times, set_threads, write_csv, write_report  # noqa: E402
 from ds2d2.disw import disw_map  # noqa: E402
 from ds2d2.losses import explicit_loss  # noqa: E402
 from ds2d2.wavelet import dwt  # noqa: E402
@@ -36,7 +37,8 @@ COLUMNS = ["device", "op", "setting", "ours_ms", "reference", "reference_ms", "s
 
 def random_boxes(num: int, size: int, generator: torch.Generator, device: str) -> torch.Tensor:
     """``num`` xyxy boxes inside a size x size image, sides log-uniform in [size/128, size/5]."""
-    side = torch.exp(torch.empty(num, 2).uniform_(math.log(size / 128), math.log(size / 5), generator=generator))
+    log_side = torch.empty(num, 2).uniform_(math.log(size / 128), math.log(size / 5), generator=generator)
+    side = torch.exp(log_side)
     corner = torch.rand(num, 2, generator=generator) * (size - side)
     return torch.cat([corner, corner + side], dim=1).to(device)
 
@@ -48,8 +50,10 @@ def band_sizes(size: int) -> List[Tuple[int, int]]:
 
 def disw_per_box(boxes: Sequence[torch.Tensor], size: int, grid: Tuple[int, int], channels: int,
                  dtype: torch.dtype, device: str) -> torch.Tensor:
-    """Per-box DISW for one level, the public implementation's way: a [channels, h, w] mask per image, built on
-    the host box by box (each box read back from the device), then moved to the device. Returns [B, channels, h, w].
+    """Per-box DISW for one level, the public implementation's way: a [channels, h, w] mask per image, built
+    on the host box by box (each box read back from the device), then moved to the device.
+
+    Returns [B, channels, h, w] in ``dtype``.
     """
     h, w = grid
     maps = []
@@ -68,10 +72,9 @@ def disw_per_box(boxes: Sequence[torch.Tensor], size: int, grid: Tuple[int, int]
 def max_diff(boxes: Sequence[torch.Tensor], size: int, grids: List[Tuple[int, int]], dtype: torch.dtype,
              device: str) -> float:
     """max |disw_map - the per-box loop summed in ``dtype``| over the levels."""
-    return max(
-        (disw_map(boxes, (size, size), g) - disw_per_box(boxes, size, g, 1, dtype, device).float()).abs().max().item()
-        for g in grids
-    )
+    diffs = [disw_map(boxes, (size, size), g) - disw_per_box(boxes, size, g, 1, dtype, device).float()
+             for g in grids]
+    return max(d.abs().max().item() for d in diffs)
 
 
 def bench_disw(device: str, size: int, counts: Sequence[int], repeats: int, ref_repeats: int) -> List[Dict]:
@@ -97,7 +100,10 @@ def bench_disw(device: str, size: int, counts: Sequence[int], repeats: int, ref_
     return rows
 
 
-def fwd_bwd(fn: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]], inputs: List[torch.Tensor]) -> Callable:
+DWTFn = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+
+def fwd_bwd(fn: DWTFn, inputs: List[torch.Tensor]) -> Callable:
     """A closure running ``fn`` on each input and back-propagating fixed random gradients."""
     generator = torch.Generator().manual_seed(0)
     grads = []
@@ -118,8 +124,7 @@ def fwd_bwd(fn: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]], inp
     return run
 
 
-def forward_only(fn: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]], inputs: List[torch.Tensor]
-                 ) -> Callable:
+def forward_only(fn: DWTFn, inputs: List[torch.Tensor]) -> Callable:
     """A closure running ``fn`` on each input without autograd (as for the teacher's features)."""
 
     def run() -> None:
@@ -145,14 +150,14 @@ def bench_dwt(device: str, shapes: Dict[str, List[Tuple[int, ...]]], repeats: in
         inputs = [torch.randn(s, generator=generator).to(device).requires_grad_() for s in shape_list]
         ours_run, ref_run = fwd_bwd(dwt, inputs), fwd_bwd(pw, inputs)
         diff = max((a - b).abs().max().item() for a, b in zip(ours_run(), ref_run()))
-        ours = median_time(ours_run, repeats, device=device)
-        ref = median_time(ref_run, repeats, device=device)
+        ours, ref = median_times([ours_run, ref_run], repeats, device=device)
         rows.append(dict(device=device, op="Haar DWT fwd+bwd", setting=setting, ours_ms=ours * 1e3,
                          reference="pytorch_wavelets", reference_ms=ref * 1e3, speedup=ref / ours,
                          max_abs_diff=diff, target=">=1.5x, <=1e-5", met=ref / ours >= 1.5 and diff <= 1e-5))
-        ours_fwd, ref_fwd = (median_time(forward_only(fn, inputs), repeats, device=device) for fn in (dwt, pw))
-        rows.append(dict(device=device, op="Haar DWT fwd (no grad)", setting=setting, ours_ms=ours_fwd * 1e3,
-                         reference="pytorch_wavelets", reference_ms=ref_fwd * 1e3, speedup=ref_fwd / ours_fwd))
+        forward = [forward_only(dwt, inputs), forward_only(pw, inputs)]
+        ours, ref = median_times(forward, repeats, device=device)
+        rows.append(dict(device=device, op="Haar DWT fwd (no grad)", setting=setting, ours_ms=ours * 1e3,
+                         reference="pytorch_wavelets", reference_ms=ref * 1e3, speedup=ref / ours))
     return rows
 
 
@@ -175,13 +180,13 @@ def bench_explicit(device: str, size: int, channels: int, count: int, repeats: i
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1: small operators on shared cores only wait for each other's threads)")
+                   help="torch threads (1 by default: on shared cores, more only wait for each other)")
     p.add_argument("--repeats", type=int, default=30, help="timed runs of the fast operators (median)")
     p.add_argument("--ref-repeats", type=int, default=5, help="timed runs of the per-box DISW reference")
     p.add_argument("--disw-size", type=int, default=1024)
     p.add_argument("--boxes", type=int, nargs="+", default=[20, 200, 800], help="boxes per image")
     p.add_argument("--dwt-size", type=int, default=128, help="side of the single DWT tensor")
-    p.add_argument("--pyramid-size", type=int, default=800, help="input side of the DWT / explicit-loss pyramid")
+    p.add_argument("--pyramid-size", type=int, default=800, help="input side of the DWT / explicit pyramid")
     p.add_argument("--channels", type=int, default=256)
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
     p.add_argument("--results", default=RESULTS)
@@ -207,11 +212,13 @@ def main(argv: Optional[List[str]] = None) -> str:
     bar_plot(os.path.join(args.results, "ops.png"), [f"{r['op']}\n{r['setting']}" for r in timed],
              {"ds2d2": [r["ours_ms"] for r in timed], "reference": [r["reference_ms"] for r in timed]},
              "ms (median)", "Operator time, ds2d2 vs reference (log scale)", log=True)
-    notes = (f"Medians of {args.repeats} runs ({args.ref_repeats} for the per-box reference). max_abs_diff: DISW "
-             "against the per-box loop summed in float64 then cast to float32 (fp32_loop_diff: the loop summed in "
-             "float32, whose own rounding grows with overlap; fp16_ref_diff: the public-style float16 masks); DWT "
-             "over outputs and input gradients. Command: "
-             "python benchmarks/bench_ops.py")
+    notes = (
+        f"Medians of {args.repeats} runs ({args.ref_repeats} for the per-box reference); DWT runs alternate "
+        "with their reference. max_abs_diff: DISW against the per-box loop summed in float64 then cast to "
+        "float32 (fp32_loop_diff: the loop summed in float32, whose own rounding grows with overlap; "
+        "fp16_ref_diff: the public-style float16 masks); DWT over outputs and input gradients. "
+        "Command: python benchmarks/bench_ops.py"
+    )
     text = write_report(os.path.join(args.results, "ops.md"), "Operator speed", machine,
                         markdown_table(rows, COLUMNS), notes)
     print(text, flush=True)

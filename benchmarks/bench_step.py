@@ -1,19 +1,23 @@
 #!/usr/bin/env python
-"""Training-step cost of DS2D2: seconds per iteration and peak memory of each variant, and a per-component breakdown.
+"""Training-step cost of DS2D2: seconds per iteration and peak memory per variant, plus a component breakdown.
 
-    python benchmarks/bench_step.py                                    # 512 and 800 px, R-50 and R-101 teachers
-    python benchmarks/bench_step.py --sizes 512 --teachers 50 --repeats 2 --warmup 1    # reduced
+    python benchmarks/bench_step.py                  # 512 and 800 px, R-50 and R-101 teachers, both detectors
+    python benchmarks/bench_step.py --sizes 512 --teachers 101 --repeats 3 --warmup 1    # reduced
 
-Models are the DIOR configs (student R-18, FPN 256, 20 classes; teacher R-50 / R-101 from configs/DIOR; the
-authors' DIOR loss weights) with random weights (speed does not depend on them). For each detector, teacher and input size, each variant runs in its own
-process (so peak memory is its own): ``alone`` (the student), ``teacher_fwd`` (distiller with every weight 0: student
-+ teacher forward), ``explicit`` (implicit weights 0), ``implicit`` (explicit weights 0), ``full``. A step is
-forward, backward and SGD update on a random batch with ``--boxes`` ground-truth boxes per image. The full variant
-also times its components alone on the same batch (forward + backward where a gradient flows): teacher backbone
-forward, DISW (all levels), explicit stream (adapter, DWT, DISW, weighted band MSE), full-frequency amplifier (KD
-through the teacher head), high-frequency amplifier (HF features + KD through the amplifier head).
+Models are the DIOR configs (student R-18, FPN 256, 20 classes; teacher R-50 / R-101 from configs/DIOR;
+the authors' DIOR loss weights) with random weights (speed does not depend on them). For each detector,
+teacher and input size, each variant runs in its own process (so that peak memory is its own): ``alone``
+(the student), ``teacher_fwd`` (the distiller with every weight 0: student + teacher forward), ``explicit``
+(implicit weights 0), ``implicit`` (explicit weights 0) and ``full``. A step is forward, backward and SGD
+update on a random batch with ``--boxes`` ground-truth boxes per image. The full variant also times its
+components alone on the same batch (forward + backward where a gradient flows): teacher backbone forward,
+DISW (all levels), explicit stream (adapter, DWT, DISW, weighted band MSE), full-frequency amplifier (KD
+through the teacher head) and high-frequency amplifier (HF features + KD through the amplifier head); the
+amplifier components keep the graph between repeats, so they include the RoI pooling backward that the real
+step shares with the student.
 Target: full <= 1.15 x (teacher_fwd + both amplifier components).
-Peak memory: CUDA max allocated; on CPU, the process's peak RSS (model building included) and its rise during steps.
+Peak memory: CUDA max allocated; on CPU the process's peak RSS (model building included) and its rise during
+the steps.
 """
 import argparse
 import json
@@ -36,7 +40,7 @@ WEIGHTS = {  # which of (EXPLICIT_LOW, EXPLICIT_HIGH, IMPLICIT_FULL, IMPLICIT_HI
     "teacher_fwd": (0, 0, 0, 0), "explicit": (1, 1, 0, 0), "implicit": (0, 0, 1, 1), "full": (1, 1, 1, 1),
 }
 LOSS_KEYS = ("EXPLICIT_LOW", "EXPLICIT_HIGH", "IMPLICIT_FULL", "IMPLICIT_HIGH")
-# The authors' DIOR weights l1..l4 (REFERENCE.md), set on the student config (as configs/DIOR/ds2d2/*_to_R18.yaml do)
+# The authors' DIOR weights l1..l4 (REFERENCE.md), set on the student config like configs/DIOR/ds2d2/*.yaml
 AUTHORS_DIOR = {"retinanet": (1e-5, 1e-5, 1.0, 1.0), "faster_rcnn": (0.5, 0.5, 1e-5, 1e-5)}
 COMPONENTS = ("teacher_fwd_ms", "disw_ms", "explicit_ms", "amp_full_ms", "amp_high_ms")
 DETECTORS = {"retinanet": "retinanet", "faster_rcnn": "faster_rcnn"}
@@ -60,15 +64,16 @@ def write_teacher_files(detector: str, depth: int, device: str, folder: str) -> 
     """Random teacher (YAML + weights) and amplifier checkpoint of one teacher depth, in ``folder``."""
     from detectron2.modeling import build_model
 
-    out = {k: os.path.join(folder, f"{detector}_R{depth}_{k}") for k in ("teacher.yaml", "teacher.pth", "amp.pth")}
+    names = ("teacher.yaml", "teacher.pth", "amp.pth")
+    out = {k: os.path.join(folder, f"{detector}_R{depth}_{k}") for k in names}
     teacher_cfg = load(cfg_paths(detector, depth)["teacher"], ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device])
     with open(out["teacher.yaml"], "w") as f:
         f.write(teacher_cfg.dump())
     torch.save({"model": build_model(teacher_cfg).state_dict()}, out["teacher.pth"])
     detector_name = teacher_cfg.MODEL.META_ARCHITECTURE
     amp_cfg = teacher_cfg.clone()
-    amp_cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "DS2D2Amplifier", "MODEL.DS2D2.DETECTOR", detector_name,
-                             "MODEL.DS2D2.TEACHER_WEIGHTS", out["teacher.pth"]])
+    amp_cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "DS2D2Amplifier", "MODEL.DS2D2.DETECTOR",
+                             detector_name, "MODEL.DS2D2.TEACHER_WEIGHTS", out["teacher.pth"]])
     torch.save({"model": build_model(amp_cfg).state_dict()}, out["amp.pth"])
     return out
 
@@ -151,7 +156,8 @@ def components(model, batch: List[Dict], repeats: int, device: str) -> Dict[str,
 
     def amp_full() -> None:
         head = model.family.head_of(model.teacher)
-        model.family.kd_loss(head, [leaves[f] for f in heads], [t_feats[f] for f in heads], targets).backward(retain_graph=True)
+        loss = model.family.kd_loss(head, [leaves[f] for f in heads], [t_feats[f] for f in heads], targets)
+        loss.backward(retain_graph=True)
 
     def amp_high() -> None:
         s_hf = [high_frequency(leaves[f], model.wave) for f in heads]
@@ -228,7 +234,8 @@ def add_ratios(rows: List[Dict]) -> None:
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--detectors", nargs="+", choices=sorted(DETECTORS), default=["retinanet", "faster_rcnn"])
-    p.add_argument("--teachers", nargs="+", type=int, choices=[50, 101], default=[50, 101], help="teacher depths")
+    p.add_argument("--teachers", nargs="+", type=int, choices=[50, 101], default=[50, 101],
+                   help="teacher depths")
     p.add_argument("--sizes", nargs="+", type=int, default=[512, 800], help="input sides (px)")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--batch", type=int, default=2, help="images per step")
@@ -257,17 +264,18 @@ def main(argv: Optional[List[str]] = None) -> str:
                     files = write_teacher_files(detector, depth, device, folder)
                     for size in args.sizes:
                         for variant in args.variants:
-                            spec = dict(device=device, detector=detector, depth=depth, size=size, variant=variant,
-                                        batch=args.batch, boxes=args.boxes, repeats=args.repeats,
-                                        warmup=args.warmup, threads=args.threads, files=files)
+                            spec = dict(device=device, detector=detector, depth=depth, size=size,
+                                        variant=variant, batch=args.batch, boxes=args.boxes,
+                                        repeats=args.repeats, warmup=args.warmup, threads=args.threads,
+                                        files=files)
                             rows.append(run_worker(spec))
                             print(f"{device} {detector} R-{depth} {size}px {variant}: "
                                   f"{rows[-1]['s_per_it']:.3f} s/it", flush=True)
     add_ratios(rows)
     for row in rows:
         row["teacher"] = f"R-{row['depth']}"
-    columns = ["device", "detector", "teacher", "size", "variant", "s_per_it", "ratio", "peak_mb", "step_extra_mb",
-               *COMPONENTS, "vs_inherent", "met"]
+    columns = ["device", "detector", "teacher", "size", "variant", "s_per_it", "ratio", "peak_mb",
+               "step_extra_mb", *COMPONENTS, "vs_inherent", "met"]
     write_csv(os.path.join(args.results, "step.csv"), rows, columns)
     groups = sorted({(r["device"], r["detector"], r["teacher"], r["size"]) for r in rows}, key=str)
     labels = [f"{d} {det} {t} {s}px" for d, det, t, s in groups]
@@ -276,10 +284,14 @@ def main(argv: Optional[List[str]] = None) -> str:
     bar_plot(os.path.join(args.results, "step.png"), labels, series, "s/it relative to the student alone",
              "Training-step cost (student R-18)")
     machine = "; ".join(machine_line(d) for d in devices)
-    notes = (f"Batch {args.batch}, {args.boxes} boxes/image, median of {args.repeats} steps after {args.warmup} "
-             "warm-up. ratio: s/it over the student alone; vs_inherent (full only): s/it over teacher_fwd + both "
-             "amplifier components (target <= 1.15). Component columns: ms, measured alone on the same batch. "
-             "Command: python benchmarks/bench_step.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    notes = (
+        f"Batch {args.batch}, {args.boxes} boxes/image, median of {args.repeats} steps after {args.warmup} "
+        "warm-up. ratio: s/it over the student alone; vs_inherent (full only): s/it over teacher_fwd + both "
+        "amplifier components (target <= 1.15). Component columns: ms, each measured alone on the same "
+        "batch. "
+        f"Command: python benchmarks/bench_step.py {command}"
+    )
     text = write_report(os.path.join(args.results, "step.md"), "Training-step cost", machine,
                         markdown_table(rows, columns), notes)
     print(text, flush=True)

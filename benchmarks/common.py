@@ -34,7 +34,7 @@ def set_threads(threads: int) -> int:
 
 
 def machine_line(device: str = "cpu") -> str:
-    """One line naming the machine a table was measured on: CPU (or GPU), cores, torch threads, torch, date."""
+    """The machine a table was measured on: CPU (or GPU), cores, torch threads, torch version, date."""
     where = cpu_model() if device == "cpu" else torch.cuda.get_device_name()
     return (
         f"Machine: {where}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
@@ -47,18 +47,27 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def median_times(fns: Sequence[Callable[[], object]], repeats: int, warmup: int = 1, device: str = "cpu"
+                 ) -> List[float]:
+    """Median wall-clock seconds of each ``fn()`` over ``repeats`` runs after ``warmup`` untimed ones. The
+    functions take turns, so that a change of load on a shared machine hits them alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    sync(device)
+    times: List[List[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
+
+
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1, device: str = "cpu") -> float:
     """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_times([fn], repeats, warmup, device)[0]
 
 
 def fmt(value: object) -> str:

@@ -2,8 +2,8 @@
 
 ``MODEL.META_ARCHITECTURE: FitNetDistiller`` trains the student with its detection losses plus
 ``MODEL.DS2D2.LOSS.EXPLICIT_LOW * sum_l mean((adapter(S_l) - T_l)^2)`` over ``MODEL.DS2D2.IN_FEATURES``: the
-explicit stream's place and adapter, without the wavelet split, DISW or amplifiers. The other three DS2D2 weights
-must be 0 (so no amplifier is loaded). Importing this module registers the meta-architecture.
+explicit stream's place and adapter, without the wavelet split, DISW or amplifiers. The other three DS2D2
+weights must be 0 (so no amplifier is loaded). Importing this module registers the meta-architecture.
 """
 from typing import Dict, List
 
@@ -37,8 +37,9 @@ class FitNetDistiller(DS2D2Distiller):
         images = self.student.preprocess_image(batched_inputs)
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         s_feats = self.student.backbone(images.tensor)
+        t_images = self._teacher_images(batched_inputs, images.tensor.shape[-2:])
         with torch.no_grad():
-            t_feats = self.teacher.backbone(self._teacher_images(batched_inputs, images.tensor.shape[-2:]).tensor)
+            t_feats = self.teacher.backbone(t_images.tensor)
         losses, _ = self.family.detection_losses(images, s_feats, gt_instances)
         mse = [F.mse_loss(self.adapters[f](s_feats[f]).float(), t_feats[f].float()) for f in self.in_features]
         losses["loss_fitnet"] = self.fitnet_weight * torch.stack(mse).sum()

@@ -1,5 +1,5 @@
-"""Smoke runs of the benchmarks on tiny settings: each prints its Markdown table and writes CSV + PNG + Markdown.
-No timing is asserted (benchmarks are measurements, not tests)."""
+"""Smoke runs of the benchmarks on tiny settings: each prints its Markdown table and writes CSV, PNG and
+Markdown. No timing is asserted (benchmarks are measurements, not tests)."""
 import csv
 import os
 import sys
@@ -45,9 +45,9 @@ def test_bench_step_tiny(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_accuracy_tiny_resumes(tmp_path, capsys):
-    argv = ["--quick", "--teacher-iters", "2", "--amplifier-iters", "2", "--student-iters", "2", "--batch", "1",
-            "--num-images", "10", "--workers", "0", "--threads", "1", "--work", str(tmp_path / "work"),
-            "--results", str(tmp_path / "results")]
+    argv = ["--quick", "--teacher-iters", "2", "--amplifier-iters", "2", "--student-iters", "2",
+            "--batch", "1", "--num-images", "10", "--workers", "0", "--threads", "1",
+            "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")]
     bench_accuracy.main(argv)
     rows = check_outputs(tmp_path / "results", "accuracy_quick", 4)
     assert [r["method"] for r in rows] == ["teacher", "amplifier", "alone", "ds2d2"]
