@@ -23,7 +23,7 @@ stopped.
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from multiprocessing import Pool
+import multiprocessing
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -243,6 +243,16 @@ def _split_image(task: Tuple[str, str, Optional[List[DotaObject]], str, SplitSet
     _atomic_write(dst / RECORDS_DIR / f"{stem}.json", _dump_json(record))
 
 
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers start from a fresh interpreter (forkserver, or spawn where there is none): a plain fork would copy
+    OpenCV's thread pool in whatever state the caller left it, and a child touching it can hang forever."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])  # imported once by the server, not by every worker
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 def _choose_classes(objects: Dict[str, List[DotaObject]], label_files: Dict[str, Path]) -> List[str]:
     """DOTA v1.0's classes if they cover every category, else v1.5's; otherwise an error naming an example."""
     categories = {o.category for objs in objects.values() for o in objs}
@@ -322,7 +332,7 @@ def split_dota(
             _split_image(task)
             bar.update()
     else:
-        with Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+        with _worker_context().Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
             for _ in pool.imap_unordered(_split_image, todo):
                 bar.update()
     bar.close()
