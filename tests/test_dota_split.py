@@ -204,6 +204,12 @@ def test_unlabelled_split_and_bad_labels(tmp_path):
         split_dota(tmp_path / "bad", tmp_path / "bad_p", settings=SETTINGS, num_workers=1, progress=False)
     assert not (tmp_path / "bad_p").exists()  # labels are checked before anything is written
 
+    write_dota_folder(tmp_path / "broken", sizes=((300, 280), (200, 100)))
+    (tmp_path / "broken" / "images" / "P0001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DotaFormatError, match="P0001.png: cannot decode"):
+        split_dota(tmp_path / "broken", tmp_path / "broken_p", settings=SETTINGS, num_workers=2, progress=False)
+    assert not (tmp_path / "broken_p" / "annotations" / "P0001.json").exists()
+
 
 def test_cli_reports_bad_lines_or_skips_them_with_a_count(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("prepare_dota", REPO / "datasets" / "prepare_dota.py")
