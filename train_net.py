@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Train or evaluate any DS2D2 stage (teacher, high-frequency amplifier, distilled student) from a YAML config.
+"""Train or evaluate any DS2D2 stage (teacher, high-frequency amplifier, distilled student) from YAML.
 
     python train_net.py --config-file configs/synthetic/retinanet_R18_student.yaml
     python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file CFG --resume            # continue from OUTPUT_DIR/last_checkpoint
-    python train_net.py --config-file CFG --num-gpus 8        # multi-GPU; add --num-machines/--machine-rank/--dist-url
+    python train_net.py --config-file CFG --num-gpus 8        # 8 GPUs (multi-node: --num-machines ...)
 
 The flags and trailing ``KEY VALUE`` overrides are Detectron2's ``default_argument_parser``. With
 ``MODEL.DEVICE cpu`` (or without CUDA), ``--num-gpus N`` starts N CPU processes that train together over gloo.
@@ -53,7 +53,8 @@ def main(args):
     if args.eval_only:
         check_datasets_registered(cfg, ["TEST"])
         model = Trainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
     else:
         trainer = Trainer(cfg)

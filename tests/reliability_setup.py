@@ -1,4 +1,4 @@
-"""Shared set-up of the reliability tests: tiny synthetic DIOR data, tiny distiller configs, train_net.py runs."""
+"""Set-up shared by the reliability tests: tiny synthetic DIOR data, tiny configs, train_net.py runs."""
 import os
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from typing import Sequence
 
 from detectron2.data import DatasetCatalog
 
-from conftest import tiny_stages
+from conftest import tiny_cfg, tiny_stages
 from ds2d2.data import DIOR_CLASSES, register_voc_detection
 from ds2d2.data.synthetic import write_synthetic_dior
 
@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # 64 px inputs, batch 2, no data-loading processes, no evaluation, checkpoints every 2 iterations.
 TINY_TRAINING = [
-    "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64, "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 64,
-    "SOLVER.IMS_PER_BATCH", 2, "SOLVER.CHECKPOINT_PERIOD", 2, "SOLVER.WARMUP_ITERS", 2, "SOLVER.STEPS", (2,),
-    "DATALOADER.NUM_WORKERS", 0, "TEST.EVAL_PERIOD", 0,
+    "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64, "INPUT.MIN_SIZE_TEST", 64,
+    "INPUT.MAX_SIZE_TEST", 64, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.CHECKPOINT_PERIOD", 2,
+    "SOLVER.WARMUP_ITERS", 2, "SOLVER.STEPS", (2,), "DATALOADER.NUM_WORKERS", 0, "TEST.EVAL_PERIOD", 0,
 ]
 DIOR = ["MODEL.RETINANET.NUM_CLASSES", 20, "MODEL.ROI_HEADS.NUM_CLASSES", 20]
 
@@ -59,7 +59,7 @@ def train_net_command(config: Path, output: Path, opts: Sequence = (), flags: Se
 
 
 def environment(data_root: Path) -> dict:
-    # one thread per process: on a few shared cores more threads only contend (and runs stay comparable)
+    """The environment of train_net.py runs: one thread per process, as more only contend on a few cores."""
     return dict(os.environ, DETECTRON2_DATASETS=str(data_root), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
 
 
@@ -73,3 +73,11 @@ def run_train_net(data_root: Path, config: Path, output: Path, opts: Sequence = 
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def tiny_trainer_config(detector: str, dataset: str, output: Path, opts: Sequence = ()):
+    """In-process config of a tiny plain ``detector`` training on ``dataset`` (registered) into ``output``."""
+    cfg = tiny_cfg(detector, [*DIOR, *TINY_TRAINING, *opts])
+    cfg.DATASETS.TRAIN = (dataset,)
+    cfg.OUTPUT_DIR = str(output)
+    return cfg

@@ -1,6 +1,6 @@
-"""Two CPU processes over gloo: train_net.py --num-gpus 2 trains and evaluates a distiller under DDP; only rank 0
-writes; student weights stay equal on both ranks (averaged gradients) and the frozen teacher and amplifier are
-out of DDP and equal to their files on every rank."""
+"""Two CPU processes over gloo: train_net.py --num-gpus 2 trains and evaluates a distiller under DDP; only
+rank 0 writes; student weights stay equal on both ranks (averaged gradients) and the frozen teacher and
+amplifier are out of DDP and equal to their files on every rank. GPU jobs still use Detectron2's launch."""
 import json
 import os
 import sys
@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from detectron2.engine import default_argument_parser
+from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
@@ -15,14 +16,13 @@ from ds2d2.engine import Trainer
 from ds2d2.launch import launch
 from reliability_setup import ROOT, run_train_net, write_data, write_distiller_config
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return write_data(tmp_path_factory.mktemp("datasets"))
 
 
+@pytest.mark.slow
 def test_train_net_two_cpu_processes(data_root, tmp_path):
     config = write_distiller_config(tmp_path, "RetinaNet")
     out = tmp_path / "out"
@@ -38,7 +38,8 @@ def test_train_net_two_cpu_processes(data_root, tmp_path):
 
     # the evaluation gathered the predictions of both ranks: every test image is in rank 0's results
     test_ids = (data_root / "synthetic_dior" / "ImageSets" / "Main" / "test.txt").read_text().split()
-    predictions = json.loads((out / "inference" / "synthetic_dior_test" / "coco_instances_results.json").read_text())
+    results = out / "inference" / "synthetic_dior_test" / "coco_instances_results.json"
+    predictions = json.loads(results.read_text())
     assert len(test_ids) > 1 and {p["image_id"] for p in predictions} == set(test_ids)
     assert "mAP50" in json.loads((out / "eval_results.json").read_text())["voc_ap50"]
 
@@ -72,6 +73,7 @@ def train_net_with_recording_trainer(argv):
     train_net.main(default_argument_parser().parse_args(argv))
 
 
+@pytest.mark.slow
 def test_ranks_agree_and_frozen_models_stay_out_of_ddp(data_root, tmp_path, monkeypatch):
     config = write_distiller_config(tmp_path, "GeneralizedRCNN")
     monkeypatch.setenv("DETECTRON2_DATASETS", str(data_root))  # read by ds2d2 in the spawned processes
@@ -93,4 +95,19 @@ def test_ranks_agree_and_frozen_models_stay_out_of_ddp(data_root, tmp_path, monk
     for name, value in ranks[0]["params"].items():  # same update on both ranks although their batches differ
         assert torch.equal(value, ranks[1]["params"][name]), name
     trained = "student.roi_heads.box_predictor.cls_score.weight"
-    assert not torch.equal(ranks[0]["params"][trained], initial[trained]), "the last iteration changed nothing"
+    assert not torch.equal(ranks[0]["params"][trained], initial[trained]), "the last iteration did nothing"
+
+
+def test_gpu_jobs_go_to_detectron2_launch_unchanged(monkeypatch):
+    calls = []
+    monkeypatch.setattr("ds2d2.launch.detectron2_launch", lambda *args: calls.append(args))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    launch(print, 8, num_machines=2, machine_rank=1, dist_url="tcp://host:1234", args=("x",))
+    assert calls == [(print, 8, 2, 1, "tcp://host:1234", ("x",), DEFAULT_TIMEOUT)]
+
+
+def test_one_cpu_process_runs_in_place(monkeypatch):
+    monkeypatch.setattr("ds2d2.launch.detectron2_launch", lambda *args: pytest.fail("not a GPU job"))
+    seen = []
+    launch(seen.append, 1, args=("ran",), cpu=True)
+    assert seen == ["ran"]

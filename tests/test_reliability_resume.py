@@ -1,5 +1,5 @@
-"""Crash and resume: a train_net.py process killed with SIGKILL and restarted with --resume ends with exactly the
-weights, optimizer state and schedule of an uninterrupted run; the Faster R-CNN's random RoI sampling too."""
+"""Crash and resume: a train_net.py process killed with SIGKILL and restarted with --resume ends with the
+weights, optimizer state and schedule of an uninterrupted run; Faster R-CNN's random sampling repeats too."""
 import json
 import signal
 import subprocess
@@ -9,15 +9,13 @@ import pytest
 import torch
 from detectron2.engine import HookBase
 
-from conftest import tiny_cfg
 from ds2d2.engine import Trainer
 from reliability_setup import (
-    DIOR,
     ROOT,
-    TINY_TRAINING,
     environment,
     register_in_process,
     run_train_net,
+    tiny_trainer_config,
     train_net_command,
     write_data,
     write_distiller_config,
@@ -37,8 +35,9 @@ def load(path):
 
 
 def assert_same_tree(a, b, where=""):
-    """Equal nested dicts/lists of tensors and numbers. Tensors to 1e-5 relative: CPU kernels may sum in another
-    order when buffers sit at other memory alignments in another process (seen: 1e-10 in a momentum buffer)."""
+    """Equal nested dicts/lists of tensors and numbers. Tensors to 1e-5 relative: CPU kernels may sum in
+    another order when buffers sit at other memory alignments in another process (seen: 1e-10 differences in
+    a momentum buffer, weights bitwise equal)."""
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor), where
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8, msg=lambda m: f"{where}: {m}")
@@ -54,12 +53,18 @@ def assert_same_tree(a, b, where=""):
         assert a == b, (where, a, b)
 
 
+def start_train_net(data_root, config, output) -> subprocess.Popen:
+    """train_net.py in the background; its stderr goes to ``output``.stderr."""
+    with open(f"{output}.stderr", "w") as stderr:
+        return subprocess.Popen(
+            train_net_command(config, output, MAX_ITER), env=environment(data_root), cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=stderr,
+        )
+
+
 def kill_after_first_checkpoint(data_root, config, output) -> int:
     """Start train_net.py, SIGKILL it once OUTPUT_DIR/last_checkpoint exists; the iteration it names."""
-    proc = subprocess.Popen(
-        train_net_command(config, output, MAX_ITER), env=environment(data_root), cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    proc = start_train_net(data_root, config, output)
     tag = output / "last_checkpoint"
     try:
         while not tag.exists() and proc.poll() is None:
@@ -73,11 +78,12 @@ def kill_after_first_checkpoint(data_root, config, output) -> int:
 
 def test_sigkilled_distiller_resumes_exactly(data_root, tmp_path):
     config = write_distiller_config(tmp_path, "RetinaNet")
-    run_train_net(data_root, config, tmp_path / "full", MAX_ITER)
+    full = start_train_net(data_root, config, tmp_path / "full")  # uninterrupted, in parallel
 
     crashed = tmp_path / "crashed"
     saved_iter = kill_after_first_checkpoint(data_root, config, crashed)
     assert not (crashed / "model_final.pth").exists()
+    assert full.wait(timeout=600) == 0, (tmp_path / "full.stderr").read_text()[-3000:]
     proc = run_train_net(data_root, config, crashed, MAX_ITER, flags=["--resume"])
     log = proc.stdout + proc.stderr
     assert f"Starting training from iteration {saved_iter + 1}" in log
@@ -88,8 +94,9 @@ def test_sigkilled_distiller_resumes_exactly(data_root, tmp_path):
         a, b = load(tmp_path / "full" / name), load(crashed / name)
         assert all(k.startswith(("student.", "adapters.")) for k in a["model"])  # no frozen teacher inside
         assert a["trainer"]["_trainer"]["optimizer"]["state"], "momentum buffers must be saved"
-        assert set(a["trainer"]["loss_normalizers"]) == {"student"}  # RetinaNet's EMA, kept outside state_dict
-        assert_same_tree(a, b, name)  # weights, momentum buffers, lr, scheduler, iteration, seed, EMA normaliser
+        assert set(a["trainer"]["hooks"]) == {"LRScheduler"}
+        assert set(a["trainer"]["loss_normalizers"]) == {"student"}  # RetinaNet's EMA, outside state_dict
+        assert_same_tree(a, b, name)  # weights, momentum, lr, scheduler, iteration, seed, EMA normaliser
 
     metrics = [json.loads(line) for line in (crashed / "metrics.json").read_text().splitlines()]
     assert metrics[-1]["iteration"] == 5
@@ -107,17 +114,15 @@ class CrashAt(HookBase):
 
 
 def test_faster_rcnn_random_sampling_repeats_after_resume(data_root, tmp_path, single_torch_thread):
-    """In process: 4 iterations straight == a run that crashes before iteration 2 and a new Trainer resumed from
-    its checkpoint. Faster R-CNN samples anchors and RoIs from torch's global RNG, which ReseedEachIteration sets
-    from (seed, iteration, rank) before every step."""
+    """In process: 4 iterations straight == a run that crashes before iteration 2, then a new Trainer resumed
+    from its checkpoint. Faster R-CNN samples anchors and RoIs from torch's global RNG, which
+    ReseedEachIteration sets from (seed, iteration, rank) before every step."""
     dataset = register_in_process(data_root)
 
     def trainer(output):
-        cfg = tiny_cfg("GeneralizedRCNN", [*DIOR, *TINY_TRAINING, "SOLVER.MAX_ITER", 4, "SEED", 3])
-        cfg.DATASETS.TRAIN = (dataset,)
-        cfg.OUTPUT_DIR = str(output)
         torch.manual_seed(0)  # the same initial weights
-        return Trainer(cfg)
+        opts = ["SOLVER.MAX_ITER", 4, "SEED", 3]
+        return Trainer(tiny_trainer_config("GeneralizedRCNN", dataset, output, opts))
 
     straight = trainer(tmp_path / "straight")
     straight.resume_or_load(resume=False)
@@ -134,4 +139,5 @@ def test_faster_rcnn_random_sampling_repeats_after_resume(data_root, tmp_path, s
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 2
     resumed.train()
-    assert_same_tree(load(tmp_path / "straight" / "model_final.pth"), load(tmp_path / "split" / "model_final.pth"))
+    final = [load(tmp_path / run / "model_final.pth") for run in ("straight", "split")]
+    assert_same_tree(*final)

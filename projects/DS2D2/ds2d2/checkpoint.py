@@ -1,12 +1,12 @@
 """Checkpoint files that survive crashes and do not run code from the files they read.
 
-- Writes are atomic: the checkpoint and the ``last_checkpoint`` tag are written to a temporary file in the same
-  folder, flushed to disk and renamed over the target (``os.replace``), so a crash while saving leaves the previous
-  files intact (at worst a stale hidden ``.*.tmp`` file).
-- ``.pth`` files are read with ``torch.load(weights_only=True)``: tensors and plain containers only, no pickled
-  code. A truncated or corrupt file, or one that needs arbitrary unpickling, is an error that names the file.
-- Detectron2 ``.pkl`` files (model zoo, Caffe2 conversions) are plain pickles; they are read with an unpickler that
-  only accepts builtin containers and NumPy arrays, so a crafted file cannot run code either.
+- Writes are atomic: the checkpoint and the ``last_checkpoint`` tag are written to a temporary file in the
+  same folder, flushed to disk and renamed over the target (``os.replace``), so a crash while saving leaves
+  the previous files intact (at worst a stale hidden ``.*.tmp`` file).
+- ``.pth`` files are read with ``torch.load(weights_only=True)``: tensors and plain containers only, no
+  pickled code. A truncated or corrupt file, or one that needs arbitrary unpickling, is an error naming it.
+- Detectron2 ``.pkl`` files (model zoo, Caffe2 conversions) are plain pickles; they are read with an unpickler
+  that only builds builtin containers and NumPy arrays, so a crafted file cannot run code either.
 """
 import contextlib
 import os
@@ -38,7 +38,7 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows it
+    with contextlib.suppress(OSError):  # make the rename durable where the platform allows it
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -46,8 +46,8 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
             os.close(dir_fd)
 
 
-# The globals that pickles of NumPy arrays and builtin containers refer to (NumPy 1 and 2 module names, pickle
-# protocols 2 to 5); anything else in a .pkl is refused before it is called.
+# The globals that pickles of NumPy arrays and builtin containers refer to (NumPy 1 and 2 module names,
+# pickle protocols 2 to 5); anything else in a .pkl is refused before it is called.
 _PKL_GLOBALS = {
     ("collections", "OrderedDict"),
     ("builtins", "dict"),
@@ -57,7 +57,7 @@ _PKL_GLOBALS = {
     ("_codecs", "encode"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
-    *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+    *((f"numpy.{core}.multiarray", f) for core in ("core", "_core") for f in ("_reconstruct", "scalar")),
     *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
 }
 
@@ -80,8 +80,9 @@ def _read_pth(path: str) -> Dict:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
         raise CheckpointError(
-            f"Checkpoint '{path}' cannot be read with weights_only=True: it is corrupt, or it holds objects other "
-            f"than tensors and plain containers, which ds2d2 does not unpickle because that can run code ({reason})."
+            f"Checkpoint '{path}' cannot be read with weights_only=True: it is corrupt, or it holds "
+            "objects other than tensors and plain containers, which ds2d2 does not unpickle because that can "
+            f"run code ({reason})."
         ) from e
 
 
@@ -91,8 +92,8 @@ def _read_pkl(path: str) -> Dict:
             data = _ArraysOnlyUnpickler(f, encoding="latin1").load()
     except _RefusedGlobal as e:
         raise CheckpointError(
-            f"Checkpoint '{path}' refers to '{e}'; ds2d2 reads .pkl files with an unpickler that only builds NumPy "
-            "arrays and builtin containers, and does not run code stored in them."
+            f"Checkpoint '{path}' refers to '{e}'; ds2d2 reads .pkl files with an unpickler that only builds "
+            "NumPy arrays and builtin containers, and does not run code stored in them."
         ) from e
     if not isinstance(data, dict):
         raise CheckpointError(f"Checkpoint '{path}' holds a {type(data).__name__}, not a dict of arrays.")
@@ -149,9 +150,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
             name = f.read().strip()
         path = os.path.join(self.save_dir, name)
         if not name or not os.path.isfile(path):
-            raise CheckpointError(
-                f"'{tag}' names '{name}', which does not exist. {self._other_checkpoints(path)}"
-            )
+            hint = self._other_checkpoints(path)
+            raise CheckpointError(f"'{tag}' names '{name}', which does not exist. {hint}")
         return path
 
     def _other_checkpoints(self, bad: str) -> str:
@@ -159,8 +159,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         if not others:
             return "There is no other checkpoint in this folder: start without --resume."
         return (
-            f"Write the name of an earlier checkpoint (one of {others}) into last_checkpoint and resume again, "
-            "or start without --resume."
+            f"Write the name of an earlier checkpoint (one of {others}) into last_checkpoint and resume "
+            "again, or start without --resume."
         )
 
     def _load_file(self, filename: str) -> Dict:
@@ -169,8 +169,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         try:
             return read_checkpoint_file(filename)
         except CheckpointError as e:
-            in_save_dir = os.path.dirname(os.path.abspath(filename)) == os.path.abspath(self.save_dir or ".")
-            if not in_save_dir:
+            if os.path.dirname(os.path.abspath(filename)) != os.path.abspath(self.save_dir or "."):
                 raise
             raise CheckpointError(f"{e} {self._other_checkpoints(filename)}") from e
 

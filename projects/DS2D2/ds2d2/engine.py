@@ -2,15 +2,16 @@
 
 1. Evaluators come from the dataset's metadata (``evaluator_type``), so one train_net.py serves DIOR-style VOC
    datasets and DOTA patch sets alike.
-2. ``SOLVER.FIND_UNUSED_PARAMETERS`` reaches DistributedDataParallel (DefaultTrainer hard-codes it), and DDP also
-   works for CPU processes (``ds2d2.launch``).
+2. ``SOLVER.FIND_UNUSED_PARAMETERS`` reaches DistributedDataParallel (DefaultTrainer hard-codes it), and DDP
+   also works for CPU processes (``ds2d2.launch``).
 3. ``--resume`` continues exactly where training stopped: checkpoints hold the optimizer (and AMP grad-scaler)
-   state, the run's seed and RetinaNet's loss-normaliser EMA next to the iteration and scheduler state (detectron2
-   v0.6 saves none of these); the data order and augmentations are a function of (seed, position)
+   state, the run's seed and RetinaNet's loss-normaliser EMA next to the iteration and scheduler state
+   (detectron2 v0.6 saves none of these); the data order and augmentations are a function of (seed, position)
    (``ds2d2.data.sampler``) and the model's RNGs are reseeded per iteration (``ds2d2.train_loop``).
 4. Checkpoints are written atomically and read without unpickling code (``ds2d2.checkpoint``).
-5. Unregistered dataset names fail before anything is built; non-finite losses stop training naming the term.
+5. Unregistered dataset names fail before anything is built; a non-finite loss stops training naming the term.
 """
+import difflib
 import logging
 import os
 import weakref
@@ -33,7 +34,7 @@ from .train_loop import CheckedAMPTrainer, CheckedSimpleTrainer, ReseedEachItera
 
 
 def detectron2_has_compiled_ops() -> bool:
-    """False when detectron2 was installed as pure Python by tools/install_detectron2.py (its ``_C`` is a stub)."""
+    """False when tools/install_detectron2.py installed detectron2 as pure Python (``_C`` is a stub)."""
     try:
         from detectron2 import _C
     except ImportError:
@@ -71,14 +72,16 @@ def build_evaluators(cfg, dataset_name: str, output_folder: Optional[str] = None
 
 
 def check_datasets_registered(cfg, keys: Sequence[str] = ("TRAIN", "TEST")) -> None:
-    """Raise ValueError naming the config key and the name of any ``DATASETS.<key>`` entry that is not registered."""
-    registered = set(DatasetCatalog.list())
+    """Raise ValueError naming the key and the name of any ``DATASETS.<key>`` entry that is not registered."""
+    registered = DatasetCatalog.list()
     for key in keys:
         for name in cfg.DATASETS[key]:
             if name not in registered:
+                close = difflib.get_close_matches(name, registered, n=3)
+                hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
                 raise ValueError(
-                    f"DATASETS.{key}: dataset '{name}' is not registered. Registered names: {sorted(registered)}. "
-                    "Register it first (ds2d2.data.register_voc_detection, register_dota) or fix the name."
+                    f"DATASETS.{key}: dataset '{name}' is not registered{hint}. Register it first "
+                    "(ds2d2.data.register_voc_detection, register_dota) or fix the name."
                 )
 
 
@@ -105,7 +108,7 @@ class Trainer(DefaultTrainer):
         self.seed = run_seed(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg, seed=self.seed)
+        data_loader = self.build_train_loader(cfg)
         on_cpu = next(model.parameters()).device.type == "cpu"
         model = create_ddp_model(
             model,
@@ -122,14 +125,19 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+        self._place_data_stream()
+
+    def _place_data_stream(self) -> None:
+        """Start the training data at this run's seed and iteration (a custom loader is used as it is)."""
+        if isinstance(self.data_loader, ResumableTrainLoader):
+            self.data_loader.seed, self.data_loader.start_batch = self.seed, self.start_iter
 
     def build_hooks(self):
         return [ReseedEachIteration(), *super().build_hooks()]
 
     def resume_or_load(self, resume: bool = True) -> None:
         super().resume_or_load(resume=resume)
-        self.data_loader.seed = self.seed  # the checkpoint's seed, if one was loaded
-        self.data_loader.start_batch = self.start_iter
+        self._place_data_stream()  # the checkpoint's seed and iteration, if one was loaded
 
     def _dense_detectors(self):
         return {n: m for n, m in _unwrap(self.model).named_modules() if isinstance(m, DenseDetector)}
@@ -140,14 +148,16 @@ class Trainer(DefaultTrainer):
         state["seed"] = self.seed
         # RetinaNet/FCOS keep the EMA of their loss normaliser in a plain attribute, outside state_dict()
         state["loss_normalizers"] = {
-            name: float(m.loss_normalizer) for name, m in self._dense_detectors().items() if hasattr(m, "loss_normalizer")
+            name: float(m.loss_normalizer)
+            for name, m in self._dense_detectors().items()
+            if hasattr(m, "loss_normalizer")
         }
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if "_trainer" not in state:
-            raise KeyError("checkpoint has no optimizer state ('_trainer'); it was not written by ds2d2's Trainer")
+            raise KeyError("checkpoint has no optimizer state ('_trainer'); ds2d2's Trainer did not write it")
         self._trainer.load_state_dict(state["_trainer"])
         self.seed = state.get("seed", self.seed)
         detectors = self._dense_detectors()
@@ -156,9 +166,9 @@ class Trainer(DefaultTrainer):
                 detectors[name].loss_normalizer = value
 
     @classmethod
-    def build_train_loader(cls, cfg, seed: Optional[int] = None) -> ResumableTrainLoader:
-        """Detectron2's training data (datasets, DatasetMapper, sampler and aspect-ratio grouping settings) in a
-        resumable order; ``seed`` defaults to ``run_seed(cfg)``."""
+    def build_train_loader(cls, cfg) -> ResumableTrainLoader:
+        """Detectron2's training data (datasets, DatasetMapper, sampler and aspect-ratio grouping settings) in
+        a resumable order seeded by ``run_seed(cfg)``."""
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
@@ -174,8 +184,8 @@ class Trainer(DefaultTrainer):
             ).tolist()
         else:
             raise ValueError(
-                f"DATALOADER.SAMPLER_TRAIN is {sampler!r}; ds2d2's resumable data order supports 'TrainingSampler' "
-                "and 'RepeatFactorTrainingSampler'."
+                f"DATALOADER.SAMPLER_TRAIN is {sampler!r}; ds2d2's resumable data order supports "
+                "'TrainingSampler' and 'RepeatFactorTrainingSampler'."
             )
         group_ids = None
         if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
@@ -184,7 +194,7 @@ class Trainer(DefaultTrainer):
             DatasetFromList(dataset, copy=False),
             DatasetMapper(cfg, True),
             total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-            seed=run_seed(cfg) if seed is None else seed,
+            seed=run_seed(cfg),
             num_workers=cfg.DATALOADER.NUM_WORKERS,
             rank=comm.get_rank(),
             world_size=comm.get_world_size(),

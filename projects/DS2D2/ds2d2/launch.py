@@ -1,7 +1,7 @@
 """``launch()`` with Detectron2's signature that also runs multi-process training on CPUs.
 
-Detectron2 v0.6's ``launch`` asserts CUDA and uses NCCL. Here, when the job runs on CPUs (``cpu=True``, or no
-CUDA device is available), the processes join a gloo process group instead; everything else (``dist_url="auto"``,
+Detectron2 v0.6's ``launch`` asserts CUDA and uses NCCL. Here, when the job runs on CPUs (``cpu=True``, or
+no CUDA device is available), the processes join a gloo process group instead; the rest (``dist_url="auto"``,
 multi-machine ranks, the local process group that ``detectron2.utils.comm`` uses) works the same. GPU jobs go
 to Detectron2's own ``launch`` unchanged.
 """
@@ -40,14 +40,15 @@ def launch(
 ) -> None:
     """Run ``main_func(*args)`` in ``num_gpus_per_machine`` processes on each of ``num_machines`` machines.
 
-    ``num_gpus_per_machine`` counts processes per machine; on CPUs it is the number of CPU worker processes.
-    ``cpu``: True for a CPU job (gloo), False for a GPU job (Detectron2's launch, NCCL); None: CPU when CUDA is
-    not available.
+    ``num_gpus_per_machine`` counts processes per machine (on CPUs: CPU worker processes). ``cpu``: True for a
+    CPU job (gloo), False for a GPU job (Detectron2's launch, NCCL); None: CPU when CUDA is not available.
     """
     if cpu is None:
         cpu = not torch.cuda.is_available()
     if not cpu:
-        detectron2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, tuple(args), timeout)
+        detectron2_launch(
+            main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, tuple(args), timeout
+        )
         return
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:
@@ -77,7 +78,9 @@ def _cpu_worker(
 ) -> None:
     rank = machine_rank * num_per_machine + local_rank
     try:
-        dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout)
+        dist.init_process_group(
+            "gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout
+        )
     except Exception:
         logging.getLogger(__name__).error(f"Process group URL: {dist_url}")
         raise

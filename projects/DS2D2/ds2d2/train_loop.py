@@ -2,11 +2,12 @@
 
 - ``CheckedSimpleTrainer`` / ``CheckedAMPTrainer``: Detectron2's trainers whose metric writing (which already
   copies every loss to the host, after ``backward`` and before ``optimizer.step``) gathers the losses of every
-  process and raises ``FloatingPointError`` naming each non-finite term and process. Every process raises, so none
-  waits forever in the next collective; the optimizer never steps on a non-finite loss, and no checkpoint is written
-  for the failed iteration, so ``OUTPUT_DIR/last_checkpoint`` still names the last good one.
-- ``ReseedEachIteration``: seeds the global RNGs from (run seed, iteration, rank) before every step, so the model's
-  own random choices (e.g. Faster R-CNN's RoI sampling) in a resumed run repeat those of an uninterrupted run.
+  process and raises ``FloatingPointError`` naming each non-finite term and process. Every process raises, so
+  none waits forever in the next collective; the optimizer never steps on a non-finite loss and no checkpoint
+  is written for the failed iteration, so ``OUTPUT_DIR/last_checkpoint`` still names the last good one.
+- ``ReseedEachIteration``: seeds the global RNGs from (run seed, iteration, rank) before every step, so the
+  model's own random choices (e.g. Faster R-CNN's anchor and RoI sampling) in a resumed run repeat those of an
+  uninterrupted run.
 """
 import math
 import random
@@ -35,9 +36,9 @@ def write_metrics_checked(loss_dict: Mapping[str, torch.Tensor], data_time: floa
     ]
     if bad:
         raise FloatingPointError(
-            f"Non-finite loss at iteration {storage.iter}: {', '.join(bad)}. Training stopped before the optimizer "
-            "step; OUTPUT_DIR/last_checkpoint names the last good checkpoint (resume from it with --resume, e.g. "
-            "after lowering SOLVER.BASE_LR or the offending term's weight)."
+            f"Non-finite loss at iteration {storage.iter}: {', '.join(bad)}. Training stopped before the "
+            "optimizer step; OUTPUT_DIR/last_checkpoint names the last good checkpoint (resume from it with "
+            "--resume, e.g. after lowering SOLVER.BASE_LR or the offending term's weight)."
         )
     if comm.is_main_process():
         storage.put_scalar("data_time", max(m.pop("data_time") for m in every))

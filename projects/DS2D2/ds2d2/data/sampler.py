@@ -1,12 +1,12 @@
 """A training data order that a resumed run reproduces exactly.
 
-Detectron2's ``TrainingSampler`` restarts its stream at 0 on ``--resume`` and its augmentations draw from the
-global RNGs of whichever worker maps a sample, so a resumed run sees other batches than an uninterrupted one.
-Here the stream of *global* batches (``SOLVER.IMS_PER_BATCH`` images, before the split across processes) is a
-function of the seed alone: global batch ``b`` is the same in every run, and each rank takes its slice of it. A run
-resumed at iteration ``k`` starts the stream at batch ``k`` (skipping costs index arithmetic only, no image is
-read). Each sample is mapped with the global RNGs seeded by (seed, position in the stream), so augmentations do not
-depend on the number of workers, the process or the history.
+Detectron2's ``TrainingSampler`` restarts its stream at 0 on ``--resume`` and its augmentations draw from
+the global RNGs of whichever worker maps a sample, so a resumed run sees other batches than an uninterrupted
+one. Here the stream of *global* batches (``SOLVER.IMS_PER_BATCH`` images, before the split across processes)
+is a function of the seed alone: global batch ``b`` is the same in every run, and each rank takes its slice of
+it. A run resumed at iteration ``k`` starts the stream at batch ``k`` (replaying the index arithmetic before
+it; no image is read). Each sample is mapped with the global RNGs seeded by (seed, position in the stream), so
+augmentations depend neither on the number of workers nor on the process or the history.
 """
 import contextlib
 import itertools
@@ -32,7 +32,7 @@ def seed_from(*key: int) -> int:
 
 @contextlib.contextmanager
 def seeded_global_rngs(seed: int) -> Iterator[None]:
-    """Seed Python's, NumPy's and torch's CPU global RNGs with ``seed`` inside the block; restore them after."""
+    """Seed Python's, NumPy's and torch's CPU global RNGs with ``seed`` in the block; restore them after."""
     python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         random.seed(seed)
@@ -48,10 +48,10 @@ def seeded_global_rngs(seed: int) -> Iterator[None]:
 class ResumableBatchSampler(Sampler):
     """This rank's batches of ``(index, position)`` keys, an infinite stream that can start at any batch.
 
-    Each epoch is a permutation of the dataset (with each index repeated according to ``repeat_factors``, rounded
-    stochastically per epoch as Detectron2's RepeatFactorTrainingSampler does), drawn from (seed, epoch). Indices are
-    put in buckets by ``group_ids`` (aspect-ratio grouping) and a global batch is emitted when a bucket holds
-    ``total_batch_size`` indices. Rank ``r`` of ``world_size`` takes the r-th equal slice of every global batch.
+    Each epoch is a permutation of the dataset drawn from (seed, epoch), with each index repeated according to
+    ``repeat_factors`` (rounded stochastically per epoch, as Detectron2's RepeatFactorTrainingSampler does).
+    Indices go to buckets by ``group_ids`` (aspect-ratio grouping); a global batch is emitted when a bucket
+    holds ``total_batch_size`` indices. Rank ``r`` of ``world_size`` takes slice r of each global batch.
     """
 
     def __init__(
@@ -65,23 +65,21 @@ class ResumableBatchSampler(Sampler):
         world_size: int = 1,
         group_ids: Optional[Sequence[int]] = None,
         repeat_factors: Optional[Sequence[float]] = None,
-        shuffle: bool = True,
     ):
         if dataset_size <= 0:
             raise ValueError(f"ResumableBatchSampler needs a non-empty dataset, got {dataset_size} samples.")
         if total_batch_size <= 0 or total_batch_size % world_size:
             raise ValueError(
-                f"SOLVER.IMS_PER_BATCH ({total_batch_size}) must be a positive multiple of the number of processes "
-                f"({world_size})."
+                f"SOLVER.IMS_PER_BATCH ({total_batch_size}) must be a positive multiple of the number of "
+                f"processes ({world_size})."
             )
         self.dataset_size = dataset_size
         self.total_batch_size = total_batch_size
         self.seed = int(seed)
         self.start_batch = int(start_batch)
         self.rank, self.world_size = rank, world_size
-        self.group_ids = np.zeros(dataset_size, dtype=np.int64) if group_ids is None else np.asarray(group_ids)
-        self.repeat_factors = None if repeat_factors is None else np.asarray(repeat_factors, dtype=np.float64)
-        self.shuffle = shuffle
+        self.group_ids = np.zeros(dataset_size, np.int64) if group_ids is None else np.asarray(group_ids)
+        self.repeat_factors = None if repeat_factors is None else np.asarray(repeat_factors, np.float64)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The dataset indices of ``epoch``, in the order they enter the buckets."""
@@ -91,7 +89,7 @@ class ResumableBatchSampler(Sampler):
             whole = np.floor(self.repeat_factors)
             counts = whole + (rng.random(self.dataset_size) < self.repeat_factors - whole)
             indices = np.repeat(indices, counts.astype(np.int64))
-        return rng.permutation(indices) if self.shuffle else indices
+        return rng.permutation(indices)
 
     def global_batches(self) -> Iterator[List[int]]:
         """The infinite stream of global batches (dataset indices), from batch 0."""
@@ -114,9 +112,9 @@ class ResumableBatchSampler(Sampler):
 
 
 class PositionSeededDataset(Dataset):
-    """``mapper(dataset[index])`` under global RNGs seeded by (seed, position), for keys ``(index, position)``.
+    """``mapper(dataset[index])`` with the global RNGs seeded by (seed, position); keys are (index, position).
 
-    A mapper that returns None (Detectron2's "skip this sample") gets the next index instead, with the same seed.
+    A mapper that returns None (Detectron2's "skip this sample") gets the next index instead, same seed.
     """
 
     def __init__(self, dataset: Dataset, mapper: Callable, seed: int):
@@ -138,8 +136,8 @@ class PositionSeededDataset(Dataset):
 class ResumableTrainLoader:
     """This process's training batches (lists of mapped samples), from global batch ``start_batch`` on.
 
-    The position and the seed are read when the first batch is requested, not when the object is built: a trainer
-    builds the loader first and sets ``start_batch`` (and the seed stored in the checkpoint) when it resumes.
+    The position and the seed are read when the first batch is requested, not when the object is built: a
+    trainer builds the loader first and sets ``start_batch`` (and the checkpoint's seed) when it resumes.
     """
 
     def __init__(
