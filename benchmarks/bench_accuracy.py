@@ -30,6 +30,8 @@ METRICS = ("AP", "AP50", "AP75", "APs")
 METHODS = ("alone", "fitnet", "explicit", "implicit", "ds2d2")
 DETECTORS = ("retinanet", "faster_rcnn")
 STAGES = ("R50_teacher", "R50_amplifier", "R18_student", "R50_to_R18")
+LOSS_TERMS = ("total_loss", "loss_ds2d2_ex_low", "loss_ds2d2_ex_high", "loss_ds2d2_im_full",
+              "loss_ds2d2_im_high", "loss_fitnet")
 ZERO_IMPLICIT = ["MODEL.DS2D2.LOSS.IMPLICIT_FULL", "0.0", "MODEL.DS2D2.LOSS.IMPLICIT_HIGH", "0.0"]
 ZERO_EXPLICIT = ["MODEL.DS2D2.LOSS.EXPLICIT_LOW", "0.0", "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", "0.0"]
 
@@ -134,7 +136,28 @@ def read_result(run: Dict) -> Optional[Dict]:
     if os.path.isfile(time_file):
         with open(time_file) as f:
             row["train_s"] = json.load(f)["seconds"]
+    row.update(training_log(run["output"]))
     return row
+
+
+def training_log(folder: str, last: int = 3) -> Dict[str, float]:
+    """From a run's metrics.json: median seconds per iteration, and each loss term averaged over the ``last``
+    logged windows (the scale of every term at the end of training)."""
+    path = os.path.join(folder, "metrics.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+    entries = [e for e in entries if "total_loss" in e]
+    if not entries:
+        return {}
+    times = [e["time"] for e in entries if "time" in e]
+    out = {"s_per_it": statistics.median(times)} if times else {}
+    for key in LOSS_TERMS:
+        values = [e[key] for e in entries[-last:] if key in e]
+        if values:
+            out[key] = statistics.mean(values)
+    return out
 
 
 def summarise(rows: List[Dict]) -> List[Dict]:
@@ -150,6 +173,9 @@ def summarise(rows: List[Dict]) -> List[Dict]:
             values = [r[m] for r in members]
             entry[m] = statistics.mean(values)
             entry[f"{m}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+        speeds = [r["s_per_it"] for r in members if "s_per_it" in r]
+        if speeds:
+            entry["s_per_it"] = statistics.mean(speeds)
         summary.append(entry)
     for entry in summary:
         alone = [e for e in summary if e["detector"] == entry["detector"] and e["method"] == "alone"]
@@ -160,18 +186,19 @@ def summarise(rows: List[Dict]) -> List[Dict]:
 
 def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
     name = "accuracy_quick" if args.quick else "accuracy"
-    columns = ["detector", "method", "seed"] + list(METRICS) + ["val_AP50", "train_s"]
+    columns = ["detector", "method", "seed", *METRICS, "val_AP50", "train_s", "s_per_it", *LOSS_TERMS]
     write_csv(os.path.join(args.results, f"{name}_runs.csv"), rows, columns)
     summary = summarise(rows)
     shown = METRICS + ("val_AP50",)
     show = [dict(e, **{m: f"{e[m]:.1f} ± {e[m + '_std']:.1f}" for m in shown}) for e in summary]
     for e in show:
         e["dAP50"] = f"{e['dAP50']:+.1f}" if "dAP50" in e else ""
-    table_cols = ["detector", "method", "seeds", *shown, "dAP50"]
-    csv_cols = ["detector", "method", "seeds"] + [c for m in shown for c in (m, m + "_std")] + ["dAP50"]
+    table_cols = ["detector", "method", "seeds", *shown, "dAP50", "s_per_it"]
+    csv_cols = ["detector", "method", "seeds"] + [c for m in shown for c in (m, m + "_std")] + table_cols[-2:]
     write_csv(os.path.join(args.results, f"{name}.csv"), summary, csv_cols)
     notes = (f"COCO-style box AP on synthetic_dior_test (mean ± std over seeds {args.seeds}); val_AP50 on "
-             f"synthetic_dior_val; dAP50 = AP50 gain over the student alone. Teacher R-50 "
+             f"synthetic_dior_val; dAP50 = AP50 gain over the student alone; s_per_it: median training "
+             f"seconds per iteration on this (shared) machine. Teacher R-50 "
              f"{args.teacher_iters} iterations, amplifier {args.amplifier_iters}, students R-18 "
              f"{args.student_iters}, batch {args.batch}, 128 px, {args.num_images} images. "
              "Command: python benchmarks/bench_accuracy.py"
