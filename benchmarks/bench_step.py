@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -180,7 +181,8 @@ def measure(spec: Dict) -> Dict:
     model = build_variant(spec)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    # learning rate 0: the update costs what it always does, and random weights stay put (no divergence)
+    optimizer = torch.optim.SGD(params, lr=0.0, momentum=0.9)
     batch = random_batch(spec["batch"], spec["size"], spec["boxes"])
     rss_before = rss_mb()
     if device.startswith("cuda"):
@@ -213,6 +215,17 @@ def run_worker(spec: Dict) -> Dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def merge_rounds(results: List[Dict]) -> Dict:
+    """One row from the rounds of a variant: median times, largest memory."""
+    row = dict(results[0])
+    for key in ("s_per_it", *COMPONENTS):
+        if key in row:
+            row[key] = statistics.median(r[key] for r in results)
+    for key in ("peak_mb", "step_extra_mb"):
+        row[key] = max(r[key] for r in results)
+    return row
+
+
 def add_ratios(rows: List[Dict]) -> None:
     """Each variant's time as a ratio to the student alone of its group, and the target check on ``full``."""
     key = lambda r: (r["device"], r["detector"], r["depth"], r["size"])  # noqa: E731
@@ -242,6 +255,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--boxes", type=int, default=20, help="ground-truth boxes per image")
     p.add_argument("--repeats", type=int, default=5, help="timed steps (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="processes per variant, the variants taking turns; times are medians over rounds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
     p.add_argument("--results", default=RESULTS)
@@ -263,14 +278,17 @@ def main(argv: Optional[List[str]] = None) -> str:
                 for depth in args.teachers:
                     files = write_teacher_files(detector, depth, device, folder)
                     for size in args.sizes:
-                        for variant in args.variants:
-                            spec = dict(device=device, detector=detector, depth=depth, size=size,
-                                        variant=variant, batch=args.batch, boxes=args.boxes,
-                                        repeats=args.repeats, warmup=args.warmup, threads=args.threads,
-                                        files=files)
-                            rows.append(run_worker(spec))
-                            print(f"{device} {detector} R-{depth} {size}px {variant}: "
-                                  f"{rows[-1]['s_per_it']:.3f} s/it", flush=True)
+                        runs: Dict[str, List[Dict]] = {v: [] for v in args.variants}
+                        for _ in range(args.rounds):  # variants take turns, so load changes hit them alike
+                            for variant in args.variants:
+                                spec = dict(device=device, detector=detector, depth=depth, size=size,
+                                            variant=variant, batch=args.batch, boxes=args.boxes,
+                                            repeats=args.repeats, warmup=args.warmup, threads=args.threads,
+                                            files=files)
+                                runs[variant].append(run_worker(spec))
+                                print(f"{device} {detector} R-{depth} {size}px {variant}: "
+                                      f"{runs[variant][-1]['s_per_it']:.3f} s/it", flush=True)
+                        rows += [merge_rounds(results) for results in runs.values()]
     add_ratios(rows)
     for row in rows:
         row["teacher"] = f"R-{row['depth']}"
@@ -286,10 +304,10 @@ def main(argv: Optional[List[str]] = None) -> str:
     machine = "; ".join(machine_line(d) for d in devices)
     command = " ".join(argv if argv is not None else sys.argv[1:])
     notes = (
-        f"Batch {args.batch}, {args.boxes} boxes/image, median of {args.repeats} steps after {args.warmup} "
-        "warm-up. ratio: s/it over the student alone; vs_inherent (full only): s/it over teacher_fwd + both "
-        "amplifier components (target <= 1.15). Component columns: ms, each measured alone on the same "
-        "batch. "
+        f"Batch {args.batch}, {args.boxes} boxes/image; median of {args.repeats} steps after {args.warmup} "
+        f"warm-up, then median over {args.rounds} round(s) of one process per variant. ratio: s/it over the "
+        "student alone; vs_inherent (full only): s/it over teacher_fwd + both amplifier components (target "
+        "<= 1.15). Component columns: ms, each measured alone on the same batch. "
         f"Command: python benchmarks/bench_step.py {command}"
     )
     text = write_report(os.path.join(args.results, "step.md"), "Training-step cost", machine,
