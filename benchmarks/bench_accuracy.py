@@ -56,6 +56,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="folder of the runs and the generated data")
     p.add_argument("--results", default=RESULTS, help="where the Markdown/CSV/PNG tables go")
     args = p.parse_args(argv)
+    args.command = " ".join(argv if argv is not None else sys.argv[1:])
     if args.quick:
         args.detectors, args.methods, args.seeds = ["retinanet"], ["alone", "ds2d2"], args.seeds[:1]
     return args
@@ -66,12 +67,22 @@ def schedule(iters: int) -> List[str]:
             "SOLVER.WARMUP_ITERS", str(min(50, iters)), "SOLVER.CHECKPOINT_PERIOD", "100"]
 
 
+def run_names(args: argparse.Namespace) -> Dict[str, str]:
+    """Folder names that carry the schedules (and the FitNet weight): a run is reused only by a command that
+    would train it the same way."""
+    t, a, st = args.teacher_iters, args.amplifier_iters, args.student_iters
+    names = {"teacher": f"teacher_it{t}", "amplifier": f"amplifier_it{a}_t{t}"}
+    names.update({m: f"{m}_it{st}_t{t}" for m in METHODS})
+    names["fitnet"] = f"fitnet{args.fitnet_weight:g}_it{st}_t{t}"
+    return names
+
+
 def plan(args: argparse.Namespace, detector: str) -> List[Dict]:
     """The runs of one detector, in order: teacher, amplifier, then every (seed, method)."""
     teacher, amplifier, student, distiller = (f"configs/synthetic/{detector}_{s}.yaml" for s in STAGES)
-    work = os.path.join(args.work, detector)
-    t_weights = os.path.join(work, "teacher", "model_final.pth")
-    a_weights = os.path.join(work, "amplifier", "model_final.pth")
+    work, names = os.path.join(args.work, detector), run_names(args)
+    t_weights = os.path.join(work, names["teacher"], "model_final.pth")
+    a_weights = os.path.join(work, names["amplifier"], "model_final.pth")
     with_teacher = ["MODEL.DS2D2.TEACHER_WEIGHTS", t_weights, "MODEL.DS2D2.AMPLIFIER_WEIGHTS", a_weights]
     runs = [
         dict(method="teacher", seed=1, config=teacher, opts=schedule(args.teacher_iters) + ["SEED", "1"]),
@@ -96,7 +107,7 @@ def plan(args: argparse.Namespace, detector: str) -> List[Dict]:
     for run in runs:
         run["detector"] = detector
         shared = run["method"] in ("teacher", "amplifier")
-        run["name"] = run["method"] if shared else f"{run['method']}_s{run['seed']}"
+        run["name"] = names[run["method"]] + ("" if shared else f"_s{run['seed']}")
         run["output"] = os.path.join(work, run["name"])
     return [r for r in runs if r["method"] != "amplifier" or needs_amplifier]
 
@@ -201,8 +212,7 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
              f"seconds per iteration on this (shared) machine. Teacher R-50 "
              f"{args.teacher_iters} iterations, amplifier {args.amplifier_iters}, students R-18 "
              f"{args.student_iters}, batch {args.batch}, 128 px, {args.num_images} images. "
-             "Command: python benchmarks/bench_accuracy.py"
-             + (" --quick" if args.quick else ""))
+             f"Command: python benchmarks/bench_accuracy.py {args.command}")
     text = write_report(os.path.join(args.results, f"{name}.md"), "Accuracy on synthetic DIOR", machine,
                         markdown_table(show, table_cols), notes)
     students = [e for e in summary if e["method"] not in ("amplifier",)]
