@@ -6,7 +6,8 @@
 
 Per detector: an R-50 teacher (longer schedule) and its high-frequency amplifier are trained once; then,
 for each seed, R-18 students with one schedule: alone, FitNet (feature MSE, benchmarks/fitnet.py), DS2D2
-explicit only, implicit only, full DS2D2 (the configs' loss weights; a zero weight turns a term off).
+explicit only, implicit only, full DS2D2 (the configs' loss weights unless --explicit-weight sets l1 = l2;
+a zero weight turns a term off).
 Everything trains on synthetic_dior_train; the table reports synthetic_dior_test, and val (for choices) next
 to it. Each run is a ``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json
 exists is kept and skipped, an unfinished one resumes from its last checkpoint, so the command can be re-run
@@ -48,6 +49,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--student-iters", type=int, default=1000)
     p.add_argument("--batch", type=int, default=4, help="images per iteration")
     p.add_argument("--fitnet-weight", type=float, default=1.0, help="weight of the FitNet feature MSE")
+    p.add_argument("--explicit-weight", nargs="+", default=[], metavar="DETECTOR=W",
+                   help="l1 = l2 = W for the explicit and ds2d2 runs of DETECTOR (default: the config's)")
     p.add_argument("--num-images", type=int, default=1000,
                    help="synthetic DIOR images (50%% train, 20%% val, 30%% test)")
     p.add_argument("--data-seed", type=int, default=0)
@@ -58,6 +61,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--results", default=RESULTS, help="where the Markdown/CSV/PNG tables go")
     args = p.parse_args(argv)
     args.command = " ".join(argv if argv is not None else sys.argv[1:])
+    pairs = [item.split("=", 1) for item in args.explicit_weight]
+    if any(len(pair) != 2 or pair[0] not in DETECTORS for pair in pairs):
+        p.error(f"--explicit-weight takes DETECTOR=W, DETECTOR in {DETECTORS}; got {args.explicit_weight}")
+    args.explicit_weight = {detector: float(weight) for detector, weight in pairs}
     if args.quick:
         args.detectors, args.methods, args.seeds = ["retinanet"], ["alone", "ds2d2"], args.seeds[:1]
     return args
@@ -68,23 +75,30 @@ def schedule(iters: int) -> List[str]:
             "SOLVER.WARMUP_ITERS", str(min(50, iters)), "SOLVER.CHECKPOINT_PERIOD", "100"]
 
 
-def run_names(args: argparse.Namespace) -> Dict[str, str]:
+def run_names(args: argparse.Namespace, detector: str) -> Dict[str, str]:
     """Folder names that carry the schedules (and the FitNet weight): a run is reused only by a command that
     would train it the same way."""
     t, a, st = args.teacher_iters, args.amplifier_iters, args.student_iters
     names = {"teacher": f"teacher_it{t}", "amplifier": f"amplifier_it{a}_t{t}"}
     names.update({m: f"{m}_it{st}_t{t}" for m in METHODS})
     names["fitnet"] = f"fitnet{args.fitnet_weight:g}_it{st}_t{t}"
+    if detector in args.explicit_weight:
+        for method in ("explicit", "ds2d2"):
+            names[method] = f"{method}_ex{args.explicit_weight[detector]:g}_it{st}_t{t}"
     return names
 
 
 def plan(args: argparse.Namespace, detector: str) -> List[Dict]:
     """The runs of one detector, in order: teacher, amplifier, then every (seed, method)."""
     teacher, amplifier, student, distiller = (f"configs/synthetic/{detector}_{s}.yaml" for s in STAGES)
-    work, names = os.path.join(args.work, detector), run_names(args)
+    work, names = os.path.join(args.work, detector), run_names(args, detector)
     t_weights = os.path.join(work, names["teacher"], "model_final.pth")
     a_weights = os.path.join(work, names["amplifier"], "model_final.pth")
     with_teacher = ["MODEL.DS2D2.TEACHER_WEIGHTS", t_weights, "MODEL.DS2D2.AMPLIFIER_WEIGHTS", a_weights]
+    explicit = []
+    if detector in args.explicit_weight:
+        weight = str(args.explicit_weight[detector])
+        explicit = ["MODEL.DS2D2.LOSS.EXPLICIT_LOW", weight, "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", weight]
     runs = [
         dict(method="teacher", seed=1, config=teacher, opts=schedule(args.teacher_iters) + ["SEED", "1"]),
         dict(method="amplifier", seed=1, config=amplifier,
@@ -95,9 +109,9 @@ def plan(args: argparse.Namespace, detector: str) -> List[Dict]:
         "fitnet": (distiller, with_teacher + ["MODEL.META_ARCHITECTURE", "FitNetDistiller",
                                               "MODEL.DS2D2.LOSS.EXPLICIT_LOW", str(args.fitnet_weight),
                                               "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", "0.0"] + ZERO_IMPLICIT),
-        "explicit": (distiller, with_teacher + ZERO_IMPLICIT),
+        "explicit": (distiller, with_teacher + ZERO_IMPLICIT + explicit),
         "implicit": (distiller, with_teacher + ZERO_EXPLICIT),
-        "ds2d2": (distiller, with_teacher),
+        "ds2d2": (distiller, with_teacher + explicit),
     }
     for seed in args.seeds:
         for method in args.methods:
@@ -212,7 +226,9 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
              f"synthetic_dior_val; dAP50 = AP50 gain over the student alone; s_per_it: median training "
              f"seconds per iteration on this (shared) machine. Teacher R-50 "
              f"{args.teacher_iters} iterations, amplifier {args.amplifier_iters}, students R-18 "
-             f"{args.student_iters}, batch {args.batch}, 128 px, {args.num_images} images. "
+             f"{args.student_iters}, batch {args.batch}, 128 px, {args.num_images} images. FitNet weight "
+             f"{args.fitnet_weight:g}; explicit l1 = l2: "
+             f"{args.explicit_weight or 'the configs (RetinaNet 1e-5, Faster R-CNN 0.5)'}. "
              f"Command: python benchmarks/bench_accuracy.py {args.command}")
     text = write_report(os.path.join(args.results, f"{name}.md"), "Accuracy on synthetic DIOR", machine,
                         markdown_table(show, table_cols), notes)

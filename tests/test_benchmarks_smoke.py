@@ -54,3 +54,11 @@ def test_bench_accuracy_tiny_resumes(tmp_path, capsys):
     capsys.readouterr()
     bench_accuracy.main(argv)  # every run finished: all kept, none retrained
     assert capsys.readouterr().out.count("already done, kept") == 4
+
+
+def test_bench_accuracy_run_names_carry_the_schedule():
+    args = bench_accuracy.parse_args(["--student-iters", "50", "--explicit-weight", "retinanet=0.5"])
+    assert bench_accuracy.run_names(args, "retinanet")["ds2d2"] == "ds2d2_ex0.5_it50_t6000"
+    assert bench_accuracy.run_names(args, "faster_rcnn")["ds2d2"] == "ds2d2_it50_t6000"
+    with pytest.raises(SystemExit):
+        bench_accuracy.parse_args(["--explicit-weight", "yolo=1"])
