@@ -18,7 +18,7 @@ never modified. They are:
     COCOEvaluator therefore needs ``use_fast_impl=False``, which ds2d2's trainer sets when ``_C`` is this stub;
   * numpy >= 1.24 removed ``np.int`` / ``np.bool`` / ``np.float``: replaced by the builtins they aliased;
   * Pillow >= 10 removed ``Image.LINEAR``: replaced by ``Image.BILINEAR`` (the same filter);
-  * ``pkg_resources`` (used by ``model_zoo``) needs setuptools < 81: the Makefile pins it.
+  * ``pkg_resources`` (used by ``model_zoo``) needs setuptools < 81: tools/setup_env.sh pins it.
 
 Usage: python tools/install_detectron2.py   (idempotent; run by ``make setup``)
 """

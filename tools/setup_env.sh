@@ -21,15 +21,18 @@ fi
 VPY=.venv/bin/python
 pip() { "$VPY" -m pip "$@"; }
 
-pip install -q "setuptools>=61,<81" wheel        # <81: detectron2.model_zoo imports pkg_resources
-"$VPY" -c "import torch, torchvision" 2>/dev/null || pip install torch==2.14.1 torchvision==0.29.1
+# setuptools: torch 2.14 requires >= 77.0.3; pkg_resources (imported by pytorch_wavelets and detectron2.model_zoo)
+# is gone from 81 on. Every install below repeats the pin, or pip would upgrade it to satisfy torch's bare range.
+SETUPTOOLS="setuptools>=77.0.3,<81"
+pip install -q "$SETUPTOOLS" wheel
+"$VPY" -c "import torch, torchvision" 2>/dev/null || pip install torch==2.14.1 torchvision==0.29.1 "$SETUPTOOLS"
 "$VPY" tools/install_detectron2.py
 # pytorch-wavelets does not declare PyWavelets. dotadevkit's own requirements name the GUI build of
 # opencv-contrib; the headless build provides the same cv2 without libGL, so its deps are installed by hand.
 pip install -q PyWavelets pytorch-wavelets "fvcore>=0.1.5,<0.1.6" pycocotools opencv-contrib-python-headless \
-  shapely click Cython matplotlib pytest
+  shapely click Cython matplotlib pytest "$SETUPTOOLS"
 pip install -q --no-deps --no-build-isolation dotadevkit==1.3.0
 pip install -q --no-build-isolation -e .
-"$VPY" -c "import detectron2, detectron2.layers, detectron2.evaluation, pytorch_wavelets, dotadevkit, cv2, ds2d2"
+"$VPY" -c "import pkg_resources, detectron2, detectron2.layers, detectron2.evaluation, pytorch_wavelets, dotadevkit, cv2, ds2d2"
 touch .venv/.ds2d2-setup
 echo "setup: .venv ready"
