@@ -1,6 +1,7 @@
 """DS2D2Distiller: what trains, what stays frozen, what is saved, how bad configs fail (tiny models)."""
 import copy
 import math
+import pickle
 from pathlib import Path
 from typing import Dict
 
@@ -294,6 +295,24 @@ def test_truncated_checkpoint_is_named(stages, tmp_path, key):
     bad = truncated_copy(cfg.MODEL.DS2D2[key], tmp_path)
     with pytest.raises(RuntimeError, match=f"MODEL.DS2D2.{key}.*truncated_"):
         build(cfg, [f"MODEL.DS2D2.{key}", bad])
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("unpickling ran code",))
+
+
+def test_teacher_pkl_is_read_without_running_code(stages, tmp_path, capsys):
+    cfg = stages("RetinaNet")
+    state = torch.load(cfg.MODEL.DS2D2.TEACHER_WEIGHTS, map_location="cpu", weights_only=True)["model"]
+    arrays = tmp_path / "teacher.pkl"  # Detectron2 model-zoo format: numpy arrays, loads like the .pth
+    arrays.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "test"}))
+    build(cfg, ["MODEL.DS2D2.TEACHER_WEIGHTS", str(arrays)])
+    hostile = tmp_path / "hostile.pkl"
+    hostile.write_bytes(pickle.dumps({"model": {}, "extra": _RunsCode()}))
+    with pytest.raises(RuntimeError, match="MODEL.DS2D2.TEACHER_WEIGHTS: Checkpoint '.*hostile.pkl' refers to"):
+        build(cfg, ["MODEL.DS2D2.TEACHER_WEIGHTS", str(hostile)])
+    assert "unpickling ran code" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 from torch import nn
 
+from .checkpoint import CheckpointError, read_checkpoint_file
+
 
 def load_config_file(path: str, key: str) -> CfgNode:
     """A full Detectron2 + DS2D2 config read from ``path`` (named by config key ``key`` in errors)."""
@@ -29,15 +31,15 @@ def load_config_file(path: str, key: str) -> CfgNode:
 
 
 def read_checkpoint(path: str, key: str) -> Dict:
-    """The checkpoint dict of a .pth (weights-only torch.load) or Detectron2 .pkl file, with a clear error."""
+    """The checkpoint dict of a .pth (weights only) or Detectron2 .pkl (arrays only) file; errors name ``key``."""
     if not path:
         raise ValueError(f"{key} is empty: set it to a checkpoint file.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{key}: checkpoint '{path}' does not exist.")
     try:
-        return DetectionCheckpointer(nn.Module())._load_file(path)
-    except Exception as e:  # truncated zip, unpickling error, ...
-        raise RuntimeError(f"{key}: cannot read checkpoint '{path}' ({type(e).__name__}: {e}).") from e
+        return read_checkpoint_file(path)
+    except CheckpointError as e:
+        raise RuntimeError(f"{key}: {e}") from e
 
 
 def load_state_strictly(model: nn.Module, checkpoint: Dict, key: str, path: str, prefix: str = "") -> None:
