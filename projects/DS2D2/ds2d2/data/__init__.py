@@ -7,6 +7,8 @@ import os
 
 from .builtin import DIOR_CLASSES, register_all_dior
 from .dota import register_all_dota, register_dota
+from .synthetic import SYNTHETIC_DIOR_CLASSES, SYNTHETIC_DOTA_CLASSES
+from .synthetic import write_synthetic_dior, write_synthetic_dota
 from .voc import load_voc_detection, register_voc_detection
 
 _ROOT = os.environ.get("DETECTRON2_DATASETS", "datasets")
@@ -20,4 +22,8 @@ __all__ = [
     "register_all_dota",
     "register_dota",
     "register_voc_detection",
+    "SYNTHETIC_DIOR_CLASSES",
+    "SYNTHETIC_DOTA_CLASSES",
+    "write_synthetic_dior",
+    "write_synthetic_dota",
 ]
