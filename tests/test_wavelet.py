@@ -69,9 +69,10 @@ def test_other_wavelets_match_pytorch_wavelets(wave, size):
     torch.testing.assert_close(high, ref_high, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [(9, 8), (8, 8), (7, 11), (1, 1)])
 @pytest.mark.parametrize("wave", ["haar", "db2"])
-def test_gradients_match_pytorch_wavelets(wave):
-    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+def test_gradients_match_pytorch_wavelets(wave, size):
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_(True)
     low, high = dwt(x, wave)
     # Non-Haar wavelets are delegated to pytorch_wavelets as it is (filters rounded to float32 when built).
@@ -86,6 +87,20 @@ def test_gradients_match_pytorch_wavelets(wave):
 def test_gradcheck(wave):
     x = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: dwt(t, wave), (x,))
+
+
+@pytest.mark.parametrize("band", [0, 1])
+def test_haar_gradient_through_one_output_only(band):
+    x = torch.randn(1, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    dwt(x)[band].square().sum().backward()
+    reference_dwt(x_ref, "haar")[band].square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=1e-10)
+
+
+def test_haar_double_backward():
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: dwt(t), (x,))
 
 
 @pytest.mark.parametrize("wave", ["haar", "db2"])

@@ -2,7 +2,9 @@
 
 `dwt` has exactly the semantics of ``pytorch_wavelets.DWTForward(J=1, mode="zero", wave=wave)``: band
 order (LH, HL, HH), signs, output sizes and the zero padding of odd sizes. Haar takes a fast exact path made
-of slicing and additions (it keeps the input's dtype, so it is also the natural path under AMP); every other
+of slicing and additions, with the inverse transform as its backward (the Haar DWT is orthogonal, so its
+adjoint is its inverse; autograd's slice-by-slice backward costs twice as much). It keeps the input's dtype,
+so it is also the natural path under AMP. Every other
 wavelet is delegated to pytorch_wavelets with its filters cast to the input's device and dtype and autocast
 disabled, so the whole transform (forward and backward) runs in the dtype of ``x``.
 """
@@ -55,6 +57,33 @@ def _haar_dwt(x: Tensor) -> Tuple[Tensor, Tensor]:
     return low, torch.stack((lh, hl, hh), dim=2)
 
 
+def _haar_adjoint(grad_low: Tensor, grad_high: Tensor, height: int, width: int) -> Tensor:
+    """Gradient of ``_haar_dwt`` w.r.t. its [..., height, width] input: each band gradient spread back over
+    its 2x2 block (the inverse Haar transform), cropped where the forward padded an odd size."""
+    g_lh, g_hl, g_hh = grad_high.unbind(2)
+    top_lo, bottom_lo = grad_low + g_lh, grad_low - g_lh
+    top_hi, bottom_hi = g_hl + g_hh, g_hl - g_hh
+    grad_a, grad_b = (top_lo + top_hi) * 0.5, (top_lo - top_hi) * 0.5
+    grad_c, grad_d = (bottom_lo + bottom_hi) * 0.5, (bottom_lo - bottom_hi) * 0.5
+    batch, channels, h, w = grad_low.shape
+    blocks = torch.stack((grad_a, grad_b, grad_c, grad_d), dim=-1).view(batch, channels, h, w, 2, 2)
+    grad = blocks.permute(0, 1, 2, 4, 3, 5).reshape(batch, channels, 2 * h, 2 * w)  # [B, C, h, 2, w, 2] order
+    return grad[..., :height, :width]
+
+
+class _HaarDWT(torch.autograd.Function):
+    """``_haar_dwt`` with ``_haar_adjoint`` as its backward (itself differentiable, for double backward)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tuple[Tensor, Tensor]:
+        ctx.size = x.shape[-2:]
+        return _haar_dwt(x)
+
+    @staticmethod
+    def backward(ctx, grad_low: Tensor, grad_high: Tensor) -> Tensor:
+        return _haar_adjoint(grad_low, grad_high, *ctx.size)
+
+
 def _dwt_module(wave: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """A DWTForward(J=1, mode="zero") whose filters live on ``device`` in ``dtype``, built once per key."""
     key = (wave, device, dtype)
@@ -85,7 +114,7 @@ def dwt(x: Tensor, wave: str = "haar") -> Tuple[Tensor, Tensor]:
             f"dwt expects a floating [B, C, H, W] tensor, got shape {tuple(x.shape)} and {x.dtype}"
         )
     if wave in _HAAR_NAMES:
-        return _haar_dwt(x)
+        return _HaarDWT.apply(x)
     module = _dwt_module(wave, x.device, x.dtype)
     # pytorch_wavelets' custom autograd Function has no autocast-aware backward: run it in x's own dtype.
     with torch.autocast(device_type=x.device.type, enabled=False):
