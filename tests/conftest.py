@@ -5,6 +5,7 @@ from typing import Dict, Iterator, List, Sequence
 import pytest
 import torch
 from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
@@ -37,6 +38,17 @@ def single_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def restore_catalogs() -> Iterator[None]:
+    """For tests that register dataset names (dior_* included): put Detectron2's catalogs back afterwards."""
+    datasets, metadata = dict(DatasetCatalog), dict(MetadataCatalog)
+    yield
+    DatasetCatalog.clear()
+    DatasetCatalog.update(datasets)
+    MetadataCatalog.clear()
+    MetadataCatalog.update(metadata)
 
 
 def tiny_cfg(detector: str, opts: Sequence = ()) -> CfgNode:

@@ -148,4 +148,3 @@ def test_bad_input_is_reported():
         disw_map([torch.zeros(0, 4)], (64, 64), (0, 8))
     with pytest.raises(ValueError, match="image_size"):
         disw_map([torch.zeros(0, 4)], (64,), (8, 8))
-

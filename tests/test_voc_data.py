@@ -17,15 +17,7 @@ from ds2d2.data.voc import load_voc_detection, register_voc_detection
 CLASSES = ["airplane", "ship", "vehicle"]
 
 
-@pytest.fixture(autouse=True)
-def restore_catalogs():
-    """Tests register names (dior_* included): put Detectron2's catalogs back as they were."""
-    datasets, metadata = dict(DatasetCatalog), dict(MetadataCatalog)
-    yield
-    DatasetCatalog.clear()
-    DatasetCatalog.update(datasets)
-    MetadataCatalog.clear()
-    MetadataCatalog.update(metadata)
+pytestmark = pytest.mark.usefixtures("restore_catalogs")
 
 
 def obj(name: str, box: Sequence, difficult: Optional[str] = None) -> str:

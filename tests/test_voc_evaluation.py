@@ -16,14 +16,7 @@ from ds2d2.evaluation.voc import VOCDetectionEvaluator
 CLASSES = ["airplane", "ship", "vehicle", "windmill"]
 
 
-@pytest.fixture(autouse=True)
-def restore_catalogs():
-    datasets, metadata = dict(DatasetCatalog), dict(MetadataCatalog)
-    yield
-    DatasetCatalog.clear()
-    DatasetCatalog.update(datasets)
-    MetadataCatalog.clear()
-    MetadataCatalog.update(metadata)
+pytestmark = pytest.mark.usefixtures("restore_catalogs")
 
 
 def gt(image_id, objects):

@@ -172,4 +172,3 @@ class AtomicCheckpointer(DetectionCheckpointer):
             if os.path.dirname(os.path.abspath(filename)) != os.path.abspath(self.save_dir or "."):
                 raise
             raise CheckpointError(f"{e} {self._other_checkpoints(filename)}") from e
-

@@ -22,7 +22,7 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
-from torch import Tensor, nn
+from torch import nn
 
 from ..amplifiers import family_for
 from ..disw import disw_map
