@@ -1,4 +1,5 @@
-"""torchvision ResNet-18/34 weights convert to Detectron2 names that fill the whole ResNet of the student configs."""
+"""torchvision ResNet-18/34 weights convert to Detectron2 names that fill the whole ResNet of the student
+configs."""
 import os
 import subprocess
 import sys

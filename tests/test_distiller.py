@@ -306,11 +306,15 @@ def test_teacher_pkl_is_read_without_running_code(stages, tmp_path, capsys):
     cfg = stages("RetinaNet")
     state = torch.load(cfg.MODEL.DS2D2.TEACHER_WEIGHTS, map_location="cpu", weights_only=True)["model"]
     arrays = tmp_path / "teacher.pkl"  # Detectron2 model-zoo format: numpy arrays, loads like the .pth
-    arrays.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "test"}))
+    arrays.write_bytes(
+        pickle.dumps({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "test"})
+    )
     build(cfg, ["MODEL.DS2D2.TEACHER_WEIGHTS", str(arrays)])
     hostile = tmp_path / "hostile.pkl"
     hostile.write_bytes(pickle.dumps({"model": {}, "extra": _RunsCode()}))
-    with pytest.raises(RuntimeError, match="MODEL.DS2D2.TEACHER_WEIGHTS: Checkpoint '.*hostile.pkl' refers to"):
+    with pytest.raises(
+        RuntimeError, match="MODEL.DS2D2.TEACHER_WEIGHTS: Checkpoint '.*hostile.pkl' refers to"
+    ):
         build(cfg, ["MODEL.DS2D2.TEACHER_WEIGHTS", str(hostile)])
     assert "unpickling ran code" not in capsys.readouterr().out
 

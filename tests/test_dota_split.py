@@ -207,7 +207,9 @@ def test_unlabelled_split_and_bad_labels(tmp_path):
     write_dota_folder(tmp_path / "broken", sizes=((300, 280), (200, 100)))
     (tmp_path / "broken" / "images" / "P0001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DotaFormatError, match="P0001.png: cannot decode"):
-        split_dota(tmp_path / "broken", tmp_path / "broken_p", settings=SETTINGS, num_workers=2, progress=False)
+        split_dota(
+            tmp_path / "broken", tmp_path / "broken_p", settings=SETTINGS, num_workers=2, progress=False
+        )
     assert not (tmp_path / "broken_p" / "annotations" / "P0001.json").exists()
 
 

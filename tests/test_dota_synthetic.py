@@ -1,4 +1,5 @@
-"""End to end on the synthetic DOTA release: split -> register -> ground truth as detections -> merge -> AP 1."""
+"""End to end on the synthetic DOTA release: split -> register -> ground truth as detections -> merge ->
+AP 1."""
 
 import json
 

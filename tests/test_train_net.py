@@ -26,7 +26,12 @@ def train_net(data_root, config, output, *args):
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", os.path.join(ROOT, config)]
     cmd += [a for a in args if a.startswith("--")]
     cmd += [a for a in args if not a.startswith("--")]
-    cmd += ["OUTPUT_DIR", str(output), "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0"]
+    cmd += [
+        "OUTPUT_DIR", str(output),
+        "SOLVER.IMS_PER_BATCH", "2",
+        "DATALOADER.NUM_WORKERS", "0",
+        "TEST.EVAL_PERIOD", "0",
+    ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
@@ -38,7 +43,8 @@ def read_json(path):
 
 
 @pytest.mark.parametrize(
-    "config", ["configs/synthetic/retinanet_R18_student.yaml", "configs/synthetic/faster_rcnn_R18_student.yaml"]
+    "config",
+    ["configs/synthetic/retinanet_R18_student.yaml", "configs/synthetic/faster_rcnn_R18_student.yaml"],
 )
 def test_train_evaluate_and_resume(data_root, tmp_path, config):
     out = tmp_path / "out"
@@ -56,7 +62,11 @@ def test_train_evaluate_and_resume(data_root, tmp_path, config):
 
     # the checkpoint holds the optimizer state; --resume continues at the saved iteration with it
     ckpt = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
-    assert ckpt["iteration"] == 3 and ckpt["trainer"]["_trainer"]["optimizer"]["state"], "optimizer state must be saved"
-    log = train_net(data_root, config, out, "--resume", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2")
+    assert (
+        ckpt["iteration"] == 3 and ckpt["trainer"]["_trainer"]["optimizer"]["state"]
+    ), "optimizer state must be saved"
+    log = train_net(
+        data_root, config, out, "--resume", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2"
+    )
     assert "Starting training from iteration 4" in log
     assert torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["iteration"] == 5

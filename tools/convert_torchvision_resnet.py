@@ -3,9 +3,9 @@
 
     python tools/convert_torchvision_resnet.py resnet18-f37072fd.pth pretrained/torchvision-R-18.pkl
 
-(the .pth is torchvision's file, e.g. from ``torchvision.models.resnet18(weights="IMAGENET1K_V1")`` on a machine with
-internet access). The configs that use it set INPUT.FORMAT RGB, torchvision's PIXEL_MEAN/PIXEL_STD and
-RESNETS.STRIDE_IN_1X1 False, which is how these weights were trained.
+(the .pth is torchvision's file, e.g. from ``torchvision.models.resnet18(weights="IMAGENET1K_V1")`` on a
+machine with internet access). The configs that use it set INPUT.FORMAT RGB, torchvision's
+PIXEL_MEAN/PIXEL_STD and RESNETS.STRIDE_IN_1X1 False, which is how these weights were trained.
 """
 import argparse
 import os
@@ -39,7 +39,9 @@ def convert_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, "numpy.ndarr
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("source", help="torchvision ResNet state dict (.pth)")
     parser.add_argument("output", help="Detectron2 .pkl to write")
     args = parser.parse_args()

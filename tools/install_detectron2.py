@@ -14,8 +14,9 @@ The patches only ever apply to that sdist, in a temporary folder, before it is i
 never modified. They are:
   * ``setup.py`` builds no C++ extension (its sources are not in the sdist);
   * ``detectron2/_C.py``: a stub for the compiled module, so ``from detectron2 import _C`` (at import time of
-    ``detectron2.layers`` and ``detectron2.evaluation``) works; any compiled op raises ``NotImplementedError``.
-    COCOEvaluator therefore needs ``use_fast_impl=False``, which ds2d2's trainer sets when ``_C`` is this stub;
+    ``detectron2.layers`` and ``detectron2.evaluation``) works; any compiled op raises
+    ``NotImplementedError``. COCOEvaluator therefore needs ``use_fast_impl=False``, which ds2d2's trainer sets
+    when ``_C`` is this stub;
   * numpy >= 1.24 removed ``np.int`` / ``np.bool`` / ``np.float``: replaced by the builtins they aliased;
   * Pillow >= 10 removed ``Image.LINEAR``: replaced by ``Image.BILINEAR`` (the same filter);
   * ``pkg_resources`` (used by ``model_zoo``) needs setuptools < 81: tools/setup_env.sh pins it.
@@ -69,7 +70,8 @@ def __getattr__(name):
 # (relative path glob, regex, replacement): each must match at least once, so a changed sdist fails loudly.
 PATCHES = [
     ("setup.py", r"ext_modules=get_extensions\(\),", "ext_modules=[],"),
-    ("setup.py", r'"black==21.4b2",', ""),  # formatter for LazyConfig.save only; its pin breaks with click>=8.1
+    # formatter for LazyConfig.save only; its pin breaks with click>=8.1
+    ("setup.py", r'"black==21.4b2",', ""),
     ("detectron2/**/*.py", r"\bnp\.int\b(?!\d|_)", "int"),
     ("detectron2/**/*.py", r"\bnp\.bool\b(?!_)", "bool"),
     ("detectron2/**/*.py", r"\bnp\.float\b(?!\d|_)", "float"),
@@ -98,7 +100,9 @@ def patch_sdist(src: Path) -> None:
                 path.write_text(new)
                 hits += n
         if hits == 0:
-            raise SystemExit(f"install_detectron2: patch {regex!r} on {pattern} matched nothing; sdist changed?")
+            raise SystemExit(
+                f"install_detectron2: patch {regex!r} on {pattern} matched nothing; sdist changed?"
+            )
     (src / "detectron2" / "_C.py").write_text(STUB_C)
 
 

@@ -8,8 +8,8 @@
   amplifier   --amplifier-config if given, else the teacher config turned into a DS2D2Amplifier
   student     the distiller config with MODEL.META_ARCHITECTURE = MODEL.DS2D2.DETECTOR (same schedule)
   ds2d2       the distiller config, with the teacher and amplifier weights of this run
-Each stage is a ``train_net.py`` run in OUTPUT/<stage>; a stage whose eval_results.json exists is skipped, so an
-interrupted pipeline resumes (an unfinished stage restarts from its last checkpoint with --resume).
+Each stage is a ``train_net.py`` run in OUTPUT/<stage>; a stage whose eval_results.json exists is skipped, so
+an interrupted pipeline resumes (an unfinished stage restarts from its last checkpoint with --resume).
 Options after ``--`` (KEY VALUE pairs) are passed to every stage, e.g. ``-- MODEL.DEVICE cuda``.
 """
 import argparse
@@ -45,7 +45,11 @@ def stages(args) -> Tuple[List[Dict], Dict[str, str]]:
         amp_file, amp_opts = args.amplifier_config, []
     else:
         amp_file = ds.TEACHER_CONFIG
-        amp_opts = ["MODEL.META_ARCHITECTURE", "DS2D2Amplifier", "MODEL.DS2D2.DETECTOR", ds.DETECTOR, "MODEL.WEIGHTS", ""]
+        amp_opts = [
+            "MODEL.META_ARCHITECTURE", "DS2D2Amplifier",
+            "MODEL.DS2D2.DETECTOR", ds.DETECTOR,
+            "MODEL.WEIGHTS", "",
+        ]
     return [
         dict(name="teacher", config=ds.TEACHER_CONFIG, opts=[]),
         dict(name="amplifier", config=amp_file, opts=amp_opts + ["MODEL.DS2D2.TEACHER_WEIGHTS", teacher_w]),
@@ -80,11 +84,17 @@ def table(results: Dict[str, Dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="stage-3 (DS2D2Distiller) config file")
-    parser.add_argument("--amplifier-config", default="", help="stage-2 config (default: derived from the teacher's)")
+    parser.add_argument(
+        "--amplifier-config", default="", help="stage-2 config (default: derived from the teacher's)"
+    )
     parser.add_argument("--output", required=True, help="folder of the run; one sub-folder per stage")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every stage, after --")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every stage, after --"
+    )
     args = parser.parse_args()
     extra = [o for o in args.opts if o != "--"]
     plan, outputs = stages(args)

@@ -117,7 +117,9 @@ def compute_maps(model: DS2D2Distiller, batched_input: Dict) -> Dict:
         levels[name] = {key: value.cpu().numpy() for key, value in maps.items()}
         levels[name].update(stride=strides[name].stride, loss_low=float(loss_low), loss_high=float(loss_high))
 
-    image = utils.convert_image_to_rgb(batched_input["image"].permute(1, 2, 0).cpu().numpy(), student.input_format)
+    image = utils.convert_image_to_rgb(
+        batched_input["image"].permute(1, 2, 0).cpu().numpy(), student.input_format
+    )
     return {
         "image": np.ascontiguousarray(image, dtype=np.uint8),
         "boxes": boxes.cpu().numpy(),

@@ -1,7 +1,8 @@
 """Config keys added by DS2D2 (``add_ds2d2_config``), each with the meaning it has for users.
 
-Stage 1 (teacher) and plain students need none of ``MODEL.DS2D2``; they use Detectron2's own meta-architectures.
-Stage 2 sets ``MODEL.META_ARCHITECTURE: DS2D2Amplifier``; stage 3 sets ``MODEL.META_ARCHITECTURE: DS2D2Distiller``.
+Stage 1 (teacher) and plain students need none of ``MODEL.DS2D2``; they use Detectron2's own
+meta-architectures. Stage 2 sets ``MODEL.META_ARCHITECTURE: DS2D2Amplifier``; stage 3 sets
+``MODEL.META_ARCHITECTURE: DS2D2Distiller``.
 """
 from detectron2.config import CfgNode as CN
 
@@ -11,8 +12,8 @@ def add_ds2d2_config(cfg: CN) -> None:
     _C = cfg
 
     _C.MODEL.DS2D2 = CN()
-    # Meta-architecture of the detector that the amplifier (stage 2) wraps and that the distiller (stage 3) trains
-    # as the student: "RetinaNet" (dense family) or "GeneralizedRCNN" (two-stage family).
+    # Meta-architecture of the detector that the amplifier (stage 2) wraps and that the distiller (stage 3)
+    # trains as the student: "RetinaNet" (dense family) or "GeneralizedRCNN" (two-stage family).
     _C.MODEL.DS2D2.DETECTOR = "RetinaNet"
     # Teacher's own Detectron2 YAML config (stage 2: its backbone/FPN are reused; stage 3: the whole teacher).
     # A relative path is taken from the current directory (run the tools from the repository root).
@@ -29,16 +30,18 @@ def add_ds2d2_config(cfg: CN) -> None:
     _C.MODEL.DS2D2.IN_FEATURES = []
     # One 1x1 adapter (no bias) shared by all levels, as the authors do; False: one adapter per level.
     _C.MODEL.DS2D2.SHARE_ADAPTER = True
-    # Features fed to the amplifiers on the student side: "raw" (the authors' choice), "adapted" (after the 1x1
-    # adapter) or "auto" (raw when the student's FPN width equals the teacher's, adapted otherwise).
+    # Features fed to the amplifiers on the student side: "raw" (the authors' choice), "adapted" (after the
+    # 1x1 adapter) or "auto" (raw when the student's FPN width equals the teacher's, adapted otherwise).
     _C.MODEL.DS2D2.IMPLICIT_INPUT = "auto"
 
-    # Loss weights l1..l4 of the paper: loss = detection + l1*L_ex_low + l2*L_ex_high + l3*L_im_full + l4*L_im_high.
+    # Loss weights l1..l4 of the paper:
+    # loss = detection + l1*L_ex_low + l2*L_ex_high + l3*L_im_full + l4*L_im_high.
     # Defaults are the authors' RetinaNet/DIOR values; the configs under configs/ set the other settings.
     _C.MODEL.DS2D2.LOSS = CN()
     _C.MODEL.DS2D2.LOSS.EXPLICIT_LOW = 1e-5  # l1: DISW-weighted MSE on the LL band
     _C.MODEL.DS2D2.LOSS.EXPLICIT_HIGH = 1e-5  # l2: DISW-weighted MSE on the LH/HL/HH bands
-    _C.MODEL.DS2D2.LOSS.IMPLICIT_FULL = 1.0  # l3: KD through the frozen teacher head (full-frequency amplifier)
+    # l3: KD through the frozen teacher head (full-frequency amplifier)
+    _C.MODEL.DS2D2.LOSS.IMPLICIT_FULL = 1.0
     _C.MODEL.DS2D2.LOSS.IMPLICIT_HIGH = 1.0  # l4: KD through the high-frequency amplifier head
     # Dense KD: exponent beta of the quality-focal factor |sigmoid(s) - sigmoid(t)|^beta.
     _C.MODEL.DS2D2.LOSS.DENSE_BETA = 1.0

@@ -23,7 +23,9 @@ def load_config_file(path: str, key: str) -> CfgNode:
     if not path:
         raise ValueError(f"{key} is empty: set it to the teacher's YAML config file.")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{key}: config file '{path}' does not exist (paths are relative to {os.getcwd()}).")
+        raise FileNotFoundError(
+            f"{key}: config file '{path}' does not exist (paths are relative to {os.getcwd()})."
+        )
     cfg = get_cfg()
     add_ds2d2_config(cfg)
     cfg.merge_from_file(path)
@@ -31,7 +33,8 @@ def load_config_file(path: str, key: str) -> CfgNode:
 
 
 def read_checkpoint(path: str, key: str) -> Dict:
-    """The checkpoint dict of a .pth (weights only) or Detectron2 .pkl (arrays only) file; errors name ``key``."""
+    """The checkpoint dict of a .pth (weights only) or Detectron2 .pkl (arrays only) file; errors name
+    ``key``."""
     if not path:
         raise ValueError(f"{key} is empty: set it to a checkpoint file.")
     if not os.path.isfile(path):
@@ -54,19 +57,24 @@ def load_state_strictly(model: nn.Module, checkpoint: Dict, key: str, path: str,
     if incompatible.incorrect_shapes:
         problems.append(
             "shape mismatch: "
-            + ", ".join(f"{k} (file {tuple(a)}, model {tuple(b)})" for k, a, b in incompatible.incorrect_shapes[:8])
+            + ", ".join(
+                f"{k} (file {tuple(a)}, model {tuple(b)})" for k, a, b in incompatible.incorrect_shapes[:8]
+            )
         )
     missing = [k for k in incompatible.missing_keys if k not in {s[0] for s in incompatible.incorrect_shapes}]
     if missing:
         problems.append(f"{len(missing)} tensors missing from the file, e.g. {missing[:6]}")
     if incompatible.unexpected_keys:
-        problems.append(f"{len(incompatible.unexpected_keys)} unexpected tensors, e.g. {incompatible.unexpected_keys[:6]}")
+        problems.append(
+            f"{len(incompatible.unexpected_keys)} unexpected tensors, e.g. {incompatible.unexpected_keys[:6]}"
+        )
     if problems:
         where = f" (under prefix '{prefix}')" if prefix else ""
         raise ValueError(
             f"{key}: weights in '{path}'{where} do not fit the model built from its config: "
             + "; ".join(problems)
-            + ". Check that the config (depth, number of classes, head) is the one the weights were trained with."
+            + ". Check that the config (depth, number of classes, head) is the one the weights were "
+            "trained with."
         )
 
 
@@ -77,7 +85,9 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def build_frozen_detector(cfg: CfgNode, weights: str, key: str, device: Optional[torch.device] = None) -> nn.Module:
+def build_frozen_detector(
+    cfg: CfgNode, weights: str, key: str, device: Optional[torch.device] = None
+) -> nn.Module:
     """``build_model(cfg)`` with ``weights`` loaded strictly, frozen and in eval mode."""
     cfg = cfg.clone()
     cfg.defrost()

@@ -25,8 +25,8 @@ _DWT_MODULES: Dict[Tuple[str, torch.device, torch.dtype], torch.nn.Module] = {}
 
 
 def validate_wavelet(name: str, key: str = "wavelet") -> str:
-    """Return ``name`` if pytorch_wavelets can use it as a discrete wavelet, else raise a ValueError naming ``key``
-    (the config key or argument that gave it)."""
+    """Return ``name`` if pytorch_wavelets can use it as a discrete wavelet, else raise a ValueError naming
+    ``key`` (the config key or argument that gave it)."""
     if not isinstance(name, str) or name not in _DISCRETE_WAVELETS:
         raise ValueError(
             f"{key}: unknown wavelet {name!r}: expected a discrete wavelet name from "

@@ -1,4 +1,5 @@
-"""Detector families: how each detector kind computes its own losses once and runs a head for prediction KD."""
+"""Detector families: how each detector kind computes its own losses once and runs a head for prediction
+KD."""
 from detectron2.modeling import GeneralizedRCNN, RetinaNet
 from torch import nn
 

@@ -1,4 +1,5 @@
-"""Dense family (RetinaNet): detection losses with anchor matching done once, and prediction KD through a head.
+"""Dense family (RetinaNet): detection losses with anchor matching done once, and prediction KD through a
+head.
 
 The matching of the student's own loss (``label_anchors``) is reused by both implicit streams: its labels say
 which anchors are ignored (label -1) and how many are positive (the normaliser of the KD terms).
@@ -39,20 +40,29 @@ class DenseFamily:
         losses = s.losses(anchors, logits, gt_labels, deltas, gt_boxes)
         return losses, {"anchors": Boxes.cat(anchors).tensor, "gt_labels": torch.stack(gt_labels)}
 
-    def kd_loss(self, head: nn.Module, student_feats: List[Tensor], teacher_feats: List[Tensor], targets: Dict) -> Tensor:
+    def kd_loss(
+        self, head: nn.Module, student_feats: List[Tensor], teacher_feats: List[Tensor], targets: Dict
+    ) -> Tensor:
         """Quality-focal classification KD + GIoU between decoded boxes, on every non-ignored anchor.
 
         ``head`` is frozen; gradients reach the student through ``student_feats`` only.
         """
         s = self.student
         dims = [s.num_classes, 4]
-        s_logits, s_deltas = (torch.cat(x, dim=1).flatten(0, 1) for x in s._transpose_dense_predictions(head(student_feats), dims))
+        s_logits, s_deltas = (
+            torch.cat(x, dim=1).flatten(0, 1)
+            for x in s._transpose_dense_predictions(head(student_feats), dims)
+        )
         with torch.no_grad():
-            t_logits, t_deltas = (torch.cat(x, dim=1).flatten(0, 1) for x in s._transpose_dense_predictions(head(teacher_feats), dims))
+            t_logits, t_deltas = (
+                torch.cat(x, dim=1).flatten(0, 1)
+                for x in s._transpose_dense_predictions(head(teacher_feats), dims)
+            )
         gt_labels = targets["gt_labels"]  # [B, A]: class, num_classes (background) or -1 (ignored)
         valid = (gt_labels >= 0).flatten()
         num_pos = ((gt_labels >= 0) & (gt_labels != s.num_classes)).sum()
-        anchors = targets["anchors"].repeat(gt_labels.shape[0], 1)  # [B*A, 4], image-major like the predictions
+        # [B*A, 4], image-major like the predictions
+        anchors = targets["anchors"].repeat(gt_labels.shape[0], 1)
         s_boxes = s.box2box_transform.apply_deltas(s_deltas, anchors)
         with torch.no_grad():
             t_boxes = s.box2box_transform.apply_deltas(t_deltas, anchors)

@@ -17,8 +17,9 @@ class RoIFamily:
         rh = student.roi_heads
         if type(rh) is not StandardROIHeads or rh.mask_on or rh.keypoint_on:
             raise ValueError(
-                "DS2D2's two-stage family needs MODEL.ROI_HEADS.NAME 'StandardROIHeads' without mask or keypoint "
-                f"heads; got {type(rh).__name__} (MASK_ON={rh.mask_on}, KEYPOINT_ON={rh.keypoint_on})."
+                "DS2D2's two-stage family needs MODEL.ROI_HEADS.NAME 'StandardROIHeads' without mask or "
+                f"keypoint heads; got {type(rh).__name__} "
+                f"(MASK_ON={rh.mask_on}, KEYPOINT_ON={rh.keypoint_on})."
             )
         self.student = student
         self.temperature = temperature
@@ -43,13 +44,20 @@ class RoIFamily:
         feats = [features[f] for f in rh.box_in_features]
         pooled = rh.box_pooler(feats, rois)
         losses.update(rh.box_predictor.losses(rh.box_predictor(rh.box_head(pooled)), sampled))
-        return losses, {"rois": rois, "student_feats": feats, "student_pooled": pooled, "student_pooler": repr(rh.box_pooler)}
+        return losses, {
+            "rois": rois,
+            "student_feats": feats,
+            "student_pooled": pooled,
+            "student_pooler": repr(rh.box_pooler),
+        }
 
-    def kd_loss(self, head: nn.Module, student_feats: List[Tensor], teacher_feats: List[Tensor], targets: Dict) -> Tensor:
+    def kd_loss(
+        self, head: nn.Module, student_feats: List[Tensor], teacher_feats: List[Tensor], targets: Dict
+    ) -> Tensor:
         """Temperature KL on the class scores + weighted L1 on the teacher-argmax class's deltas.
 
-        ``head`` is a frozen StandardROIHeads. When ``student_feats`` are the very tensors the student pooled for its
-        own loss and the poolers agree, those pooled RoI features are reused instead of pooled again.
+        ``head`` is a frozen StandardROIHeads. When ``student_feats`` are the very tensors the student pooled
+        for its own loss and the poolers agree, those pooled RoI features are reused instead of pooled again.
         """
         rois = targets["rois"]
         same_feats = len(student_feats) == len(targets["student_feats"]) and all(

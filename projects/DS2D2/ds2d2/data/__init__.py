@@ -1,7 +1,8 @@
 """Datasets: Pascal-VOC-format aerial data (DIOR and any other), DOTA patch sets, and the synthetic generator.
 
 Importing this package registers the builtin names (dior_*, synthetic_dior_*, dota_v1_*_1024, ...) under
-$DETECTRON2_DATASETS (default ./datasets); they load lazily, so missing folders only matter when a dataset is used.
+$DETECTRON2_DATASETS (default ./datasets); they load lazily, so missing folders only matter when a dataset is
+used.
 """
 import os
 

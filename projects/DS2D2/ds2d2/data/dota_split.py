@@ -244,8 +244,9 @@ def _split_image(task: Tuple[str, str, Optional[List[DotaObject]], str, SplitSet
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
-    """Workers start from a fresh interpreter (forkserver, or spawn where there is none): a plain fork would copy
-    OpenCV's thread pool in whatever state the caller left it, and a child touching it can hang forever."""
+    """Workers start from a fresh interpreter (forkserver, or spawn where there is none): a plain fork would
+    copy OpenCV's thread pool in whatever state the caller left it, and a child touching it can hang
+    forever."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload([__name__])  # imported once by the server, not by every worker

@@ -78,8 +78,9 @@ def patch_to_image(boxes: np.ndarray, origin: Sequence[float], scale: float) -> 
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
-    """Greedy NMS (plain IoU, suppress above ``thresh``) of boxes (N, 4); ties in score keep the larger box first
-    (a whole object over a part of it cut by a patch border), then the earlier one. Kept indices, best first.
+    """Greedy NMS (plain IoU, suppress above ``thresh``) of boxes (N, 4); ties in score keep the larger box
+    first (a whole object over a part of it cut by a patch border), then the earlier one. Kept indices, best
+    first.
     """
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     order = np.lexsort((np.arange(len(boxes)), -areas, -scores))

@@ -1,8 +1,9 @@
 """DS2D2 stage 2: the high-frequency amplifier.
 
-A detector of the teacher's kind (``MODEL.DS2D2.DETECTOR``) whose backbone is the teacher's trained backbone + FPN,
-frozen, with each FPN level replaced by its high-frequency part HF(F) = resize(LH + HL + HH). Only the heads learn,
-with the detector's normal losses; stage 3 keeps the trained head. It trains and evaluates like any detector.
+A detector of the teacher's kind (``MODEL.DS2D2.DETECTOR``) whose backbone is the teacher's trained backbone +
+FPN, frozen, with each FPN level replaced by its high-frequency part HF(F) = resize(LH + HL + HH). Only the
+heads learn, with the detector's normal losses; stage 3 keeps the trained head. It trains and evaluates like
+any detector.
 """
 from typing import Dict
 
@@ -42,7 +43,8 @@ class HighFrequencyBackbone(Backbone):
 
 @META_ARCH_REGISTRY.register()
 class DS2D2Amplifier(nn.Module):
-    """``MODEL.DS2D2.DETECTOR`` on the teacher's frozen HF features (teacher from ``MODEL.DS2D2.TEACHER_WEIGHTS``)."""
+    """``MODEL.DS2D2.DETECTOR`` on the teacher's frozen HF features (teacher from
+    ``MODEL.DS2D2.TEACHER_WEIGHTS``)."""
 
     def __init__(self, cfg: CfgNode):
         super().__init__()
@@ -54,7 +56,11 @@ class DS2D2Amplifier(nn.Module):
         self.detector = META_ARCH_REGISTRY.get(ds.DETECTOR)(detector_cfg)
         key = "MODEL.DS2D2.TEACHER_WEIGHTS"
         load_state_strictly(
-            self.detector.backbone, read_checkpoint(ds.TEACHER_WEIGHTS, key), key, ds.TEACHER_WEIGHTS, prefix="backbone."
+            self.detector.backbone,
+            read_checkpoint(ds.TEACHER_WEIGHTS, key),
+            key,
+            ds.TEACHER_WEIGHTS,
+            prefix="backbone.",
         )
         self.detector.backbone = HighFrequencyBackbone(self.detector.backbone, ds.WAVELET)
 
