@@ -26,7 +26,8 @@ DS2D2_TERMS = ("loss_ds2d2_ex_low", "loss_ds2d2_ex_high", "loss_ds2d2_im_full", 
 
 def smoke_config(tmp_path, detector: str, max_iter: int):
     dataset = register_in_process(write_data(tmp_path / "data"))
-    opts = [*DIOR, *TINY_TRAINING, "MODEL.DEVICE", DEVICE, "SOLVER.AMP.ENABLED", AMP, "SOLVER.MAX_ITER", max_iter]
+    opts = [*DIOR, *TINY_TRAINING, "MODEL.DEVICE", DEVICE, "SOLVER.AMP.ENABLED", AMP]
+    opts += ["SOLVER.MAX_ITER", max_iter]
     (tmp_path / "stages").mkdir()
     cfg = tiny_stages(tmp_path / "stages", detector, teacher_opts=DIOR, student_opts=opts)
     cfg.DATASETS.TRAIN = (dataset,)
@@ -86,9 +87,8 @@ def test_cuda_operators_match_cpu():
     for a, b in zip(got, expected):
         assert a.dtype == torch.float32 and torch.isfinite(a)
         torch.testing.assert_close(a.cpu(), b, rtol=0.02, atol=1e-3)
-    torch.testing.assert_close(
-        disw_map([b.to(DEVICE) for b in boxes], (128, 128), (16, 16)).cpu(), disw_map(boxes, (128, 128), (16, 16))
-    )
+    on_device = disw_map([b.to(DEVICE) for b in boxes], (128, 128), (16, 16))
+    torch.testing.assert_close(on_device.cpu(), disw_map(boxes, (128, 128), (16, 16)))
     low, high = dwt(student[2].to(DEVICE))
     ref_low, ref_high = dwt(student[2])
     torch.testing.assert_close(low.cpu(), ref_low)
