@@ -91,12 +91,13 @@ def bench_disw(device: str, size: int, counts: Sequence[int], repeats: int, ref_
         diffs = {str(dtype): max_diff(boxes, size, grids, dtype, device)
                  for dtype in (torch.float64, torch.float32, torch.float16)}
         setting = f"2 img, 5 levels, {size} px, {count} boxes/img"
-        met = ours * 1e3 <= 5 and public / ours >= 100 if count == max(counts) else ""
+        targeted = device == "cpu" and count == max(counts)  # the target is for the CPU
+        met = ours * 1e3 <= 5 and public / ours >= 100 if targeted else ""
         rows.append(dict(device=device, op="DISW (5 levels)", setting=setting, ours_ms=ours * 1e3,
                          reference="public per-box fp16", reference_ms=public * 1e3, speedup=public / ours,
                          max_abs_diff=diffs["torch.float64"], fp32_loop_diff=diffs["torch.float32"],
                          fp16_ref_diff=diffs["torch.float16"], met=met,
-                         target="<=5 ms, >=100x" if count == max(counts) else ""))
+                         target="<=5 ms, >=100x" if targeted else ""))
     return rows
 
 

@@ -16,8 +16,8 @@ through the teacher head) and high-frequency amplifier (HF features + KD through
 amplifier components keep the graph between repeats, so they include the RoI pooling backward that the real
 step shares with the student.
 Target: full <= 1.15 x (teacher_fwd + both amplifier components).
-Peak memory: CUDA max allocated; on CPU the process's peak RSS (model building included) and its rise during
-the steps.
+Peak memory (peak_mb, and step_extra_mb: its rise during the steps): on CUDA the allocator's maximum, on CPU
+the process's peak RSS (model building included).
 """
 import argparse
 import json
@@ -187,6 +187,7 @@ def measure(spec: Dict) -> Dict:
     rss_before = rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+        allocated_before = torch.cuda.memory_allocated()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -201,6 +202,7 @@ def measure(spec: Dict) -> Dict:
     result.pop("files")
     if device.startswith("cuda"):
         result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["step_extra_mb"] = (torch.cuda.max_memory_allocated() - allocated_before) / 2**20
     else:
         result["peak_mb"], result["step_extra_mb"] = peak_rss_mb(), peak_rss_mb() - rss_before
     return result

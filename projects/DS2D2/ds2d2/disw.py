@@ -51,9 +51,9 @@ def disw_map(boxes: Sequence[Tensor], image_size: Sequence[int], map_size: Seque
     num_images = len(boxes)
 
     all_boxes = torch.cat(list(boxes)).to(torch.float64)
-    counts = torch.tensor([b.shape[0] for b in boxes], device=device)
-    image_index = torch.repeat_interleave(
-        torch.arange(num_images, device=device), counts, output_size=all_boxes.shape[0]
+    # Built on the device from Python ints: a tensor of counts copied from the host would synchronise.
+    image_index = torch.cat(
+        [torch.full((b.shape[0],), i, dtype=torch.long, device=device) for i, b in enumerate(boxes)]
     )
 
     x0, y0, x1, y1 = all_boxes.unbind(dim=1)
