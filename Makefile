@@ -20,7 +20,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) datasets/make_synthetic.py --format dior --out $(DEMO_DATA) --num-images 1000 --seed 0
+	$(PY) datasets/make_synthetic.py --format dior --out $(DEMO_DATA) --num-images 600 --seed 0
 	DETECTRON2_DATASETS=datasets $(PY) tools/run_pipeline.py \
 		--config configs/synthetic/retinanet_R50_to_R18.yaml \
 		--amplifier-config configs/synthetic/retinanet_R50_amplifier.yaml --output $(DEMO_OUT)
