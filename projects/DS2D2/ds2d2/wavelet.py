@@ -48,13 +48,14 @@ def _haar_dwt(x: Tensor) -> Tuple[Tensor, Tensor]:
     b = x[..., 0::2, 1::2]
     c = x[..., 1::2, 0::2]
     d = x[..., 1::2, 1::2]
-    row_lo_top, row_hi_top = a + b, a - b
-    row_lo_bottom, row_hi_bottom = c + d, c - d
-    low = (row_lo_top + row_lo_bottom) * 0.5
-    lh = (row_lo_top - row_lo_bottom) * 0.5
-    hl = (row_hi_top + row_hi_bottom) * 0.5
-    hh = (row_hi_top - row_hi_bottom) * 0.5
-    return low, torch.stack((lh, hl, hh), dim=2)
+    top_lo, top_hi = a + b, a - b
+    bottom_lo, bottom_hi = c + d, c - d
+    low = torch.add(top_lo, bottom_lo).mul_(0.5)
+    high = x.new_empty(*low.shape[:2], 3, *low.shape[2:])  # bands written in place: no stacking copy
+    torch.sub(top_lo, bottom_lo, out=high[:, :, 0]).mul_(0.5)
+    torch.add(top_hi, bottom_hi, out=high[:, :, 1]).mul_(0.5)
+    torch.sub(top_hi, bottom_hi, out=high[:, :, 2]).mul_(0.5)
+    return low, high
 
 
 def _haar_adjoint(grad_low: Tensor, grad_high: Tensor, height: int, width: int) -> Tensor:
@@ -63,16 +64,18 @@ def _haar_adjoint(grad_low: Tensor, grad_high: Tensor, height: int, width: int) 
     g_lh, g_hl, g_hh = grad_high.unbind(2)
     top_lo, bottom_lo = grad_low + g_lh, grad_low - g_lh
     top_hi, bottom_hi = g_hl + g_hh, g_hl - g_hh
-    grad_a, grad_b = (top_lo + top_hi) * 0.5, (top_lo - top_hi) * 0.5
-    grad_c, grad_d = (bottom_lo + bottom_hi) * 0.5, (bottom_lo - bottom_hi) * 0.5
     batch, channels, h, w = grad_low.shape
-    blocks = torch.stack((grad_a, grad_b, grad_c, grad_d), dim=-1).view(batch, channels, h, w, 2, 2)
-    grad = blocks.permute(0, 1, 2, 4, 3, 5).reshape(batch, channels, 2 * h, 2 * w)  # [B, C, h, 2, w, 2] order
+    grad = grad_low.new_empty(batch, channels, 2 * h, 2 * w)  # each block position written once, strided
+    grad[..., 0::2, 0::2] = (top_lo + top_hi).mul_(0.5)
+    grad[..., 0::2, 1::2] = (top_lo - top_hi).mul_(0.5)
+    grad[..., 1::2, 0::2] = (bottom_lo + bottom_hi).mul_(0.5)
+    grad[..., 1::2, 1::2] = (bottom_lo - bottom_hi).mul_(0.5)
     return grad[..., :height, :width]
 
 
 class _HaarDWT(torch.autograd.Function):
-    """``_haar_dwt`` with ``_haar_adjoint`` as its backward (itself differentiable, for double backward)."""
+    """``_haar_dwt`` with ``_haar_adjoint`` as its backward (itself differentiable, for double backward).
+    Autograd is off inside ``forward``, which is what lets ``_haar_dwt`` write its bands in place."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tuple[Tensor, Tensor]:
