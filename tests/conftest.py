@@ -101,3 +101,14 @@ def tiny_stages(
     for key in ("EXPLICIT_LOW", "EXPLICIT_HIGH", "IMPLICIT_FULL", "IMPLICIT_HIGH"):
         ds2d2_opts += [f"MODEL.DS2D2.LOSS.{key}", 1.0]
     return tiny_cfg(detector, [*ds2d2_opts, *student_opts])
+
+
+def assert_same_outputs(a: List[Dict], b: List[Dict]) -> None:
+    """Two detectors' inference outputs on one batch hold the same (non-empty) detections, bit for bit."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        x, y = x["instances"], y["instances"]
+        assert len(x) > 0 and len(x) == len(y)
+        assert torch.equal(x.pred_boxes.tensor, y.pred_boxes.tensor)
+        assert torch.equal(x.scores, y.scores)
+        assert torch.equal(x.pred_classes, y.pred_classes)

@@ -14,7 +14,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from conftest import random_batch, tiny_cfg, tiny_stages
+from conftest import assert_same_outputs, random_batch, tiny_cfg, tiny_stages
 from ds2d2.engine import Trainer
 
 DETECTORS = ["RetinaNet", "GeneralizedRCNN"]
@@ -85,16 +85,6 @@ def train_step(model: nn.Module, cfg: CfgNode) -> Dict[str, torch.Tensor]:
 def trained_ids(model: nn.Module) -> set:
     """Ids of the student's and adapters' trainable parameters."""
     return {id(p) for p in [*model.student.parameters(), *model.adapters.parameters()] if p.requires_grad}
-
-
-def assert_same_outputs(a, b) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        x, y = x["instances"], y["instances"]
-        assert len(x) > 0 and len(x) == len(y)
-        assert torch.equal(x.pred_boxes.tensor, y.pred_boxes.tensor)
-        assert torch.equal(x.scores, y.scores)
-        assert torch.equal(x.pred_classes, y.pred_classes)
 
 
 # ----------------------------------------------------------------------------------------------------------

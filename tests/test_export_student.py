@@ -14,7 +14,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from torch import nn
 
-from conftest import REPO, random_batch, tiny_stages
+from conftest import REPO, assert_same_outputs, random_batch, tiny_stages
 from ds2d2.engine import Trainer
 from ds2d2.export import AUTHOR, export_student, export_student_state, student_config
 
@@ -91,12 +91,7 @@ def test_round_trip_gives_the_distillers_predictions(trained, tmp_path, detector
     batch = random_batch(seed=5)
     with torch.no_grad():
         expected, got = run.model(batch), plain(batch)
-    for a, b in zip(expected, got):
-        a, b = a["instances"], b["instances"]
-        assert len(a) > 0 and len(a) == len(b)
-        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
-        assert torch.equal(a.scores, b.scores)
-        assert torch.equal(a.pred_classes, b.pred_classes)
+    assert_same_outputs(expected, got)
 
 
 def test_command_line_writes_the_student(trained, tmp_path):
