@@ -3,11 +3,11 @@
 
     python benchmarks/bench_ops.py          # medians of repeated runs; writes benchmarks/results/ops.*
 
-- DISW: ``disw_map`` for the five band grids of a RetinaNet P3-P7 pyramid (strides 8-128, bands at half the
-  feature size) of a 1024 px batch of 2 images, against a per-box reference that mirrors the public
-  implementation (Python loops over levels x images x boxes, host read of every box, a [256, h, w] float16
-  mask per image and level, then moved to the device), and against the same per-box loop on one channel
-  summed in float64 / float32 (exactness: max |difference|).
+- DISW: ``disw_maps`` (the distiller's call: all levels in one pass) for the five band grids of a RetinaNet
+  P3-P7 pyramid (strides 8-128, bands at half the feature size) of a 1024 px batch of 2 images, against a
+  per-box reference that mirrors the public implementation (Python loops over levels x images x boxes, host
+  read of every box, a [256, h, w] float16 mask per image and level, then moved to the device), and against
+  the same per-box loop on one channel summed in float64 / float32 (exactness: max |difference|).
 - DWT: ``ds2d2.wavelet.dwt`` (Haar slicing path) against ``pytorch_wavelets.DWTForward(J=1, mode="zero")``,
   forward + backward (and forward alone, as for the teacher), on [2, 256, 128, 128] and on the P3-P7 pyramid
   of an 800 px input.
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import RESULTS, bar_plot, machine_line, markdown_table, median_time  # noqa: E402
 from benchmarks.common import median_times, set_threads, write_csv, write_report  # noqa: E402
-from ds2d2.disw import disw_map  # noqa: E402
+from ds2d2.disw import disw_maps  # noqa: E402
 from ds2d2.losses import explicit_loss  # noqa: E402
 from ds2d2.wavelet import dwt  # noqa: E402
 
@@ -71,9 +71,9 @@ def disw_per_box(boxes: Sequence[torch.Tensor], size: int, grid: Tuple[int, int]
 
 def max_diff(boxes: Sequence[torch.Tensor], size: int, grids: List[Tuple[int, int]], dtype: torch.dtype,
              device: str) -> float:
-    """max |disw_map - the per-box loop summed in ``dtype``| over the levels."""
-    diffs = [disw_map(boxes, (size, size), g) - disw_per_box(boxes, size, g, 1, dtype, device).float()
-             for g in grids]
+    """max |disw_maps - the per-box loop summed in ``dtype``| over the levels."""
+    maps = disw_maps(boxes, (size, size), grids)
+    diffs = [ours - disw_per_box(boxes, size, g, 1, dtype, device).float() for ours, g in zip(maps, grids)]
     return max(d.abs().max().item() for d in diffs)
 
 
@@ -83,7 +83,7 @@ def bench_disw(device: str, size: int, counts: Sequence[int], repeats: int, ref_
     for count in counts:
         generator = torch.Generator().manual_seed(count)
         boxes = [random_boxes(count, size, generator, device) for _ in range(2)]
-        ours = median_time(lambda: [disw_map(boxes, (size, size), g) for g in grids], repeats, device=device)
+        ours = median_time(lambda: disw_maps(boxes, (size, size), grids), repeats, device=device)
         public = median_time(
             lambda: [disw_per_box(boxes, size, g, 256, torch.float16, device) for g in grids], ref_repeats,
             device=device,

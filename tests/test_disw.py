@@ -1,11 +1,11 @@
-"""ds2d2.disw.disw_map against an independent per-image, per-box Python loop in float64."""
+"""ds2d2.disw.disw_map / disw_maps against an independent per-image, per-box Python loop in float64."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from ds2d2.disw import disw_map
+from ds2d2.disw import disw_map, disw_maps
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -78,6 +78,22 @@ def test_many_boxes_match_per_box_loop():
                                reference_disw(boxes, image_size, map_size), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_several_grids_at_once_match_per_box_loop(device):
+    # The band grids of a P3-P7 pyramid of a non-square padded batch, plus an odd one-cell grid.
+    generator = torch.Generator().manual_seed(3)
+    image_size = (320, 480)
+    grids = [(20, 30), (10, 15), (5, 8), (3, 4), (2, 2), (1, 1)]
+    boxes = [random_boxes(n, image_size, generator, stride=16).to(device) for n in (0, 60, 9)]
+    maps = disw_maps(boxes, image_size, grids)
+    assert len(maps) == len(grids)
+    for grid, result in zip(grids, maps):
+        assert result.shape == (3, 1, *grid) and result.dtype == torch.float32
+        torch.testing.assert_close(result.double().cpu(), reference_disw(boxes, image_size, grid),
+                                   rtol=0, atol=1e-6)
+        assert torch.equal(result, disw_map(boxes, image_size, grid))
+
+
 def test_hand_computed_values():
     # 64 x 64 input, 8 x 8 map (8 px per cell). Box A covers cols 1..2 (floor(8/8), ceil(15/8)), rows 0..1:
     # 4 cells of 1/4. Box B is degenerate at x = y = 36: cells 4..5 x 4..5 by the floor/ceil rule (4 cells).
@@ -129,10 +145,11 @@ def test_half_boxes_give_float32():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_no_host_device_synchronisation_on_cuda():
     boxes = [torch.rand(50, 4, device="cuda").sort(dim=1).values * 256, torch.zeros(0, 4, device="cuda")]
-    disw_map(boxes, (256, 256), (32, 32))  # warm-up
+    grids = [(32, 32), (16, 16), (8, 8)]
+    disw_maps(boxes, (256, 256), grids)  # warm-up
     torch.cuda.set_sync_debug_mode("error")
     try:
-        disw_map(boxes, (256, 256), (32, 32))
+        disw_maps(boxes, (256, 256), grids)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -148,3 +165,7 @@ def test_bad_input_is_reported():
         disw_map([torch.zeros(0, 4)], (64, 64), (0, 8))
     with pytest.raises(ValueError, match="image_size"):
         disw_map([torch.zeros(0, 4)], (64,), (8, 8))
+    with pytest.raises(ValueError, match="map_sizes is empty"):
+        disw_maps([torch.zeros(0, 4)], (64, 64), [])
+    with pytest.raises(ValueError, match=r"map_sizes\[1\]"):
+        disw_maps([torch.zeros(0, 4)], (64, 64), [(8, 8), (4, -4)])

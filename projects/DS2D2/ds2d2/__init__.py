@@ -6,7 +6,7 @@ Importing ``ds2d2`` registers its meta-architectures (DS2D2Amplifier, DS2D2Disti
 """
 from . import data, meta_arch  # noqa: F401  (registers datasets, DS2D2Amplifier and DS2D2Distiller)
 from .config import add_ds2d2_config
-from .disw import disw_map
+from .disw import disw_map, disw_maps
 from .losses import dense_box_kd, dense_cls_kd, explicit_band_losses, explicit_loss, roi_box_kd, roi_cls_kd
 from .wavelet import dwt, high_frequency, high_frequency_from_bands, validate_wavelet
 
@@ -15,6 +15,7 @@ __all__ = [
     "dense_box_kd",
     "dense_cls_kd",
     "disw_map",
+    "disw_maps",
     "dwt",
     "explicit_band_losses",
     "explicit_loss",

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ds2d2.disw import disw_map
+from ds2d2.disw import disw_maps
 from ds2d2.wavelet import dwt
 
 __all__ = [
@@ -93,12 +93,16 @@ def explicit_loss(
             f"levels; need the same non-zero number"
         )
     total_low, total_high = [], []
+    student_bands, teacher_bands = [], []
     for level, (student, teacher) in enumerate(zip(adapted_student_feats, teacher_feats)):
         _check_same_shape(student, teacher, f"explicit_loss level {level}")
-        student_low, student_high = dwt(student, wave)
+        student_bands.append(dwt(student, wave))
         with torch.no_grad():
-            teacher_low, teacher_high = dwt(teacher, wave)
-        weight = disw_map(boxes, image_size, teacher_low.shape[-2:])
+            teacher_bands.append(dwt(teacher, wave))
+    weights = disw_maps(boxes, image_size, [tuple(low.shape[-2:]) for low, _ in teacher_bands])
+    for (student_low, student_high), (teacher_low, teacher_high), weight in zip(
+        student_bands, teacher_bands, weights
+    ):
         low, high = explicit_band_losses(student_low, student_high, teacher_low, teacher_high, weight)
         total_low.append(low)
         total_high.append(high)

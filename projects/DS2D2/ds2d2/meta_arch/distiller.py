@@ -26,7 +26,7 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from ..amplifiers import family_for
-from ..disw import disw_map
+from ..disw import disw_maps
 from ..losses import explicit_band_losses
 from ..teacher import build_frozen_detector, freeze, load_config_file, load_state_strictly, read_checkpoint
 from ..wavelet import dwt, high_frequency, high_frequency_from_bands, validate_wavelet
@@ -222,11 +222,12 @@ class DS2D2Distiller(nn.Module):
         if explicit_on:
             boxes = [g.gt_boxes.tensor for g in gt_instances]
             size = tuple(images.tensor.shape[-2:])
+            grids = [tuple(t_bands[f][0].shape[-2:]) for f in self.in_features]
+            weights = disw_maps(boxes, size, grids)  # every level's map in one pass
             low = high = 0.0
-            for f in self.in_features:
+            for f, weight in zip(self.in_features, weights):
                 t_low, t_high = t_bands[f]
                 s_low, s_high = dwt(adapted[f], self.wave)
-                weight = disw_map(boxes, size, tuple(t_low.shape[-2:]))  # once per level
                 level_low, level_high = explicit_band_losses(s_low, s_high, t_low, t_high, weight)
                 low, high = low + level_low, high + level_high
             if w["EXPLICIT_LOW"] > 0:
