@@ -218,7 +218,7 @@ def main(argv: Optional[List[str]] = None) -> str:
         "with their reference. max_abs_diff: DISW against the per-box loop summed in float64 then cast to "
         "float32 (fp32_loop_diff: the loop summed in float32, whose own rounding grows with overlap; "
         "fp16_ref_diff: the public-style float16 masks); DWT over outputs and input gradients. "
-        "Command: python benchmarks/bench_ops.py"
+        f"Command: python benchmarks/bench_ops.py {' '.join(argv if argv is not None else sys.argv[1:])}"
     )
     text = write_report(os.path.join(args.results, "ops.md"), "Operator speed", machine,
                         markdown_table(rows, COLUMNS), notes)
