@@ -1,6 +1,7 @@
 """Bad configs fail before the first iteration, naming the key and the value or file. The distiller's own
 checks (teacher/amplifier files, depth, class count and list, wavelet, loss weights) are tested at build time
-in test_distiller.py; here: dataset names, and the whole train_net.py path for two bad configs."""
+in test_distiller.py; here: dataset names, SOLVER.CHECKPOINT_MAX_TO_KEEP, and the whole train_net.py path for
+two bad configs."""
 import pytest
 
 from ds2d2.engine import Trainer
@@ -29,6 +30,19 @@ def test_unregistered_dataset_is_named_before_anything_is_built(data_root, tmp_p
     monkeypatch.setattr(Trainer, "build_model", classmethod(build_model))
     expected = rf"DATASETS.{key}: dataset 'dior_trainvall' is not registered \(did you mean 'dior_trainval'"
     with pytest.raises(ValueError, match=expected):
+        Trainer(cfg)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5])
+def test_bad_checkpoint_max_to_keep_is_named_before_building(data_root, tmp_path, monkeypatch, value):
+    cfg = tiny_trainer_config("RetinaNet", register_in_process(data_root), tmp_path)
+    cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP = value
+
+    def build_model(cls, cfg):
+        raise AssertionError("the model was built before SOLVER.CHECKPOINT_MAX_TO_KEEP was checked")
+
+    monkeypatch.setattr(Trainer, "build_model", classmethod(build_model))
+    with pytest.raises(ValueError, match=rf"SOLVER.CHECKPOINT_MAX_TO_KEEP must be an integer >= 0.*{value}"):
         Trainer(cfg)
 
 

@@ -66,7 +66,12 @@ def test_train_evaluate_and_resume(data_root, tmp_path, config):
         ckpt["iteration"] == 3 and ckpt["trainer"]["_trainer"]["optimizer"]["state"]
     ), "optimizer state must be saved"
     log = train_net(
-        data_root, config, out, "--resume", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2"
+        data_root, config, out, "--resume", "SOLVER.MAX_ITER", "8", "SOLVER.CHECKPOINT_PERIOD", "2",
+        "SOLVER.CHECKPOINT_MAX_TO_KEEP", "1",
     )
     assert "Starting training from iteration 4" in log
-    assert torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["iteration"] == 5
+    assert torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["iteration"] == 7
+    # the resumed run keeps only the newest periodic checkpoint it wrote; the first run's are left alone
+    assert sorted(p.name for p in out.glob("model_*.pth")) == [
+        "model_0000001.pth", "model_0000003.pth", "model_0000007.pth", "model_final.pth"
+    ]

@@ -53,5 +53,8 @@ def add_ds2d2_config(cfg: CN) -> None:
     # Trainer options that Detectron2's DefaultTrainer hard-codes.
     # Passed to DistributedDataParallel; needed only for models with parameters unused in some iterations.
     _C.SOLVER.FIND_UNUSED_PARAMETERS = False
+    # Periodic checkpoints (model_NNNNNNN.pth, with optimizer state) this run keeps: 0 = all (Detectron2's
+    # behaviour), N = the newest N it wrote. model_final.pth and files from before a --resume are kept.
+    _C.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
     # VOC-style AP: False = area under the interpolated PR curve (VOC2010+), True = 11-point (VOC2007).
     _C.TEST.VOC_USE_07_METRIC = False

@@ -8,7 +8,8 @@
    state, the run's seed and RetinaNet's loss-normaliser EMA next to the iteration and scheduler state
    (detectron2 v0.6 saves none of these); the data order and augmentations are a function of (seed, position)
    (``ds2d2.data.sampler``) and the model's RNGs are reseeded per iteration (``ds2d2.train_loop``).
-4. Checkpoints are written atomically and read without unpickling code (``ds2d2.checkpoint``).
+4. Checkpoints are written atomically and read without unpickling code (``ds2d2.checkpoint``);
+   ``SOLVER.CHECKPOINT_MAX_TO_KEEP`` bounds how many periodic ones a run leaves on disk.
 5. Unregistered dataset names fail before anything is built; a non-finite loss stops training naming the term.
 """
 import difflib
@@ -20,7 +21,7 @@ from typing import List, Optional, Sequence
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.common import DatasetFromList
 from detectron2.data.samplers import RepeatFactorTrainingSampler
-from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.utils import comm
@@ -99,6 +100,11 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         check_datasets_registered(cfg)
+        if not isinstance(cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP, int) or cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP < 0:
+            raise ValueError(
+                f"SOLVER.CHECKPOINT_MAX_TO_KEEP must be an integer >= 0 (0 keeps every periodic checkpoint), "
+                f"got {cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP!r}"
+            )
         TrainerBase.__init__(self)
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):
@@ -133,7 +139,16 @@ class Trainer(DefaultTrainer):
             self.data_loader.seed, self.data_loader.start_batch = self.seed, self.start_iter
 
     def build_hooks(self):
-        return [ReseedEachIteration(), *super().build_hooks()]
+        built = super().build_hooks()
+        keep = self.cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP
+        if keep:
+            period = self.cfg.SOLVER.CHECKPOINT_PERIOD
+            built = [
+                hooks.PeriodicCheckpointer(self.checkpointer, period, max_to_keep=keep)
+                if isinstance(h, hooks.PeriodicCheckpointer) else h
+                for h in built
+            ]
+        return [ReseedEachIteration(), *built]
 
     def resume_or_load(self, resume: bool = True) -> None:
         super().resume_or_load(resume=resume)
