@@ -6,8 +6,8 @@
 
 Per detector: an R-50 teacher (longer schedule) and its high-frequency amplifier are trained once; then,
 for each seed, R-18 students with one schedule: alone, FitNet (feature MSE, benchmarks/fitnet.py), DS2D2
-explicit only, implicit only, full DS2D2 (the configs' loss weights unless --explicit-weight sets l1 = l2;
-a zero weight turns a term off).
+explicit only, implicit only, full DS2D2 (the configs' loss weights unless --explicit-weight sets l1 = l2
+or --implicit-weight sets l3 = l4; a zero weight turns a term off).
 Everything trains on synthetic_dior_train; the table reports synthetic_dior_test, and val (for choices) next
 to it. Each run is a ``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json
 exists is kept and skipped, an unfinished one resumes from its last checkpoint, so the command can be re-run
@@ -51,6 +51,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--fitnet-weight", type=float, default=1.0, help="weight of the FitNet feature MSE")
     p.add_argument("--explicit-weight", nargs="+", default=[], metavar="DETECTOR=W",
                    help="l1 = l2 = W for the explicit and ds2d2 runs of DETECTOR (default: the config's)")
+    p.add_argument("--implicit-weight", nargs="+", default=[], metavar="DETECTOR=W",
+                   help="l3 = l4 = W for the implicit and ds2d2 runs of DETECTOR (default: the config's)")
     p.add_argument("--num-images", type=int, default=1000,
                    help="synthetic DIOR images (50%% train, 20%% val, 30%% test)")
     p.add_argument("--data-seed", type=int, default=0)
@@ -61,10 +63,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--results", default=RESULTS, help="where the Markdown/CSV/PNG tables go")
     args = p.parse_args(argv)
     args.command = " ".join(argv if argv is not None else sys.argv[1:])
-    pairs = [item.split("=", 1) for item in args.explicit_weight]
-    if any(len(pair) != 2 or pair[0] not in DETECTORS for pair in pairs):
-        p.error(f"--explicit-weight takes DETECTOR=W, DETECTOR in {DETECTORS}; got {args.explicit_weight}")
-    args.explicit_weight = {detector: float(weight) for detector, weight in pairs}
+    for flag in ("explicit_weight", "implicit_weight"):
+        pairs = [item.split("=", 1) for item in getattr(args, flag)]
+        if any(len(pair) != 2 or pair[0] not in DETECTORS for pair in pairs):
+            p.error(f"--{flag.replace('_', '-')} takes DETECTOR=W, DETECTOR in {DETECTORS}; "
+                    f"got {getattr(args, flag)}")
+        setattr(args, flag, {detector: float(weight) for detector, weight in pairs})
     if args.quick:
         args.detectors, args.methods, args.seeds = ["retinanet"], ["alone", "ds2d2"], args.seeds[:1]
     return args
@@ -82,9 +86,15 @@ def run_names(args: argparse.Namespace, detector: str) -> Dict[str, str]:
     names = {"teacher": f"teacher_it{t}", "amplifier": f"amplifier_it{a}_t{t}"}
     names.update({m: f"{m}_it{st}_t{t}" for m in METHODS})
     names["fitnet"] = f"fitnet{args.fitnet_weight:g}_it{st}_t{t}"
+    tags = {m: "" for m in METHODS}
     if detector in args.explicit_weight:
         for method in ("explicit", "ds2d2"):
-            names[method] = f"{method}_ex{args.explicit_weight[detector]:g}_it{st}_t{t}"
+            tags[method] += f"_ex{args.explicit_weight[detector]:g}"
+    if detector in args.implicit_weight:
+        for method in ("implicit", "ds2d2"):
+            tags[method] += f"_im{args.implicit_weight[detector]:g}"
+    for method in ("explicit", "implicit", "ds2d2"):
+        names[method] = f"{method}{tags[method]}_it{st}_t{t}"
     return names
 
 
@@ -95,10 +105,13 @@ def plan(args: argparse.Namespace, detector: str) -> List[Dict]:
     t_weights = os.path.join(work, names["teacher"], "model_final.pth")
     a_weights = os.path.join(work, names["amplifier"], "model_final.pth")
     with_teacher = ["MODEL.DS2D2.TEACHER_WEIGHTS", t_weights, "MODEL.DS2D2.AMPLIFIER_WEIGHTS", a_weights]
-    explicit = []
+    explicit, implicit = [], []
     if detector in args.explicit_weight:
         weight = str(args.explicit_weight[detector])
         explicit = ["MODEL.DS2D2.LOSS.EXPLICIT_LOW", weight, "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", weight]
+    if detector in args.implicit_weight:
+        weight = str(args.implicit_weight[detector])
+        implicit = ["MODEL.DS2D2.LOSS.IMPLICIT_FULL", weight, "MODEL.DS2D2.LOSS.IMPLICIT_HIGH", weight]
     runs = [
         dict(method="teacher", seed=1, config=teacher, opts=schedule(args.teacher_iters) + ["SEED", "1"]),
         dict(method="amplifier", seed=1, config=amplifier,
@@ -110,8 +123,8 @@ def plan(args: argparse.Namespace, detector: str) -> List[Dict]:
                                               "MODEL.DS2D2.LOSS.EXPLICIT_LOW", str(args.fitnet_weight),
                                               "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", "0.0"] + ZERO_IMPLICIT),
         "explicit": (distiller, with_teacher + ZERO_IMPLICIT + explicit),
-        "implicit": (distiller, with_teacher + ZERO_EXPLICIT),
-        "ds2d2": (distiller, with_teacher + explicit),
+        "implicit": (distiller, with_teacher + ZERO_EXPLICIT + implicit),
+        "ds2d2": (distiller, with_teacher + explicit + implicit),
     }
     for seed in args.seeds:
         for method in args.methods:
@@ -228,7 +241,8 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
              f"{args.teacher_iters} iterations, amplifier {args.amplifier_iters}, students R-18 "
              f"{args.student_iters}, batch {args.batch}, 128 px, {args.num_images} images. FitNet weight "
              f"{args.fitnet_weight:g}; explicit l1 = l2: "
-             f"{args.explicit_weight or 'the configs (RetinaNet 1e-5, Faster R-CNN 0.5)'}. "
+             f"{args.explicit_weight or 'the configs (RetinaNet 1e-5, Faster R-CNN 0.5)'}; implicit l3 = l4: "
+             f"{args.implicit_weight or 'the configs (RetinaNet 1, Faster R-CNN 1e-5)'}. "
              f"Command: python benchmarks/bench_accuracy.py {args.command}")
     text = write_report(os.path.join(args.results, f"{name}.md"), "Accuracy on synthetic DIOR", machine,
                         markdown_table(show, table_cols), notes)

@@ -62,3 +62,16 @@ def test_bench_accuracy_run_names_carry_the_schedule():
     assert bench_accuracy.run_names(args, "faster_rcnn")["ds2d2"] == "ds2d2_it50_t6000"
     with pytest.raises(SystemExit):
         bench_accuracy.parse_args(["--explicit-weight", "yolo=1"])
+    args = bench_accuracy.parse_args(
+        ["--explicit-weight", "faster_rcnn=5", "--implicit-weight", "faster_rcnn=1"]
+    )
+    names = bench_accuracy.run_names(args, "faster_rcnn")
+    assert (names["explicit"], names["implicit"], names["ds2d2"]) == (
+        "explicit_ex5_it1000_t6000", "implicit_im1_it1000_t6000", "ds2d2_ex5_im1_it1000_t6000"
+    )
+    ds2d2_run = [r for r in bench_accuracy.plan(args, "faster_rcnn") if r["method"] == "ds2d2"][0]
+    weights = dict(zip(ds2d2_run["opts"][::2], ds2d2_run["opts"][1::2]))
+    assert weights["MODEL.DS2D2.LOSS.EXPLICIT_LOW"] == "5.0"
+    assert weights["MODEL.DS2D2.LOSS.IMPLICIT_HIGH"] == "1.0"
+    with pytest.raises(SystemExit):
+        bench_accuracy.parse_args(["--implicit-weight", "faster_rcnn"])
