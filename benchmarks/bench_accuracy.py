@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import ROOT, RESULTS, bar_plot, machine_line, markdown_table, set_threads  # noqa: E402
-from benchmarks.common import write_csv, write_report  # noqa: E402
+from benchmarks.common import command_line, write_csv, write_report  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75", "APs")
 METHODS = ("alone", "fitnet", "explicit", "implicit", "ds2d2")
@@ -62,7 +62,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="folder of the runs and the generated data")
     p.add_argument("--results", default=RESULTS, help="where the Markdown/CSV/PNG tables go")
     args = p.parse_args(argv)
-    args.command = " ".join(argv if argv is not None else sys.argv[1:])
+    args.command = command_line(argv)
     for flag in ("explicit_weight", "implicit_weight"):
         pairs = [item.split("=", 1) for item in getattr(args, flag)]
         if any(len(pair) != 2 or pair[0] not in DETECTORS for pair in pairs):

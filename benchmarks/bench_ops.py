@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import RESULTS, bar_plot, machine_line, markdown_table, median_time  # noqa: E402
-from benchmarks.common import median_times, set_threads, write_csv, write_report  # noqa: E402
+from benchmarks.common import command_line, median_times, set_threads, write_csv, write_report  # noqa: E402
 from ds2d2.disw import disw_maps  # noqa: E402
 from ds2d2.losses import explicit_loss  # noqa: E402
 from ds2d2.wavelet import dwt  # noqa: E402
@@ -218,7 +218,7 @@ def main(argv: Optional[List[str]] = None) -> str:
         "with their reference. max_abs_diff: DISW against the per-box loop summed in float64 then cast to "
         "float32 (fp32_loop_diff: the loop summed in float32, whose own rounding grows with overlap; "
         "fp16_ref_diff: the public-style float16 masks); DWT over outputs and input gradients. "
-        f"Command: python benchmarks/bench_ops.py {' '.join(argv if argv is not None else sys.argv[1:])}"
+        f"Command: python benchmarks/bench_ops.py {command_line(argv)}"
     )
     text = write_report(os.path.join(args.results, "ops.md"), "Operator speed", machine,
                         markdown_table(rows, COLUMNS), notes)

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import ROOT, RESULTS, bar_plot, machine_line, markdown_table, median_time  # noqa: E402
-from benchmarks.common import set_threads, write_csv, write_report  # noqa: E402
+from benchmarks.common import command_line, set_threads, write_csv, write_report  # noqa: E402
 
 VARIANTS = ("alone", "teacher_fwd", "explicit", "implicit", "full")
 WEIGHTS = {  # which of (EXPLICIT_LOW, EXPLICIT_HIGH, IMPLICIT_FULL, IMPLICIT_HIGH) keep the config's value
@@ -122,8 +122,8 @@ def peak_rss_mb() -> float:
 
 def components(model, batch: List[Dict], repeats: int, device: str) -> Dict[str, float]:
     """Milliseconds of each DS2D2 component alone on ``batch`` (forward + backward where a gradient flows)."""
-    from ds2d2.disw import disw_map
-    from ds2d2.losses import explicit_band_losses
+    from ds2d2.disw import disw_maps
+    from ds2d2.losses import explicit_loss_from_bands
     from ds2d2.wavelet import dwt, high_frequency, high_frequency_from_bands
 
     images = model.student.preprocess_image(batch)
@@ -143,17 +143,14 @@ def components(model, batch: List[Dict], repeats: int, device: str) -> Dict[str,
             model.teacher.backbone(t_images)
 
     def disw() -> None:
-        for f in model.in_features:
-            disw_map(boxes, size, tuple(t_bands[f][0].shape[-2:]))
+        disw_maps(boxes, size, [tuple(t_bands[f][0].shape[-2:]) for f in model.in_features])
 
     def explicit() -> None:
-        total = 0.0
-        for f in model.in_features:
-            s_low, s_high = dwt(model.adapters[f](leaves[f]), model.wave)
-            weight = disw_map(boxes, size, tuple(t_bands[f][0].shape[-2:]))
-            low, high = explicit_band_losses(s_low, s_high, t_bands[f][0], t_bands[f][1], weight)
-            total = total + low + high
-        total.backward()
+        low, high = explicit_loss_from_bands(
+            [dwt(model.adapters[f](leaves[f]), model.wave) for f in model.in_features],
+            [t_bands[f] for f in model.in_features], boxes, size,
+        )
+        (low + high).backward()
 
     def amp_full() -> None:
         head = model.family.head_of(model.teacher)
@@ -304,7 +301,7 @@ def main(argv: Optional[List[str]] = None) -> str:
     bar_plot(os.path.join(args.results, "step.png"), labels, series, "s/it relative to the student alone",
              "Training-step cost (student R-18)")
     machine = "; ".join(machine_line(d) for d in devices)
-    command = " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(argv)
     notes = (
         f"Batch {args.batch}, {args.boxes} boxes/image; median of {args.repeats} steps after {args.warmup} "
         f"warm-up, then median over {args.rounds} round(s) of one process per variant. ratio: s/it over the "

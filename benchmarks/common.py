@@ -4,6 +4,7 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -11,6 +12,11 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def command_line(argv: Optional[Sequence[str]]) -> str:
+    """The arguments a benchmark ran with (``argv`` when called from Python, else the command line's)."""
+    return " ".join(argv if argv is not None else sys.argv[1:])
 
 
 def cpu_model() -> str:

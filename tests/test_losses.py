@@ -17,6 +17,7 @@ from ds2d2.losses import (
     dense_cls_kd,
     explicit_band_losses,
     explicit_loss,
+    explicit_loss_from_bands,
     roi_box_kd,
     roi_cls_kd,
 )
@@ -91,6 +92,26 @@ def test_explicit_loss_matches_direct_formula(wave):
         expected_low += ((s_low - t_low) ** 2 * weight).mean()
         expected_high += ((s_high - t_high) ** 2 * weight[:, :, None]).mean()
     assert low.shape == high.shape == () and low.dtype == high.dtype == torch.float32
+    torch.testing.assert_close(low, expected_low, rtol=1e-5, atol=0)
+    torch.testing.assert_close(high, expected_high, rtol=1e-5, atol=0)
+
+
+def test_explicit_loss_from_bands_matches_direct_formula():
+    # The distiller's entry point (teacher bands already computed), against pytorch_wavelets + a per-box DISW.
+    image_size = (64, 48)
+    shapes = [(2, 4, 16, 12), (2, 4, 8, 6), (2, 4, 3, 5)]
+    reference = DWTForward(J=1, mode="zero", wave="haar")
+    students = [torch.randn(s) for s in shapes]
+    teachers = [torch.randn(s) for s in shapes]
+    boxes = [torch.tensor([[3.0, 4.0, 30.0, 20.0], [0.0, 50.0, 47.0, 64.0]]), torch.zeros(0, 4)]
+    student_bands = [(low, high) for low, (high,) in map(reference, students)]
+    teacher_bands = [(low, high) for low, (high,) in map(reference, teachers)]
+    low, high = explicit_loss_from_bands(student_bands, teacher_bands, boxes, image_size)
+    expected_low = expected_high = 0.0
+    for (s_low, s_high), (t_low, t_high) in zip(student_bands, teacher_bands):
+        weight = per_box_disw(boxes, image_size, t_low.shape[-2:]).float()
+        expected_low += ((s_low - t_low) ** 2 * weight).mean()
+        expected_high += ((s_high - t_high) ** 2 * weight[:, :, None]).mean()
     torch.testing.assert_close(low, expected_low, rtol=1e-5, atol=0)
     torch.testing.assert_close(high, expected_high, rtol=1e-5, atol=0)
 

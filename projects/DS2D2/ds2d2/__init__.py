@@ -7,7 +7,15 @@ Importing ``ds2d2`` registers its meta-architectures (DS2D2Amplifier, DS2D2Disti
 from . import data, meta_arch  # noqa: F401  (registers datasets, DS2D2Amplifier and DS2D2Distiller)
 from .config import add_ds2d2_config
 from .disw import disw_map, disw_maps
-from .losses import dense_box_kd, dense_cls_kd, explicit_band_losses, explicit_loss, roi_box_kd, roi_cls_kd
+from .losses import (
+    dense_box_kd,
+    dense_cls_kd,
+    explicit_band_losses,
+    explicit_loss,
+    explicit_loss_from_bands,
+    roi_box_kd,
+    roi_cls_kd,
+)
 from .wavelet import dwt, high_frequency, high_frequency_from_bands, validate_wavelet
 
 __all__ = [
@@ -19,6 +27,7 @@ __all__ = [
     "dwt",
     "explicit_band_losses",
     "explicit_loss",
+    "explicit_loss_from_bands",
     "high_frequency",
     "high_frequency_from_bands",
     "roi_box_kd",

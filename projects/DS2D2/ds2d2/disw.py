@@ -6,6 +6,7 @@ level) are built together: a 2-D difference array per grid and image, laid end t
 four signed corner updates per box and grid in one scatter, then two cumulative sums per grid give the maps.
 O(boxes x grids + cells), no Python loop over boxes or images, and no host/device synchronisation.
 """
+import itertools
 from typing import List, Sequence, Tuple
 
 import torch
@@ -62,11 +63,10 @@ def disw_maps(
 
     # Per grid ([L, 1] columns): h, w and where its [B, h+1, w+1] difference array starts in the buffer.
     lengths = [num_images * (h + 1) * (w + 1) for h, w in sizes]
-    starts = [sum(lengths[:level]) for level in range(len(sizes))]
+    starts = [0, *itertools.accumulate(lengths[:-1])]
     # A tiny host tensor; non_blocking keeps its copy to a GPU from synchronising the step.
     grid = torch.tensor([[h, w, start] for (h, w), start in zip(sizes, starts)], dtype=torch.float64)
-    grid_h, grid_w, start = grid.to(device, non_blocking=True).unbind(dim=1)
-    grid_h, grid_w, start = grid_h[:, None], grid_w[:, None], start[:, None]
+    grid_h, grid_w, start = grid.to(device, non_blocking=True)[:, :, None].unbind(dim=1)  # each [L, 1]
 
     all_boxes = torch.cat(list(boxes)).to(torch.float64)
     # Built on the device from Python ints: a tensor of counts copied from the host would synchronise.

@@ -18,6 +18,7 @@ from ds2d2.wavelet import dwt
 __all__ = [
     "explicit_band_losses",
     "explicit_loss",
+    "explicit_loss_from_bands",
     "dense_cls_kd",
     "dense_box_kd",
     "roi_cls_kd",
@@ -92,21 +93,26 @@ def explicit_loss(
             f"explicit_loss: got {len(adapted_student_feats)} student and {len(teacher_feats)} teacher "
             f"levels; need the same non-zero number"
         )
-    total_low, total_high = [], []
     student_bands, teacher_bands = [], []
     for level, (student, teacher) in enumerate(zip(adapted_student_feats, teacher_feats)):
         _check_same_shape(student, teacher, f"explicit_loss level {level}")
         student_bands.append(dwt(student, wave))
         with torch.no_grad():
             teacher_bands.append(dwt(teacher, wave))
+    return explicit_loss_from_bands(student_bands, teacher_bands, boxes, image_size)
+
+
+def explicit_loss_from_bands(
+    student_bands: Sequence[Tuple[Tensor, Tensor]],
+    teacher_bands: Sequence[Tuple[Tensor, Tensor]],
+    boxes: List[Tensor],
+    image_size: Tuple[int, int],
+) -> Tuple[Tensor, Tensor]:
+    """(L_ex_low, L_ex_high) summed over levels, from each level's (LL [B, C, h, w], high [B, C, 3, h, w])
+    bands (``ds2d2.wavelet.dwt``), for callers that already hold the teacher's; DISW once for all levels."""
     weights = disw_maps(boxes, image_size, [tuple(low.shape[-2:]) for low, _ in teacher_bands])
-    for (student_low, student_high), (teacher_low, teacher_high), weight in zip(
-        student_bands, teacher_bands, weights
-    ):
-        low, high = explicit_band_losses(student_low, student_high, teacher_low, teacher_high, weight)
-        total_low.append(low)
-        total_high.append(high)
-    return torch.stack(total_low).sum(), torch.stack(total_high).sum()
+    levels = [explicit_band_losses(*s, *t, w) for s, t, w in zip(student_bands, teacher_bands, weights)]
+    return torch.stack([low for low, _ in levels]).sum(), torch.stack([high for _, high in levels]).sum()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ Parts:
   and how their heads produce predictions to compare.
 
 The training step reads top to bottom in ``forward``: student losses (matching/sampling once), teacher trunk
-once, each teacher level's DWT once and reused by both streams, DISW once per level.
+once, each teacher level's DWT once and reused by both streams, DISW once for all levels.
 """
 import copy
 import math
@@ -26,8 +26,7 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from ..amplifiers import family_for
-from ..disw import disw_maps
-from ..losses import explicit_band_losses
+from ..losses import explicit_loss_from_bands
 from ..teacher import build_frozen_detector, freeze, load_config_file, load_state_strictly, read_checkpoint
 from ..wavelet import dwt, high_frequency, high_frequency_from_bands, validate_wavelet
 
@@ -222,14 +221,12 @@ class DS2D2Distiller(nn.Module):
         if explicit_on:
             boxes = [g.gt_boxes.tensor for g in gt_instances]
             size = tuple(images.tensor.shape[-2:])
-            grids = [tuple(t_bands[f][0].shape[-2:]) for f in self.in_features]
-            weights = disw_maps(boxes, size, grids)  # every level's map in one pass
-            low = high = 0.0
-            for f, weight in zip(self.in_features, weights):
-                t_low, t_high = t_bands[f]
-                s_low, s_high = dwt(adapted[f], self.wave)
-                level_low, level_high = explicit_band_losses(s_low, s_high, t_low, t_high, weight)
-                low, high = low + level_low, high + level_high
+            low, high = explicit_loss_from_bands(
+                [dwt(adapted[f], self.wave) for f in self.in_features],
+                [t_bands[f] for f in self.in_features],  # teacher bands, shared with the implicit stream
+                boxes,
+                size,
+            )
             if w["EXPLICIT_LOW"] > 0:
                 losses["loss_ds2d2_ex_low"] = w["EXPLICIT_LOW"] * low
             if w["EXPLICIT_HIGH"] > 0:
