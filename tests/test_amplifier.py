@@ -19,9 +19,10 @@ DETECTORS = ["RetinaNet", "GeneralizedRCNN"]
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
-def amplifier_cfg(teacher_cfg: CfgNode, weights: str) -> CfgNode:
+def amplifier_cfg(teacher_cfg: CfgNode, weights: str, init: str = "teacher") -> CfgNode:
     cfg = teacher_cfg.clone()
-    cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "DS2D2Amplifier", "MODEL.DS2D2.TEACHER_WEIGHTS", weights])
+    cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "DS2D2Amplifier", "MODEL.DS2D2.TEACHER_WEIGHTS", weights,
+                         "MODEL.DS2D2.AMPLIFIER_INIT", init])
     return cfg
 
 
@@ -52,7 +53,6 @@ def amplifiers(teachers):
     def get(detector: str) -> Tuple[CfgNode, nn.Module]:
         if detector not in cache:
             cfg, path, _ = teachers(detector)
-            torch.manual_seed(1)  # a head initialised differently from the teacher's
             cfg = amplifier_cfg(cfg, path)
             cache[detector] = (cfg, build_model(cfg))
         cfg, model = cache[detector]
@@ -71,16 +71,34 @@ def head_parameters(model: nn.Module) -> Dict[str, nn.Parameter]:
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
-def test_trunk_is_the_teacher_backbone(teachers, amplifiers, detector):
+def test_trunk_is_the_teacher_backbone_and_the_head_starts_from_the_teachers(teachers, amplifiers, detector):
     _, _, teacher = teachers(detector)
     _, model = amplifiers(detector)
     trunk = model.detector.backbone.trunk.state_dict()
     expected = teacher.backbone.state_dict()
     assert trunk.keys() == expected.keys()
     assert all(torch.equal(trunk[k], expected[k]) for k in expected)
-    # the head is fresh, not the teacher's
+    # MODEL.DS2D2.AMPLIFIER_INIT "teacher" (default, the authors' load_from): every head tensor is the teacher's
+    teacher_params = dict(teacher.named_parameters())
+    head = head_parameters(model)
+    assert head and all(torch.equal(v, teacher_params[k]) for k, v in head.items())
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_scratch_init_keeps_only_the_teacher_trunk(teachers, detector):
+    cfg, path, teacher = teachers(detector)
+    torch.manual_seed(1)  # a head initialised differently from the teacher's
+    model = build_model(amplifier_cfg(cfg, path, init="scratch"))
+    trunk = model.detector.backbone.trunk.state_dict()
+    assert all(torch.equal(trunk[k], v) for k, v in teacher.backbone.state_dict().items())
     teacher_params = dict(teacher.named_parameters())
     assert any(not torch.equal(v, teacher_params[k]) for k, v in head_parameters(model).items())
+
+
+def test_unknown_init_is_named(teachers):
+    cfg, path, _ = teachers("RetinaNet")
+    with pytest.raises(ValueError, match="MODEL.DS2D2.AMPLIFIER_INIT must be one of"):
+        build_model(amplifier_cfg(cfg, path, init="imagenet"))
 
 
 @pytest.mark.parametrize("detector", DETECTORS)

@@ -1,5 +1,5 @@
-"""torchvision ResNet-18/34 weights convert to Detectron2 names that fill the whole ResNet of the student
-configs."""
+"""torchvision ResNet-18/34/50/101 weights convert to Detectron2 names that fill the whole ResNet of every
+DIOR/DOTA config (teachers included), and the converted trunk computes what torchvision's computes."""
 import os
 import subprocess
 import sys
@@ -16,12 +16,32 @@ from ds2d2 import add_ds2d2_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("depth", [18, 34])
-def test_converted_weights_fill_the_student_resnet(tmp_path, depth):
+def randomised_torchvision_resnet(depth: int) -> torch.nn.Module:
+    """torchvision's ResNet with its own init and random (but sane) BN affine parameters and statistics."""
+    torch.manual_seed(depth)
     tv = getattr(torchvision.models, f"resnet{depth}")()
     with torch.no_grad():
-        for p in tv.parameters():
-            p.normal_()
+        for m in tv.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return tv.eval()
+
+
+def torchvision_res5(tv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))
+    return tv.layer4(tv.layer3(tv.layer2(tv.layer1(x))))
+
+
+@pytest.mark.parametrize(
+    "config, depth",
+    [("DIOR/retinanet_R18.yaml", 18), ("DOTA/faster_rcnn_R34.yaml", 34), ("DIOR/faster_rcnn_R50.yaml", 50),
+     ("DIOR/retinanet_R101.yaml", 101)],
+)
+def test_converted_weights_fill_the_config_resnet_and_compute_the_same(tmp_path, config, depth):
+    tv = randomised_torchvision_resnet(depth)
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
     subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools/convert_torchvision_resnet.py"), str(tmp_path / "tv.pth"),
@@ -30,9 +50,11 @@ def test_converted_weights_fill_the_student_resnet(tmp_path, depth):
     )
     cfg = get_cfg()
     add_ds2d2_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, f"configs/DIOR/retinanet_R{depth}.yaml"))
+    cfg.merge_from_file(os.path.join(ROOT, "configs", config))
+    assert cfg.MODEL.WEIGHTS == f"pretrained/torchvision-R-{depth}.pkl"
+    assert cfg.INPUT.FORMAT == "RGB" and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
     cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg)
+    model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(str(tmp_path / "r.pkl"))
     bottom_up = model.backbone.bottom_up
     assert torch.equal(bottom_up.stem.conv1.weight, tv.conv1.weight)
@@ -41,3 +63,10 @@ def test_converted_weights_fill_the_student_resnet(tmp_path, depth):
     resnet_keys = {k for k in model.state_dict() if k.startswith("backbone.bottom_up.")}
     loaded = {"backbone.bottom_up." + k for k in tv.state_dict() if not k.startswith("fc.")}
     assert len(resnet_keys) == len({k for k in loaded if not k.endswith("num_batches_tracked")})
+
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = torchvision_res5(tv, x)
+        got = bottom_up(x)["res5"]
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Convert torchvision ImageNet ResNet weights to a Detectron2 .pkl for the R-18/R-34 student configs.
+"""Convert torchvision ImageNet ResNet weights (R-18, R-34, R-50, R-101) to a Detectron2 .pkl.
 
     python tools/convert_torchvision_resnet.py resnet18-f37072fd.pth pretrained/torchvision-R-18.pkl
+    python tools/convert_torchvision_resnet.py resnet101-63fe2227.pth pretrained/torchvision-R-101.pkl
 
-(the .pth is torchvision's file, e.g. from ``torchvision.models.resnet18(weights="IMAGENET1K_V1")`` on a
-machine with internet access). The configs that use it set INPUT.FORMAT RGB, torchvision's
-PIXEL_MEAN/PIXEL_STD and RESNETS.STRIDE_IN_1X1 False, which is how these weights were trained.
+(the .pth is torchvision's file, e.g. from ``torchvision.models.resnet101(weights="IMAGENET1K_V1")`` on a
+machine with internet access). Every DIOR/DOTA config, teachers included, starts from these files, as the
+authors' backbones do; their base configs set INPUT.FORMAT RGB, torchvision's PIXEL_MEAN/PIXEL_STD and
+RESNETS.STRIDE_IN_1X1 False (the stride in the 3x3 conv), which is how these weights were trained.
 """
 import argparse
 import os

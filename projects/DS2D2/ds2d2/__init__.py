@@ -1,10 +1,11 @@
 """DS2D2: Dual-Stream Spectral Decoupling Distillation for remote sensing object detection
 (Detectron2 project).
 
-Importing ``ds2d2`` registers its meta-architectures (DS2D2Amplifier, DS2D2Distiller) and builtin datasets
-(dior_*, synthetic_dior_*, dota_*) with Detectron2, and exposes the reusable building blocks below.
+Importing ``ds2d2`` registers its meta-architectures (DS2D2Amplifier, DS2D2Distiller), its RetinaNet backbone
+(build_ds2d2_retinanet_resnet_fpn_backbone) and builtin datasets (dior_*, synthetic_dior_*, dota_*) with
+Detectron2, and exposes the reusable building blocks below.
 """
-from . import data, meta_arch  # noqa: F401  (registers datasets, DS2D2Amplifier and DS2D2Distiller)
+from . import backbone, data, meta_arch  # noqa: F401  (registration only)
 from .config import add_ds2d2_config
 from .disw import disw_map, disw_maps
 from .losses import (
@@ -14,6 +15,7 @@ from .losses import (
     explicit_loss,
     explicit_loss_from_bands,
     roi_box_kd,
+    roi_cls_divisor,
     roi_cls_kd,
 )
 from .wavelet import dwt, high_frequency, high_frequency_from_bands, validate_wavelet
@@ -31,6 +33,7 @@ __all__ = [
     "high_frequency",
     "high_frequency_from_bands",
     "roi_box_kd",
+    "roi_cls_divisor",
     "roi_cls_kd",
     "validate_wavelet",
 ]

@@ -21,6 +21,10 @@ def add_ds2d2_config(cfg: CN) -> None:
     # Teacher weights (.pth written by train_net.py, or a Detectron2 .pkl). Loaded strictly: any missing,
     # unexpected or mis-shaped tensor is an error, never a silently random teacher.
     _C.MODEL.DS2D2.TEACHER_WEIGHTS = ""
+    # Stage 2 only: how the amplifier's head starts. "teacher": the whole teacher checkpoint is loaded, so the
+    # head starts from the teacher's trained head (RetinaNet head; Faster R-CNN RPN + RoI box head), as the
+    # authors' stage-2 configs do; "scratch": only the (frozen) backbone + FPN come from the teacher.
+    _C.MODEL.DS2D2.AMPLIFIER_INIT = "teacher"
     # Stage 3 only: checkpoint of the trained DS2D2Amplifier (stage 2); only its head is used.
     _C.MODEL.DS2D2.AMPLIFIER_WEIGHTS = ""
     # Wavelet basis of the one-level DWT (any discrete wavelet of PyWavelets: "haar", "db2", "sym4", ...).
@@ -49,6 +53,17 @@ def add_ds2d2_config(cfg: CN) -> None:
     _C.MODEL.DS2D2.LOSS.ROI_TEMPERATURE = 3.0
     # Two-stage KD: weight of the classification KL inside each implicit term (the box L1 has weight 1).
     _C.MODEL.DS2D2.LOSS.ROI_CLS_WEIGHT = 0.5
+    # Two-stage KD: how the classification KL is reduced over the RoIs the student sampled (docs/method.md).
+    # "sum_per_2_images": the sum over the sampled RoIs divided by (images on this process / 2), i.e. the sum
+    #   over the RoIs of a 2-image batch, as the authors' code computes it on each GPU of their 8 x 2 images;
+    #   their l3/l4 were tuned on this sum (~1024 RoIs), and it stays the same on any number of GPUs.
+    # "sum": the plain sum over this process's sampled RoIs (grows with the images per process).
+    # "mean": the mean over RoIs (~1000x weaker than the authors' with the same l3/l4).
+    _C.MODEL.DS2D2.LOSS.ROI_CLS_REDUCTION = "sum_per_2_images"
+
+    # RetinaNet's P7 (backbone "build_ds2d2_retinanet_resnet_fpn_backbone" only): True = conv on ReLU(P6), as
+    # Detectron2's own RetinaNet backbone; False = conv on P6 directly, as the authors' MMDetection RetinaNet.
+    _C.MODEL.DS2D2.P7_FROM_RELU_P6 = True
 
     # Trainer options that Detectron2's DefaultTrainer hard-codes.
     # Passed to DistributedDataParallel; needed only for models with parameters unused in some iterations.
@@ -58,3 +73,4 @@ def add_ds2d2_config(cfg: CN) -> None:
     _C.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
     # VOC-style AP: False = area under the interpolated PR curve (VOC2010+), True = 11-point (VOC2007).
     _C.TEST.VOC_USE_07_METRIC = False
+

@@ -22,7 +22,9 @@ __all__ = [
     "dense_cls_kd",
     "dense_box_kd",
     "roi_cls_kd",
+    "roi_cls_divisor",
     "roi_box_kd",
+    "ROI_CLS_REDUCTIONS",
 ]
 
 
@@ -193,22 +195,56 @@ def dense_box_kd(
 # --------------------------------------------------------------------------------------------------
 # Two-stage detectors (Faster R-CNN): on the RoIs sampled by the student's RoI head
 # --------------------------------------------------------------------------------------------------
-def roi_cls_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 3.0) -> Tensor:
-    """Mean over RoIs of KL(softmax(t/T) || softmax(s/T)) (summed over classes), times T^2.
+def roi_cls_kd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float = 3.0,
+    divisor: Union[Tensor, float, None] = None,
+) -> Tensor:
+    """Sum over RoIs of KL(softmax(t/T) || softmax(s/T)) (summed over classes), times T^2, divided by
+    ``divisor``.
 
     Args:
         student_logits, teacher_logits: [R, K+1] logits (background last, as in Detectron2).
         temperature: T > 0.
+        divisor: None = R (the mean over RoIs); 1 = the plain sum over the RoIs; any other positive number
+            (or 0-dim tensor), e.g. images / 2 for the authors' sum per two-image batch (see
+            ``ROI_CLS_REDUCTIONS`` and docs/method.md).
     """
     _check_same_shape(student_logits, teacher_logits, "roi_cls_kd logits")
     if student_logits.dim() != 2:
         raise ValueError(f"roi_cls_kd: logits must be [R, K+1], got {tuple(student_logits.shape)}")
     if temperature <= 0:
         raise ValueError(f"roi_cls_kd: temperature must be > 0, got {temperature}")
+    if divisor is None:
+        divisor = max(student_logits.shape[0], 1)
+    elif not isinstance(divisor, Tensor) and not divisor > 0:
+        raise ValueError(f"roi_cls_kd: divisor must be > 0, got {divisor}")
     student_log_p = F.log_softmax(student_logits.float() / temperature, dim=1)
     teacher_log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
     kl = (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(dim=1)
-    return kl.sum() / max(kl.shape[0], 1) * temperature**2
+    return kl.sum() / divisor * temperature**2
+
+
+# Reductions of the RoI classification KD over the RoIs that the student sampled (MODEL.DS2D2.LOSS.
+# ROI_CLS_REDUCTION) -> the divisor of the summed KL, given R RoIs from ``num_images`` images on this process.
+ROI_CLS_REDUCTIONS = {
+    "sum_per_2_images": lambda num_rois, num_images: num_images / 2.0,
+    "sum": lambda num_rois, num_images: 1.0,
+    "mean": lambda num_rois, num_images: float(max(num_rois, 1)),
+}
+
+
+def roi_cls_divisor(reduction: str, num_rois: int, num_images: int) -> float:
+    """The ``roi_cls_kd`` divisor of ``reduction`` (a key of ``ROI_CLS_REDUCTIONS``)."""
+    if reduction not in ROI_CLS_REDUCTIONS:
+        raise ValueError(
+            f"MODEL.DS2D2.LOSS.ROI_CLS_REDUCTION must be one of {sorted(ROI_CLS_REDUCTIONS)}, "
+            f"got {reduction!r}."
+        )
+    if num_images < 1:
+        raise ValueError(f"roi_cls_divisor: num_images must be >= 1, got {num_images}")
+    return ROI_CLS_REDUCTIONS[reduction](num_rois, num_images)
 
 
 def roi_box_kd(student_deltas: Tensor, teacher_deltas: Tensor, teacher_logits: Tensor) -> Tensor:

@@ -12,7 +12,12 @@ def family_for(student: nn.Module, loss_cfg) -> "DenseFamily | RoIFamily":
     if isinstance(student, RetinaNet):
         return DenseFamily(student, beta=loss_cfg.DENSE_BETA)
     if isinstance(student, GeneralizedRCNN):
-        return RoIFamily(student, temperature=loss_cfg.ROI_TEMPERATURE, cls_weight=loss_cfg.ROI_CLS_WEIGHT)
+        return RoIFamily(
+            student,
+            temperature=loss_cfg.ROI_TEMPERATURE,
+            cls_weight=loss_cfg.ROI_CLS_WEIGHT,
+            cls_reduction=loss_cfg.ROI_CLS_REDUCTION,
+        )
     raise ValueError(
         f"MODEL.DS2D2.DETECTOR builds a {type(student).__name__}; DS2D2 supports RetinaNet (dense) and "
         "GeneralizedRCNN (two-stage). Another detector needs one more family file in ds2d2/amplifiers/."

@@ -43,7 +43,8 @@ class DenseFamily:
     def kd_loss(
         self, head: nn.Module, student_feats: List[Tensor], teacher_feats: List[Tensor], targets: Dict
     ) -> Tensor:
-        """Quality-focal classification KD + GIoU between decoded boxes, on every non-ignored anchor.
+        """Quality-focal classification KD on every non-ignored anchor + GIoU between decoded boxes on every
+        anchor (ignored ones included, as the authors), weighted by sigmoid(max teacher logit).
 
         ``head`` is frozen; gradients reach the student through ``student_feats`` only.
         """
@@ -66,6 +67,6 @@ class DenseFamily:
         s_boxes = s.box2box_transform.apply_deltas(s_deltas, anchors)
         with torch.no_grad():
             t_boxes = s.box2box_transform.apply_deltas(t_deltas, anchors)
-            box_weight = t_logits.float().sigmoid().amax(dim=1) * valid
+            box_weight = t_logits.float().sigmoid().amax(dim=1)
         cls = dense_cls_kd(s_logits, t_logits, valid, num_pos, beta=self.beta)
         return cls + dense_box_kd(s_boxes, t_boxes, box_weight, num_pos)

@@ -7,13 +7,15 @@ from detectron2.modeling import GeneralizedRCNN, StandardROIHeads
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
-from ..losses import roi_box_kd, roi_cls_kd
+from ..losses import roi_box_kd, roi_cls_divisor, roi_cls_kd
 
 
 class RoIFamily:
     head_prefix = "roi_heads."  # where a GeneralizedRCNN keeps its RoI heads in a state dict
 
-    def __init__(self, student: GeneralizedRCNN, temperature: float, cls_weight: float):
+    def __init__(
+        self, student: GeneralizedRCNN, temperature: float, cls_weight: float, cls_reduction: str
+    ):
         rh = student.roi_heads
         if type(rh) is not StandardROIHeads or rh.mask_on or rh.keypoint_on:
             raise ValueError(
@@ -24,6 +26,8 @@ class RoIFamily:
         self.student = student
         self.temperature = temperature
         self.cls_weight = cls_weight
+        roi_cls_divisor(cls_reduction, 1, 1)  # an unknown reduction fails when the model is built
+        self.cls_reduction = cls_reduction
 
     @staticmethod
     def head_of(detector: GeneralizedRCNN) -> nn.Module:
@@ -46,6 +50,7 @@ class RoIFamily:
         losses.update(rh.box_predictor.losses(rh.box_predictor(rh.box_head(pooled)), sampled))
         return losses, {
             "rois": rois,
+            "num_images": len(gt_instances),
             "student_feats": feats,
             "student_pooled": pooled,
             "student_pooler": repr(rh.box_pooler),
@@ -54,7 +59,8 @@ class RoIFamily:
     def kd_loss(
         self, head: nn.Module, student_feats: List[Tensor], teacher_feats: List[Tensor], targets: Dict
     ) -> Tensor:
-        """Temperature KL on the class scores + weighted L1 on the teacher-argmax class's deltas.
+        """Temperature KL on the class scores (reduced over the sampled RoIs as ``cls_reduction`` says) +
+        weighted L1 on the teacher-argmax class's deltas.
 
         ``head`` is a frozen StandardROIHeads. When ``student_feats`` are the very tensors the student pooled
         for its own loss and the poolers agree, those pooled RoI features are reused instead of pooled again.
@@ -70,5 +76,6 @@ class RoIFamily:
         s_scores, s_deltas = head.box_predictor(head.box_head(s_pooled))
         with torch.no_grad():
             t_scores, t_deltas = head.box_predictor(head.box_head(head.box_pooler(teacher_feats, rois)))
-        cls = roi_cls_kd(s_scores, t_scores, temperature=self.temperature)
+        divisor = roi_cls_divisor(self.cls_reduction, s_scores.shape[0], targets["num_images"])
+        cls = roi_cls_kd(s_scores, t_scores, temperature=self.temperature, divisor=divisor)
         return self.cls_weight * cls + roi_box_kd(s_deltas, t_deltas, t_scores)

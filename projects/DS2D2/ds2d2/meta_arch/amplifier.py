@@ -2,8 +2,9 @@
 
 A detector of the teacher's kind (``MODEL.DS2D2.DETECTOR``) whose backbone is the teacher's trained backbone +
 FPN, frozen, with each FPN level replaced by its high-frequency part HF(F) = resize(LH + HL + HH). Only the
-heads learn, with the detector's normal losses; stage 3 keeps the trained head. It trains and evaluates like
-any detector.
+heads learn, with the detector's normal losses; stage 3 keeps the trained head. With
+``MODEL.DS2D2.AMPLIFIER_INIT: teacher`` (the default, as the authors) the heads start from the teacher's trained
+heads; with ``scratch`` they start fresh. It trains and evaluates like any detector.
 """
 from typing import Dict
 
@@ -14,6 +15,8 @@ from torch import Tensor, nn
 
 from ..teacher import freeze, load_state_strictly, read_checkpoint
 from ..wavelet import high_frequency, validate_wavelet
+
+AMPLIFIER_INITS = ("teacher", "scratch")  # MODEL.DS2D2.AMPLIFIER_INIT
 
 
 class HighFrequencyBackbone(Backbone):
@@ -54,13 +57,18 @@ class DS2D2Amplifier(nn.Module):
         detector_cfg.defrost()
         detector_cfg.MODEL.META_ARCHITECTURE = ds.DETECTOR
         self.detector = META_ARCH_REGISTRY.get(ds.DETECTOR)(detector_cfg)
+        if ds.AMPLIFIER_INIT not in AMPLIFIER_INITS:
+            raise ValueError(
+                f"MODEL.DS2D2.AMPLIFIER_INIT must be one of {AMPLIFIER_INITS}, got {ds.AMPLIFIER_INIT!r}."
+            )
         key = "MODEL.DS2D2.TEACHER_WEIGHTS"
+        whole_teacher = ds.AMPLIFIER_INIT == "teacher"
         load_state_strictly(
-            self.detector.backbone,
+            self.detector if whole_teacher else self.detector.backbone,
             read_checkpoint(ds.TEACHER_WEIGHTS, key),
             key,
             ds.TEACHER_WEIGHTS,
-            prefix="backbone.",
+            prefix="" if whole_teacher else "backbone.",
         )
         self.detector.backbone = HighFrequencyBackbone(self.detector.backbone, ds.WAVELET)
 
