@@ -42,7 +42,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="RetinaNet, one seed, alone vs full DS2D2")
     p.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS))
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2], help="student seeds (teacher: seed 1)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="student seeds (teacher: seed 1)")
     p.add_argument("--teacher-iters", type=int, default=6000,
                    help="RetinaNet teacher val AP50 25 / 44 / 55 after 1.5k / 3k / 4.5k of 6k iterations")
     p.add_argument("--amplifier-iters", type=int, default=1000)

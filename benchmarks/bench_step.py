@@ -41,7 +41,7 @@ WEIGHTS = {  # which of (EXPLICIT_LOW, EXPLICIT_HIGH, IMPLICIT_FULL, IMPLICIT_HI
     "teacher_fwd": (0, 0, 0, 0), "explicit": (1, 1, 0, 0), "implicit": (0, 0, 1, 1), "full": (1, 1, 1, 1),
 }
 LOSS_KEYS = ("EXPLICIT_LOW", "EXPLICIT_HIGH", "IMPLICIT_FULL", "IMPLICIT_HIGH")
-# The authors' DIOR weights l1..l4 (REFERENCE.md), set on the student config like configs/DIOR/ds2d2/*.yaml
+# The authors' DIOR weights l1..l4 (docs/method.md), set on the student config like configs/DIOR/ds2d2/*.yaml
 AUTHORS_DIOR = {"retinanet": (1e-5, 1e-5, 1.0, 1.0), "faster_rcnn": (0.5, 0.5, 1e-5, 1e-5)}
 COMPONENTS = ("teacher_fwd_ms", "disw_ms", "explicit_ms", "amp_full_ms", "amp_high_ms")
 DETECTORS = {"retinanet": "retinanet", "faster_rcnn": "faster_rcnn"}

@@ -78,7 +78,8 @@ def test_trunk_is_the_teacher_backbone_and_the_head_starts_from_the_teachers(tea
     expected = teacher.backbone.state_dict()
     assert trunk.keys() == expected.keys()
     assert all(torch.equal(trunk[k], expected[k]) for k in expected)
-    # MODEL.DS2D2.AMPLIFIER_INIT "teacher" (default, the authors' load_from): every head tensor is the teacher's
+    # MODEL.DS2D2.AMPLIFIER_INIT "teacher" (default, the authors' load_from): every head tensor is the
+    # teacher's
     teacher_params = dict(teacher.named_parameters())
     head = head_parameters(model)
     assert head and all(torch.equal(v, teacher_params[k]) for k, v in head.items())

@@ -11,7 +11,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def reference_disw(boxes, image_size, map_size):
-    """The REFERENCE.md rule, written as plainly as possible."""
+    """The DISW rule of docs/method.md, written as plainly as possible."""
     in_h, in_w = image_size
     h, w = map_size
     out = np.ones((len(boxes), 1, h, w), dtype=np.float64)

@@ -1,10 +1,9 @@
 """RetinaNet ResNet-FPN backbone whose P7 can be built as the authors' MMDetection RetinaNet builds it.
 
 Detectron2's ``build_retinanet_resnet_fpn_backbone`` computes P6 = conv(C5) and P7 = conv(ReLU(P6));
-MMDetection's RetinaNet (``relu_before_extra_convs=False``) computes P7 = conv(P6). The parameters are the same
-(``top_block.p6``, ``top_block.p7``), so checkpoints load either way; only the forward differs.
+MMDetection's RetinaNet (``relu_before_extra_convs=False``) computes P7 = conv(P6). The parameters are the
+same (``top_block.p6``, ``top_block.p7``), so checkpoints load either way; only the forward differs.
 """
-import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
