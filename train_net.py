@@ -8,36 +8,47 @@
 
 The flags and trailing ``KEY VALUE`` overrides are Detectron2's ``default_argument_parser``. With
 ``MODEL.DEVICE cpu`` (or without CUDA), ``--num-gpus N`` starts N CPU processes that train together over gloo.
+Datasets declared under ``DATASETS.OWN`` (VOC, COCO or DOTA folders, docs/own_data.md) are registered in every
+process, and what they resolve to (paths, class list) is recorded in OUTPUT_DIR/config.yaml.
 """
 import json
 import os
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ds2d2 import add_ds2d2_config
 from ds2d2.checkpoint import AtomicCheckpointer
-from ds2d2.engine import Trainer, check_datasets_registered
+from ds2d2.data.own import load_config, register_own_datasets
+from ds2d2.engine import Trainer, check_dataset_classes, check_datasets_registered
 from ds2d2.launch import launch
 
 
 def build_config(args) -> CfgNode:
-    """The frozen config of ``--config-file`` with the trailing ``KEY VALUE`` overrides."""
-    cfg = get_cfg()
-    add_ds2d2_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    return cfg
+    """The config of ``--config-file`` with the trailing ``KEY VALUE`` overrides (not yet registered)."""
+    return load_config(args.config_file, args.opts, register=False)
+
+
+def register_datasets(cfg: CfgNode) -> None:
+    """Register the DATASETS.OWN entries, on each machine's first process before the others: it is the one
+    that collects class lists and splits DOTA folders into their patch cache on first use."""
+    if comm.get_local_rank() == 0:
+        register_own_datasets(cfg)
+    comm.synchronize()
+    if comm.get_local_rank() != 0:
+        register_own_datasets(cfg)
 
 
 def setup(args) -> CfgNode:
+    """The frozen config, its datasets registered (and recorded in it, so OUTPUT_DIR/config.yaml holds what
+    the run trains on: paths, class lists), loggers set up."""
     cfg = build_config(args)
-    default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ds2d2")  # dataset and VOC AP logs
+    register_datasets(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
     return cfg
 
 
@@ -52,6 +63,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         check_datasets_registered(cfg, ["TEST"])
+        check_dataset_classes(cfg, ["TEST"])
         model = Trainer.build_model(cfg)
         checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

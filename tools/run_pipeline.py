@@ -10,33 +10,40 @@
   ds2d2       the distiller config, with the teacher and amplifier weights of this run
 Each stage is a ``train_net.py`` run in OUTPUT/<stage>; a stage whose eval_results.json exists is skipped, so
 an interrupted pipeline resumes (an unfinished stage restarts from its last checkpoint with --resume).
-Options after ``--`` (KEY VALUE pairs) are passed to every stage, e.g. ``-- MODEL.DEVICE cuda``.
+Options after ``--`` (KEY VALUE pairs) are passed to every stage, e.g. ``-- MODEL.DEVICE cuda``; the ds2d2
+stage builds its teacher from the config.yaml the teacher stage recorded, so they reach the teacher as it was
+trained. Before anything trains, every stage's config is built as train_net.py will build it: its datasets
+(DATASETS.OWN included: docs/own_data.md) are registered and checked, and the teacher's classes compared with
+the student's.
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode
 
-from ds2d2 import add_ds2d2_config
+from ds2d2.data.own import load_config
+from ds2d2.engine import check_dataset_classes, check_datasets_registered
+from ds2d2.teacher import check_teacher_classes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("AP", "AP50", "AP75", "APs")
 
 
-def load(path: str):
-    cfg = get_cfg()
-    add_ds2d2_config(cfg)
-    cfg.merge_from_file(path)
+def load(path: str, opts: Sequence[str] = ()) -> CfgNode:
+    """The config a stage's train_net.py builds from ``path`` and ``opts`` (datasets registered, checked)."""
+    cfg = load_config(path, opts)
+    check_datasets_registered(cfg)
+    check_dataset_classes(cfg)
     return cfg
 
 
-def stages(args) -> Tuple[List[Dict], Dict[str, str]]:
+def stages(args, extra: List[str]) -> Tuple[List[Dict], Dict[str, str]]:
     """(name, config file, overrides) of the four runs, outputs chained."""
-    cfg = load(args.config)
+    cfg = load_config(args.config, extra, register=False)
     ds = cfg.MODEL.DS2D2
     out = {name: os.path.join(args.output, name) for name in ("teacher", "amplifier", "student", "ds2d2")}
     teacher_w = os.path.join(out["teacher"], "model_final.pth")
@@ -60,6 +67,21 @@ def stages(args) -> Tuple[List[Dict], Dict[str, str]]:
             opts=["MODEL.DS2D2.TEACHER_WEIGHTS", teacher_w, "MODEL.DS2D2.AMPLIFIER_WEIGHTS", amplifier_w],
         ),
     ], out
+
+
+def check_stages(plan: List[Dict], outputs: Dict[str, str], extra: List[str]) -> None:
+    """Build every stage's config as its train_net.py run will (errors name the stage and its config file)."""
+    built = {}
+    for stage in plan:
+        opts = stage["opts"] + ["OUTPUT_DIR", outputs[stage["name"]]] + extra
+        try:
+            built[stage["name"]] = load(stage["config"], opts)
+        except (AssertionError, KeyError, OSError, ValueError) as e:
+            raise SystemExit(f"run_pipeline: stage {stage['name']} ({stage['config']}): {e}") from e
+    try:
+        check_teacher_classes(built["teacher"], built["ds2d2"], plan[0]["config"])
+    except ValueError as e:
+        raise SystemExit(f"run_pipeline: {e}") from e
 
 
 def run_stage(stage: Dict, output: str, extra: List[str]) -> Dict:
@@ -97,7 +119,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     extra = [o for o in args.opts if o != "--"]
-    plan, outputs = stages(args)
+    try:
+        plan, outputs = stages(args, extra)
+    except (AssertionError, KeyError, OSError, ValueError) as e:
+        raise SystemExit(f"run_pipeline: {args.config}: {e}") from e
+    check_stages(plan, outputs, extra)
     results = {s["name"]: run_stage(s, outputs[s["name"]], extra) for s in plan}
     report = table(results)
     with open(os.path.join(args.output, "results.md"), "w") as f:

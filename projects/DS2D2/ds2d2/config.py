@@ -74,3 +74,10 @@ def add_ds2d2_config(cfg: CN) -> None:
     # VOC-style AP: False = area under the interpolated PR curve (VOC2010+), True = 11-point (VOC2007).
     _C.TEST.VOC_USE_07_METRIC = False
 
+    # ---- Your own datasets, declared in the config (ds2d2/data/own.py, docs/own_data.md) ----
+    # One entry per dataset name, usable in DATASETS.TRAIN/TEST: DATASETS.OWN.<name>.FORMAT is "voc", "coco"
+    # or "dota", and the other keys are that format's (paths, CLASSES, DOTA patch settings); e.g.
+    #   DATASETS: {OWN: {my_train: {FORMAT: voc, ROOT: /data/rsod, SPLIT_FILE: ImageSets/Main/train.txt}}}
+    # train_net.py and tools/run_pipeline.py register them in every process; any key can be overridden (or an
+    # entry added) on the command line: DATASETS.OWN.my_train.ROOT /other/path.
+    _C.DATASETS.OWN = CN(new_allowed=True)

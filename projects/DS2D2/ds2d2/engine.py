@@ -1,7 +1,7 @@
 """Trainer for every DS2D2 stage: Detectron2's DefaultTrainer with these changes.
 
 1. Evaluators come from the dataset's metadata (``evaluator_type``), so one train_net.py serves DIOR-style VOC
-   datasets and DOTA patch sets alike.
+   datasets, COCO JSONs and DOTA patch sets alike.
 2. ``SOLVER.FIND_UNUSED_PARAMETERS`` reaches DistributedDataParallel (DefaultTrainer hard-codes it), and DDP
    also works for CPU processes (``ds2d2.launch``).
 3. ``--resume`` continues exactly where training stopped: checkpoints hold the optimizer (and AMP grad-scaler)
@@ -10,13 +10,14 @@
    (``ds2d2.data.sampler``) and the model's RNGs are reseeded per iteration (``ds2d2.train_loop``).
 4. Checkpoints are written atomically and read without unpickling code (``ds2d2.checkpoint``);
    ``SOLVER.CHECKPOINT_MAX_TO_KEEP`` bounds how many periodic ones a run leaves on disk.
-5. Unregistered dataset names fail before anything is built; a non-finite loss stops training naming the term.
+5. Unregistered dataset names, train/test class lists that differ and a head whose class count is not the
+   data's fail before anything is built; a non-finite loss stops training naming the term.
 """
 import difflib
 import logging
 import os
 import weakref
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.common import DatasetFromList
@@ -47,6 +48,7 @@ def build_evaluators(cfg, dataset_name: str, output_folder: Optional[str] = None
     """COCO-style AP plus the dataset's own protocol, chosen by ``MetadataCatalog.get(name).evaluator_type``.
 
     ``voc_detection``: COCO AP/AP50/AP75/APs/m/l + VOC per-class AP50 (what DIOR papers report).
+    ``coco``: COCO AP against the dataset's JSON (``register_coco_detection``, ``register_coco_instances``).
     ``dota_patches``: COCO AP on patches (if the split has labels) + DOTA Task-2 mAP on merged full images.
     """
     if output_folder is None:
@@ -59,6 +61,8 @@ def build_evaluators(cfg, dataset_name: str, output_folder: Optional[str] = None
         from .evaluation.voc import VOCDetectionEvaluator
 
         evaluators = [coco, VOCDetectionEvaluator(dataset_name, use_07_metric=cfg.TEST.VOC_USE_07_METRIC)]
+    elif kind == "coco":
+        evaluators = [coco]
     elif kind == "dota_patches":
         from .evaluation.dota import DOTAFullImageEvaluator
 
@@ -67,7 +71,7 @@ def build_evaluators(cfg, dataset_name: str, output_folder: Optional[str] = None
     else:
         raise ValueError(
             f"Dataset '{dataset_name}' has evaluator_type={kind!r}; ds2d2 knows 'voc_detection' "
-            "(register_voc_detection) and 'dota_patches' (register_dota)."
+            "(register_voc_detection), 'coco' (register_coco_detection) and 'dota_patches' (register_dota)."
         )
     return DatasetEvaluators(evaluators)
 
@@ -81,9 +85,48 @@ def check_datasets_registered(cfg, keys: Sequence[str] = ("TRAIN", "TEST")) -> N
                 close = difflib.get_close_matches(name, registered, n=3)
                 hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
                 raise ValueError(
-                    f"DATASETS.{key}: dataset '{name}' is not registered{hint}. Register it first "
-                    "(ds2d2.data.register_voc_detection, register_dota) or fix the name."
+                    f"DATASETS.{key}: dataset '{name}' is not registered{hint}. Declare it under "
+                    "DATASETS.OWN (docs/own_data.md), register it first (ds2d2.data.register_voc_detection, "
+                    "register_coco_detection, register_dota) or fix the name."
                 )
+
+
+def model_num_classes(cfg) -> Optional[Tuple[str, int]]:
+    """(config key, value) of the number of classes the model predicts; None for other meta-architectures."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch in ("DS2D2Amplifier", "DS2D2Distiller"):
+        arch = cfg.MODEL.DS2D2.DETECTOR
+    if arch == "RetinaNet":
+        return "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
+    if arch == "GeneralizedRCNN":
+        return "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    return None
+
+
+def check_dataset_classes(cfg, keys: Sequence[str] = ("TRAIN", "TEST")) -> None:
+    """Raise ValueError when the (registered) datasets of ``DATASETS.<keys>`` have different class lists, or
+    when the model predicts another number of classes than they have; both named."""
+    first = None
+    for key in keys:
+        for name in cfg.DATASETS[key]:
+            classes = MetadataCatalog.get(name).get("thing_classes", None)
+            if classes is None:
+                continue
+            if first is None:
+                first = (key, name, list(classes))
+            elif list(classes) != first[2]:
+                raise ValueError(
+                    f"DATASETS.{key}: dataset '{name}' has the classes {list(classes)}, but "
+                    f"DATASETS.{first[0]} '{first[1]}' has {first[2]}: a model trained on one cannot be "
+                    "evaluated on the other. Give them the same class list in the same order "
+                    "(DATASETS.OWN.<name>.CLASSES)."
+                )
+    head = model_num_classes(cfg)
+    if first is not None and head is not None and head[1] != len(first[2]):
+        raise ValueError(
+            f"{head[0]} is {head[1]}, but dataset '{first[1]}' (DATASETS.{first[0]}) has {len(first[2])} "
+            f"classes {first[2]}: set {head[0]} {len(first[2])}."
+        )
 
 
 def run_seed(cfg) -> int:
@@ -100,6 +143,7 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         check_datasets_registered(cfg)
+        check_dataset_classes(cfg)
         if not isinstance(cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP, int) or cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP < 0:
             raise ValueError(
                 f"SOLVER.CHECKPOINT_MAX_TO_KEEP must be an integer >= 0 (0 keeps every periodic checkpoint), "

@@ -1,4 +1,5 @@
-"""Datasets: Pascal-VOC-format aerial data (DIOR and any other), DOTA patch sets, and the synthetic generator.
+"""Datasets: Pascal-VOC-format aerial data (DIOR and any other), COCO JSONs, DOTA patch sets, datasets
+declared in the config (``DATASETS.OWN``, see ``own.py``) and the synthetic generator.
 
 Importing this package registers the builtin names (dior_*, synthetic_dior_*, dota_v1_*_1024, ...) under
 $DETECTRON2_DATASETS (default ./datasets); they load lazily, so missing folders only matter when a dataset is
@@ -7,7 +8,9 @@ used.
 import os
 
 from .builtin import DIOR_CLASSES, register_all_dior
+from .coco import register_coco_detection
 from .dota import register_all_dota, register_dota
+from .own import load_config, register_own_datasets
 from .synthetic import SYNTHETIC_DIOR_CLASSES, SYNTHETIC_DOTA_CLASSES
 from .synthetic import write_synthetic_dior, write_synthetic_dota
 from .voc import load_voc_detection, register_voc_detection
@@ -18,10 +21,13 @@ register_all_dota(_ROOT)
 
 __all__ = [
     "DIOR_CLASSES",
+    "load_config",
     "load_voc_detection",
     "register_all_dior",
     "register_all_dota",
+    "register_coco_detection",
     "register_dota",
+    "register_own_datasets",
     "register_voc_detection",
     "SYNTHETIC_DIOR_CLASSES",
     "SYNTHETIC_DOTA_CLASSES",

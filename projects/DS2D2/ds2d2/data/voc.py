@@ -19,6 +19,7 @@ from detectron2.structures import BoxMode
 __all__ = [
     "IMAGE_EXTENSIONS",
     "check_voc_paths",
+    "collect_voc_classes",
     "load_voc_detection",
     "register_dataset",
     "register_voc_detection",
@@ -190,6 +191,36 @@ def _parse_annotation(
     return record, clipped, dropped
 
 
+def collect_voc_classes(annotation_dir: str) -> List[str]:
+    """Every object ``<name>`` in the ``*.xml`` files of ``annotation_dir``, sorted; ValueError naming the
+    file for invalid XML or an object without a name, and when no object is found."""
+    if not os.path.isdir(annotation_dir):
+        raise FileNotFoundError(f"VOC annotation directory {annotation_dir!r} does not exist")
+    names = set()
+    xml_files = sorted(name for name in os.listdir(annotation_dir) if name.endswith(".xml"))
+    for xml_name in xml_files:
+        xml_file = os.path.join(annotation_dir, xml_name)
+        try:
+            root = ET.parse(xml_file).getroot()
+        except ET.ParseError as e:
+            raise ValueError(f"{xml_file}: not valid XML ({e})") from None
+        for index, obj in enumerate(root.findall("object")):
+            names.add(_text(obj, "name", f"{xml_file} object #{index}"))
+    if not names:
+        raise ValueError(f"no <object><name> in the {len(xml_files)} XML files of {annotation_dir!r}")
+    return sorted(names)
+
+
+def _log_unused_images(images: Dict[str, List[str]], xml_names: set, image_dir: str) -> None:
+    """Images of ``image_dir`` without an XML are not part of a dataset read without split file: say so."""
+    unused = sorted(stem for stem in images if stem + ".xml" not in xml_names)
+    if unused:
+        logger.warning(
+            f"{len(unused)} images in {image_dir!r} have no XML annotation and are not used "
+            f"(e.g. {unused[:3]}); give a split file to choose the images explicitly."
+        )
+
+
 def load_voc_detection(
     image_dir: str, annotation_dir: str, classes: Sequence[str], split_file: SplitFiles = None
 ) -> List[dict]:
@@ -201,7 +232,8 @@ def load_voc_detection(
         annotation_dir: folder of ``ID.xml`` files.
         classes: class names; ``category_id`` is the index in this list.
         split_file: a text file (or several, concatenated) with one id per line; blank lines are ignored.
-            Without it, every ``*.xml`` in ``annotation_dir`` (sorted) is loaded.
+            Without it, every ``*.xml`` in ``annotation_dir`` (sorted) is loaded, and images without an XML
+            are counted in a warning.
 
     Returns:
         One dict per image: file_name, image_id (the id / XML stem), height, width (pixels, from the XML) and
@@ -222,6 +254,7 @@ def load_voc_detection(
         ids = _read_split_ids(split_files, xml_names, images)
     else:
         ids = sorted(os.path.splitext(name)[0] for name in xml_names)
+        _log_unused_images(images, xml_names, image_dir)
 
     dicts = []
     clipped = dropped = 0

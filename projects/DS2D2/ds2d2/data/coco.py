@@ -1,0 +1,204 @@
+"""COCO-format detection datasets (one JSON + an image folder), with ``register_coco_instances`` semantics.
+
+What Detectron2's ``register_coco_instances(name, metadata, json_file, image_root)`` registers (the
+metadata json_file, image_root, evaluator_type "coco"; dicts from ``load_coco_json``; classes = the categories
+sorted by id), with three differences: the JSON is checked when the dataset is registered, so a file that is
+not COCO, annotations of unknown images or categories, duplicate ids or missing image files fail at once with
+the entry named (not with a KeyError or an assertion while training); ``thing_classes`` is known from
+registration on; and boxes are handled as the VOC loader does: clipped to their image, and dropped (and
+counted) when empty after clipping. Evaluation (COCOEvaluator) reads the ground truth from the JSON itself, as
+for any COCO dataset.
+"""
+
+import json
+import logging
+import math
+import os
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from detectron2.data.datasets import load_coco_json
+from detectron2.structures import BoxMode
+
+from .voc import register_dataset
+
+__all__ = ["check_coco_json", "load_coco_detection", "register_coco_detection"]
+
+logger = logging.getLogger(__name__)
+
+_REQUIRED = ("images", "annotations", "categories")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _read_json(json_file: str) -> dict:
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"COCO annotation file {json_file!r} does not exist")
+    with open(json_file, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{json_file}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{json_file}: not a COCO detection file: its top level is a {type(data).__name__} (a results "
+            f"file?), expected an object with {', '.join(repr(k) for k in _REQUIRED)}"
+        )
+    missing = [k for k in _REQUIRED if not isinstance(data.get(k), list)]
+    if missing:
+        raise ValueError(
+            f"{json_file}: not a COCO detection file: no list {', '.join(repr(k) for k in missing)} at its "
+            f"top level (found keys: {sorted(data)})"
+        )
+    return data
+
+
+def _check_categories(json_file: str, categories: list) -> List[str]:
+    """Class names in category-id order; ids and names must be unique."""
+    if not categories:
+        raise ValueError(f"{json_file}: 'categories' is empty")
+    names: Dict[int, str] = {}
+    for i, cat in enumerate(categories):
+        where = f"{json_file}: categories[{i}]"
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+            raise ValueError(f"{where} needs an integer 'id', got {cat!r}")
+        if not isinstance(cat.get("name"), str) or not cat["name"]:
+            raise ValueError(f"{where} (id {cat['id']}) needs a non-empty 'name'")
+        if cat["id"] in names:
+            raise ValueError(f"{where}: category id {cat['id']} is used twice")
+        names[cat["id"]] = cat["name"]
+    classes = [names[i] for i in sorted(names)]
+    if len(set(classes)) != len(classes):
+        twice = sorted({c for c in classes if classes.count(c) > 1})
+        raise ValueError(f"{json_file}: category names {twice} are used by several category ids")
+    return classes
+
+
+def _check_images(json_file: str, images: list, image_root: str) -> set:
+    """Image ids; every entry needs id, file_name, width, height, and its file in ``image_root``."""
+    ids = set()
+    missing = []
+    for i, img in enumerate(images):
+        where = f"{json_file}: images[{i}]"
+        if not isinstance(img, dict) or not (_is_int(img.get("id")) or isinstance(img.get("id"), str)):
+            raise ValueError(f"{where} needs an 'id' (integer or string), got {img!r}")
+        if img["id"] in ids:
+            raise ValueError(f"{where}: image id {img['id']!r} is used twice")
+        if not isinstance(img.get("file_name"), str) or not img["file_name"]:
+            raise ValueError(f"{where} (id {img['id']!r}) needs a non-empty 'file_name'")
+        for key in ("width", "height"):
+            if not _is_number(img.get(key)) or img[key] <= 0 or int(img[key]) != img[key]:
+                raise ValueError(
+                    f"{where} (id {img['id']!r}) needs a positive integer {key!r}, got {img.get(key)!r}"
+                )
+        ids.add(img["id"])
+        if not os.path.isfile(os.path.join(image_root, img["file_name"])):
+            missing.append(img["file_name"])
+    if missing:
+        raise FileNotFoundError(
+            f"{json_file}: {len(missing)} of its {len(images)} images are not in the image folder "
+            f"{image_root!r} (e.g. {missing[:3]})"
+        )
+    return ids
+
+
+def _check_annotations(json_file: str, annotations: list, image_ids: set, category_ids: set) -> None:
+    seen = set()
+    for i, ann in enumerate(annotations):
+        where = f"{json_file}: annotations[{i}]"
+        if not isinstance(ann, dict) or "id" not in ann:
+            raise ValueError(f"{where} needs an 'id', got {ann!r}")
+        where += f" (id {ann['id']!r})"
+        if ann["id"] in seen:
+            raise ValueError(f"{where}: annotation id used twice")
+        seen.add(ann["id"])
+        if ann.get("image_id") not in image_ids:
+            raise ValueError(
+                f"{where}: image_id {ann.get('image_id')!r} is not the id of any entry of 'images'"
+            )
+        if ann.get("category_id") not in category_ids:
+            raise ValueError(
+                f"{where}: category_id {ann.get('category_id')!r} is not the id of any entry of 'categories'"
+            )
+        box = ann.get("bbox")
+        if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
+            raise ValueError(f"{where}: 'bbox' must be [x, y, width, height] (finite numbers), got {box!r}")
+        if not _is_number(ann.get("area")):
+            raise ValueError(
+                f"{where}: needs a numeric 'area' (COCO's evaluation reads it; for boxes, width * height)"
+            )
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise ValueError(f"{where}: 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
+
+
+def check_coco_json(json_file: str, image_root: str) -> Tuple[List[str], Dict[int, int]]:
+    """Check a COCO detection JSON and its images; return (class names by category id, {category id: index}).
+
+    Raises FileNotFoundError / ValueError naming the file and the offending entry (``images[3]``,
+    ``annotations[12] (id 40)``, ...).
+    """
+    if not os.path.isdir(image_root):
+        raise FileNotFoundError(f"COCO image folder {image_root!r} does not exist")
+    data = _read_json(json_file)
+    classes = _check_categories(json_file, data["categories"])
+    category_ids = sorted(c["id"] for c in data["categories"])
+    image_ids = _check_images(json_file, data["images"], image_root)
+    _check_annotations(json_file, data["annotations"], image_ids, set(category_ids))
+    return classes, {cat_id: i for i, cat_id in enumerate(category_ids)}
+
+
+def load_coco_detection(json_file: str, image_root: str, dataset_name: str) -> List[dict]:
+    """``load_coco_json`` dicts with every box in XYXY_ABS clipped to its image; boxes empty after clipping
+    are dropped, and both are counted in one log line."""
+    dicts = load_coco_json(json_file, image_root, dataset_name)
+    clipped = dropped = kept = 0
+    for record in dicts:
+        width, height = record["width"], record["height"]
+        annotations = []
+        for ann in record["annotations"]:
+            box = BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYXY_ABS)
+            inside = [min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),
+                      min(max(box[2], 0.0), width), min(max(box[3], 0.0), height)]
+            if inside[2] <= inside[0] or inside[3] <= inside[1]:
+                dropped += 1
+                continue
+            clipped += inside != list(box)
+            annotations.append(dict(ann, bbox=inside, bbox_mode=BoxMode.XYXY_ABS))
+        kept += len(annotations)
+        record["annotations"] = annotations
+    logger.info(
+        f"Loaded {len(dicts)} images with {kept} boxes from {json_file}; clipped {clipped} boxes to their "
+        f"image, dropped {dropped} boxes empty after clipping."
+    )
+    return dicts
+
+
+def register_coco_detection(
+    name: str, json_file: str, image_root: str, classes: Optional[Sequence[str]] = None
+) -> List[str]:
+    """Register a COCO detection JSON as dataset ``name`` (checked now, see :func:`check_coco_json`); returns
+    the class names (the categories in id order; ``classes``, if given, must equal them).
+
+    Metadata: json_file, image_root, evaluator_type "coco", thing_classes and
+    thing_dataset_id_to_contiguous_id (what ``load_coco_json`` sets). Registering the same again is a no-op.
+    """
+    found, id_map = check_coco_json(json_file, image_root)
+    if classes is not None and list(classes) != found:
+        raise ValueError(
+            f"classes {list(classes)} differ from the categories of {json_file} (by id): {found}"
+        )
+    metadata = {
+        "json_file": json_file,
+        "image_root": image_root,
+        "evaluator_type": "coco",
+        "thing_classes": found,
+        "thing_dataset_id_to_contiguous_id": id_map,
+    }
+    register_dataset(name, partial(load_coco_detection, json_file, image_root, name), metadata, replace=False)
+    return found
