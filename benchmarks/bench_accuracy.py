@@ -5,7 +5,7 @@
     nohup python benchmarks/bench_accuracy.py > benchmarks/results/accuracy.log 2>&1 &    # the full table
 
 Per detector: an R-50 teacher (longer schedule) and its high-frequency amplifier are trained once; then,
-for each seed, R-18 students with one schedule: alone, FitNet (feature MSE, benchmarks/fitnet.py), DS2D2
+for each seed, R-18 students with one schedule: alone, FitNet (feature MSE, the FitNet term), DS2D2
 explicit only, implicit only, full DS2D2 (the configs' loss weights unless --explicit-weight sets l1 = l2
 or --implicit-weight sets l3 = l4; a zero weight turns a term off).
 Everything trains on synthetic_dior_train; the table reports synthetic_dior_test, and val (for choices) next
@@ -119,9 +119,8 @@ def plan(args: argparse.Namespace, detector: str) -> List[Dict]:
     ]
     variants = {
         "alone": (student, []),
-        "fitnet": (distiller, with_teacher + ["MODEL.META_ARCHITECTURE", "FitNetDistiller",
-                                              "MODEL.DS2D2.LOSS.EXPLICIT_LOW", str(args.fitnet_weight),
-                                              "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", "0.0"] + ZERO_IMPLICIT),
+        "fitnet": (distiller, with_teacher + ["MODEL.DS2D2.TERMS", "['FitNet']",
+                                              "MODEL.DS2D2.FITNET.WEIGHT", str(args.fitnet_weight)]),
         "explicit": (distiller, with_teacher + ZERO_IMPLICIT + explicit),
         "implicit": (distiller, with_teacher + ZERO_EXPLICIT + implicit),
         "ds2d2": (distiller, with_teacher + explicit + implicit),
@@ -143,7 +142,7 @@ def plan(args: argparse.Namespace, detector: str) -> List[Dict]:
 def run_training(args: argparse.Namespace, run: Dict, data_root: str) -> None:
     """Train and evaluate one run in its folder (resuming from its checkpoint if any); log in stdout.txt."""
     os.makedirs(run["output"], exist_ok=True)
-    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "train.py"), "--config-file", run["config"]]
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", run["config"]]
     if os.path.isfile(os.path.join(run["output"], "last_checkpoint")):
         cmd.append("--resume")
     cmd += run["opts"] + [

@@ -128,19 +128,18 @@ def components(model, batch: List[Dict], repeats: int, device: str) -> Dict[str,
 
     images = model.student.preprocess_image(batch)
     gt = [x["instances"].to(model.device) for x in batch]
-    t_images = model._teacher_images(batch, images.tensor.shape[-2:]).tensor
+    size = tuple(images.tensor.shape[-2:])
     with torch.no_grad():
         s_feats = model.student.backbone(images.tensor)
-        t_feats = model.teacher.backbone(t_images)
+    t_feats = model.teacher_features(batch, size)
     leaves = {f: v.detach().requires_grad_() for f, v in s_feats.items()}
     _, targets = model.family.detection_losses(images, leaves, gt)  # so the RoI family reuses pooled features
     heads = model.family.head_in_features()
-    boxes, size = [g.gt_boxes.tensor for g in gt], tuple(images.tensor.shape[-2:])
+    boxes = [g.gt_boxes.tensor for g in gt]
     t_bands = {f: dwt(t_feats[f], model.wave) for f in set(model.in_features) | set(heads)}
 
-    def teacher_fwd() -> None:
-        with torch.no_grad():
-            model.teacher.backbone(t_images)
+    def teacher_fwd() -> None:  # normalisation + trunk, no grad
+        model.teacher_features(batch, size)
 
     def disw() -> None:
         disw_maps(boxes, size, [tuple(t_bands[f][0].shape[-2:]) for f in model.in_features])
@@ -161,7 +160,8 @@ def components(model, batch: List[Dict], repeats: int, device: str) -> Dict[str,
         s_hf = [high_frequency(leaves[f], model.wave) for f in heads]
         with torch.no_grad():
             t_hf = [high_frequency_from_bands(t_bands[f][1], tuple(t_feats[f].shape[-2:])) for f in heads]
-        model.family.kd_loss(model.amplifier_head, s_hf, t_hf, targets).backward(retain_graph=True)
+        amplifier = model.terms["DS2D2Implicit"].amplifier_head
+        model.family.kd_loss(amplifier, s_hf, t_hf, targets).backward(retain_graph=True)
 
     parts = dict(teacher_fwd_ms=teacher_fwd, disw_ms=disw, explicit_ms=explicit, amp_full_ms=amp_full,
                  amp_high_ms=amp_high)

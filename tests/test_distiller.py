@@ -56,6 +56,12 @@ def distiller(stages):
     return get
 
 
+def amplifier_head(model: nn.Module):
+    """The frozen high-frequency amplifier head of a distiller's DS2D2 implicit term, or None."""
+    term = model.terms["DS2D2Implicit"] if "DS2D2Implicit" in model.terms else None
+    return term.amplifier_head if term is not None else None
+
+
 def build(cfg: CfgNode, opts=()) -> nn.Module:
     cfg.merge_from_list([str(v) for v in opts])
     torch.manual_seed(0)
@@ -65,8 +71,8 @@ def build(cfg: CfgNode, opts=()) -> nn.Module:
 def frozen_state(model: nn.Module) -> Dict[str, torch.Tensor]:
     """Copies of every teacher and amplifier-head tensor (parameters and buffers)."""
     state = {f"teacher.{k}": v.clone() for k, v in model.teacher.state_dict().items()}
-    if model.amplifier_head is not None:
-        state.update({f"amplifier.{k}": v.clone() for k, v in model.amplifier_head.state_dict().items()})
+    if amplifier_head(model) is not None:
+        state.update({f"amplifier.{k}": v.clone() for k, v in amplifier_head(model).state_dict().items()})
     return state
 
 
@@ -101,14 +107,14 @@ def test_training_step_moves_the_student_only(stages, distiller, detector):
 
     model.train()
     assert model.student.training
-    for part in (model.teacher, model.amplifier_head):
+    for part in (model.teacher, amplifier_head(model)):
         assert not any(m.training for m in part.modules())
     losses = train_step(model, cfg)
 
     assert set(TERMS.values()) <= set(losses)
     assert all(torch.isfinite(v).all() for v in losses.values()), losses
     assert not any(m.training for m in model.teacher.modules())
-    assert not any(m.training for m in model.amplifier_head.modules())
+    assert not any(m.training for m in amplifier_head(model).modules())
     frozen_after = frozen_state(model)
     assert frozen_after.keys() == frozen_before.keys()
     assert all(torch.equal(frozen_before[k], frozen_after[k]) for k in frozen_before)
@@ -124,9 +130,9 @@ def test_training_step_moves_the_student_only(stages, distiller, detector):
 def test_frozen_parts_are_out_of_parameters_checkpoints_and_optimizer(stages, distiller, detector, tmp_path):
     cfg = stages(detector)
     model = distiller(detector)
-    frozen_ids = {id(p) for part in (model.teacher, model.amplifier_head) for p in part.parameters()}
+    frozen_ids = {id(p) for part in (model.teacher, amplifier_head(model)) for p in part.parameters()}
     assert not any(p.requires_grad for p in model.teacher.parameters())
-    assert not any(p.requires_grad for p in model.amplifier_head.parameters())
+    assert not any(p.requires_grad for p in amplifier_head(model).parameters())
     assert {id(p) for p in model.parameters() if p.requires_grad} == trained_ids(model)
     assert not frozen_ids & {id(p) for p in model.parameters()}
 
@@ -143,7 +149,7 @@ def test_frozen_parts_are_out_of_parameters_checkpoints_and_optimizer(stages, di
 
 def test_frozen_parts_follow_to(distiller):
     model = distiller("RetinaNet").to(torch.float64)
-    for part in (model.student, model.teacher, model.amplifier_head):
+    for part in (model.student, model.teacher, amplifier_head(model)):
         assert {p.dtype for p in part.parameters()} == {torch.float64}
 
 
@@ -171,7 +177,7 @@ def test_zero_weight_removes_its_term(stages, key):
 
 def test_zero_high_frequency_weight_needs_no_amplifier_file(stages, tmp_path):
     opts = ["MODEL.DS2D2.LOSS.IMPLICIT_HIGH", 0.0, "MODEL.DS2D2.AMPLIFIER_WEIGHTS", tmp_path / "absent.pth"]
-    assert build(stages("RetinaNet"), opts).amplifier_head is None
+    assert amplifier_head(build(stages("RetinaNet"), opts)) is None
 
 
 def test_no_adapter_when_explicit_terms_are_off_and_implicit_input_is_raw(stages):
@@ -218,7 +224,7 @@ def test_different_fpn_widths_train_through_adapters(stages, distiller):
     cfg = stages("RetinaNet")
     cfg.SOLVER.BASE_LR = 1e-6
     model = distiller("RetinaNet")
-    assert cfg.MODEL.DS2D2.IMPLICIT_INPUT == "auto" and model.implicit_adapted
+    assert cfg.MODEL.DS2D2.IMPLICIT_INPUT == "auto" and model.terms["DS2D2Implicit"].adapted_input
     assert {tuple(p.shape) for p in model.adapters.parameters()} == {(64, 32, 1, 1)}
     losses = train_step(model, cfg)
     assert all(torch.isfinite(v) for v in losses.values())

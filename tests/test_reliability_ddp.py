@@ -58,7 +58,7 @@ class RecordingTrainer(Trainer):
                 "params": {name: p.detach() for name, p in model.named_parameters()},
                 "teacher": model.teacher.state_dict(),
                 "teacher_training": any(m.training for m in model.teacher.modules()),
-                "amplifier": model.amplifier_head.state_dict(),
+                "amplifier": model.terms["DS2D2Implicit"].amplifier_head.state_dict(),
             },
             os.path.join(self.cfg.OUTPUT_DIR, f"rank{comm.get_rank()}.pth"),
         )

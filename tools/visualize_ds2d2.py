@@ -95,7 +95,7 @@ def compute_maps(model: DS2D2Distiller, batched_input: Dict) -> Dict:
     images = student.preprocess_image([batched_input])
     size = tuple(images.tensor.shape[-2:])
     s_feats = student.backbone(images.tensor)
-    t_feats = model.teacher.backbone(model._teacher_images([batched_input], size).tensor)
+    t_feats = model.teacher_features([batched_input], size)
     instances = batched_input.get("instances")
     if instances is not None:
         boxes = instances.gt_boxes.tensor.to(device=model.device, dtype=torch.float32)

@@ -38,6 +38,13 @@ def add_ds2d2_config(cfg: CN) -> None:
     # 1x1 adapter) or "auto" (raw when the student's FPN width equals the teacher's, adapted otherwise).
     _C.MODEL.DS2D2.IMPLICIT_INPUT = "auto"
 
+    # Distillation terms the distiller adds to the student's detection losses (names registered in
+    # ds2d2.distill, one file per method; each reads its own keys). DS2D2 = its explicit + implicit streams.
+    _C.MODEL.DS2D2.TERMS = ["DS2D2Explicit", "DS2D2Implicit"]
+    # FitNet term ("FitNet" in TERMS): weight of sum_l mean((adapter(S_l) - T_l)^2) over IN_FEATURES.
+    _C.MODEL.DS2D2.FITNET = CN()
+    _C.MODEL.DS2D2.FITNET.WEIGHT = 1.0
+
     # Loss weights l1..l4 of the paper:
     # loss = detection + l1*L_ex_low + l2*L_ex_high + l3*L_im_full + l4*L_im_high.
     # Defaults are the authors' RetinaNet/DIOR values; the configs under configs/ set the other settings.

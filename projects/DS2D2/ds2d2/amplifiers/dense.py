@@ -21,6 +21,10 @@ class DenseFamily:
         self.student = student
         self.beta = beta
 
+    @property
+    def num_classes(self) -> int:
+        return self.student.num_classes
+
     @staticmethod
     def head_of(detector: RetinaNet) -> nn.Module:
         return detector.head

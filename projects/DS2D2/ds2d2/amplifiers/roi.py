@@ -29,6 +29,10 @@ class RoIFamily:
         roi_cls_divisor(cls_reduction, 1, 1)  # an unknown reduction fails when the model is built
         self.cls_reduction = cls_reduction
 
+    @property
+    def num_classes(self) -> int:
+        return self.student.roi_heads.num_classes
+
     @staticmethod
     def head_of(detector: GeneralizedRCNN) -> nn.Module:
         return detector.roi_heads
