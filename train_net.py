@@ -21,6 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ds2d2.checkpoint import AtomicCheckpointer
+from ds2d2.compat import last_eval_results
 from ds2d2.data.own import load_config, register_own_datasets
 from ds2d2.engine import Trainer, check_dataset_classes, check_datasets_registered
 from ds2d2.launch import launch
@@ -72,7 +73,7 @@ def main(args):
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
         trainer.train()
-        results = getattr(trainer, "_last_eval_results", None)  # the evaluation run after the last iteration
+        results = last_eval_results(trainer)  # the evaluation run after the last iteration
     save_results(cfg, results)
     return results
 

@@ -18,6 +18,8 @@ from detectron2.engine import launch as detectron2_launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.utils import comm
 
+from .compat import set_local_process_group
+
 __all__ = ["launch"]
 
 
@@ -88,7 +90,7 @@ def _cpu_worker(
     for machine in range(world_size // num_per_machine):
         group = dist.new_group(list(range(machine * num_per_machine, (machine + 1) * num_per_machine)))
         if machine == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
+            set_local_process_group(group)
     if "OMP_NUM_THREADS" not in os.environ:  # share this machine's cores between its processes
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(max(1, cores // num_per_machine))

@@ -9,12 +9,12 @@ import os
 from typing import Dict, Optional, Tuple
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from torch import nn
 
 from .checkpoint import CheckpointError, read_checkpoint_file
+from .compat import load_state_with_report
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def load_state_strictly(model: nn.Module, checkpoint: Dict, key: str, path: str,
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     ckpt = dict(checkpoint, model=state)
-    incompatible = DetectionCheckpointer(model)._load_model(ckpt)
+    incompatible = load_state_with_report(model, ckpt)
     problems = []
     if incompatible.incorrect_shapes:
         problems.append(

@@ -19,6 +19,7 @@ from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from .compat import with_metrics_writer
 from .data.sampler import seed_from
 
 
@@ -48,18 +49,9 @@ def write_metrics_checked(loss_dict: Mapping[str, torch.Tensor], data_time: floa
             storage.put_scalars(**means)
 
 
-class CheckedSimpleTrainer(SimpleTrainer):
-    """SimpleTrainer that names non-finite loss terms (see ``write_metrics_checked``)."""
-
-    def _write_metrics(self, loss_dict, data_time, prefix=""):
-        write_metrics_checked(loss_dict, data_time, prefix)
-
-
-class CheckedAMPTrainer(AMPTrainer):
-    """AMPTrainer that names non-finite loss terms (see ``write_metrics_checked``)."""
-
-    def _write_metrics(self, loss_dict, data_time, prefix=""):
-        write_metrics_checked(loss_dict, data_time, prefix)
+# Detectron2's trainers that name non-finite loss terms (see ``write_metrics_checked``).
+CheckedSimpleTrainer = with_metrics_writer(SimpleTrainer, write_metrics_checked)
+CheckedAMPTrainer = with_metrics_writer(AMPTrainer, write_metrics_checked)
 
 
 class ReseedEachIteration(HookBase):

@@ -8,10 +8,16 @@ from typing import Dict, List, Tuple
 
 import torch
 from detectron2.modeling import RetinaNet
+from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
 from ..losses import dense_box_kd, dense_cls_kd
+
+
+def per_anchor(predictions: List[Tensor], dim: int) -> Tensor:
+    """Per-level head outputs [B, A*dim, H_l, W_l] -> [B, sum_l H_l*W_l*A, dim], in the anchors' order."""
+    return torch.cat([permute_to_N_HWA_K(x, dim) for x in predictions], dim=1)
 
 
 class DenseFamily:
@@ -39,7 +45,9 @@ class DenseFamily:
         s = self.student
         feats = [features[f] for f in s.head_in_features]
         anchors = s.anchor_generator(feats)
-        logits, deltas = s._transpose_dense_predictions(s.head(feats), [s.num_classes, 4])
+        cls_out, box_out = s.head(feats)
+        logits = [permute_to_N_HWA_K(x, s.num_classes) for x in cls_out]
+        deltas = [permute_to_N_HWA_K(x, 4) for x in box_out]
         gt_labels, gt_boxes = s.label_anchors(anchors, gt_instances)
         losses = s.losses(anchors, logits, gt_labels, deltas, gt_boxes)
         return losses, {"anchors": Boxes.cat(anchors).tensor, "gt_labels": torch.stack(gt_labels)}
@@ -54,15 +62,9 @@ class DenseFamily:
         """
         s = self.student
         dims = [s.num_classes, 4]
-        s_logits, s_deltas = (
-            torch.cat(x, dim=1).flatten(0, 1)
-            for x in s._transpose_dense_predictions(head(student_feats), dims)
-        )
+        s_logits, s_deltas = (per_anchor(x, d).flatten(0, 1) for x, d in zip(head(student_feats), dims))
         with torch.no_grad():
-            t_logits, t_deltas = (
-                torch.cat(x, dim=1).flatten(0, 1)
-                for x in s._transpose_dense_predictions(head(teacher_feats), dims)
-            )
+            t_logits, t_deltas = (per_anchor(x, d).flatten(0, 1) for x, d in zip(head(teacher_feats), dims))
         gt_labels = targets["gt_labels"]  # [B, A]: class, num_classes (background) or -1 (ignored)
         valid = (gt_labels >= 0).flatten()
         num_pos = ((gt_labels >= 0) & (gt_labels != s.num_classes)).sum()

@@ -32,6 +32,7 @@ import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..compat import decode_cfg_value
 from ..config import add_ds2d2_config
 from .coco import register_coco_detection
 from .dota import (
@@ -126,7 +127,7 @@ def _add_entries_from_opts(cfg: CfgNode, opts: Sequence) -> None:
         if name not in own:
             named.setdefault(name, full_key)
             if sub == "FORMAT":
-                formats[name] = type(cfg)._decode_cfg_value(value)
+                formats[name] = decode_cfg_value(value)
     for name, full_key in named.items():
         if name not in formats:
             raise ValueError(

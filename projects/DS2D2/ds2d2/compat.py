@@ -1,0 +1,53 @@
+"""The one module that uses detectron2 (v0.6) names outside its public API.
+
+Each function names the private attribute it relies on and why no public one serves. ``tests/test_compat.py``
+checks every one against the installed detectron2, so an upgrade that moves one fails there, with a
+message naming it, instead of silently inside a training run. (Installing detectron2 is
+``tools/install_detectron2.py``'s job; nothing here patches detectron2.)
+"""
+from typing import Callable, Dict, Optional, Type
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.engine import SimpleTrainer
+from detectron2.utils import comm
+from torch import nn
+
+
+def load_state_with_report(model: nn.Module, checkpoint: Dict):
+    """Load ``checkpoint['model']`` into ``model`` the way Detectron2's checkpointer does (NumPy arrays of
+    .pkl files converted, mis-shaped tensors skipped) and return its report (``missing_keys``,
+    ``unexpected_keys``, ``incorrect_shapes``). Private: ``DetectionCheckpointer._load_model``; the public
+    ``load()`` takes a path and only logs the report."""
+    return DetectionCheckpointer(model)._load_model(checkpoint)
+
+
+def with_metrics_writer(trainer_class: Type[SimpleTrainer], write: Callable) -> Type[SimpleTrainer]:
+    """A subclass of ``trainer_class`` (SimpleTrainer / AMPTrainer) whose per-step metric writing is
+    ``write(loss_dict, data_time, prefix)``. Private: ``_write_metrics``, the method ``run_step`` calls after
+    ``backward`` and before ``optimizer.step`` (the public ``write_metrics`` is a static method it does not
+    dispatch through)."""
+
+    def _write_metrics(self, loss_dict, data_time, prefix=""):
+        write(loss_dict, data_time, prefix)
+
+    return type(f"Checked{trainer_class.__name__}", (trainer_class,), {"_write_metrics": _write_metrics})
+
+
+def last_eval_results(trainer) -> Optional[Dict]:
+    """The results of the evaluation a DefaultTrainer ran after its last iteration, or None. Private:
+    ``_last_eval_results``, where DefaultTrainer's evaluation hook keeps them (there is no accessor)."""
+    return getattr(trainer, "_last_eval_results", None)
+
+
+def set_local_process_group(group: "torch.distributed.ProcessGroup") -> None:
+    """Make ``group`` the machine-local process group that ``comm.get_local_rank`` / ``get_local_size``
+    use. Private: ``comm._LOCAL_PROCESS_GROUP`` (v0.6 has no ``create_local_process_group``)."""
+    comm._LOCAL_PROCESS_GROUP = group
+
+
+def decode_cfg_value(value):
+    """A command-line config value parsed as ``merge_from_list`` parses it (a literal, else the string).
+    Private: yacs' ``CfgNode._decode_cfg_value``."""
+    return CfgNode._decode_cfg_value(value)

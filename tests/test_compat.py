@@ -1,0 +1,72 @@
+"""Every private detectron2 name ds2d2.compat relies on is still there and still means what compat assumes.
+A detectron2 upgrade that moves one fails here, with the name in the message."""
+import inspect
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
+from detectron2.utils import comm
+from torch import nn
+
+from ds2d2 import compat
+
+
+def uses(function, text: str) -> bool:
+    return text in inspect.getsource(function)
+
+
+@pytest.mark.parametrize("trainer_class", [SimpleTrainer, AMPTrainer])
+def test_trainers_write_metrics_through_the_method_compat_overrides(trainer_class):
+    assert uses(trainer_class.run_step, "self._write_metrics("), (
+        f"detectron2 {trainer_class.__name__}.run_step no longer calls self._write_metrics: "
+        "ds2d2.compat.with_metrics_writer (non-finite loss checks) must follow"
+    )
+    calls = []
+    checked = compat.with_metrics_writer(trainer_class, lambda *args: calls.append(args))
+    assert issubclass(checked, trainer_class)
+    checked._write_metrics(None, {"loss": torch.tensor(1.0)}, 0.5)
+    assert calls == [({"loss": torch.tensor(1.0)}, 0.5, "")]
+
+
+def test_default_trainer_keeps_its_last_evaluation_where_compat_reads_it():
+    assert uses(DefaultTrainer.build_hooks, "self._last_eval_results ="), (
+        "detectron2 DefaultTrainer no longer stores _last_eval_results: "
+        "ds2d2.compat.last_eval_results must follow"
+    )
+
+    class Trainer:
+        _last_eval_results = {"bbox": {"AP": 1.0}}
+
+    assert compat.last_eval_results(Trainer()) == {"bbox": {"AP": 1.0}}
+    assert compat.last_eval_results(object()) is None
+
+
+def test_comm_local_process_group_is_settable():
+    assert hasattr(comm, "_LOCAL_PROCESS_GROUP") and uses(comm.get_local_rank, "_LOCAL_PROCESS_GROUP"), (
+        "detectron2.utils.comm no longer uses _LOCAL_PROCESS_GROUP: "
+        "ds2d2.compat.set_local_process_group must follow"
+    )
+    before = comm._LOCAL_PROCESS_GROUP
+    try:
+        compat.set_local_process_group("group")
+        assert comm._LOCAL_PROCESS_GROUP == "group"
+    finally:
+        comm._LOCAL_PROCESS_GROUP = before
+
+
+def test_cfg_values_decode_like_merge_from_list():
+    assert hasattr(CfgNode, "_decode_cfg_value"), "yacs CfgNode._decode_cfg_value is gone: see ds2d2.compat"
+    assert compat.decode_cfg_value("(1, 2)") == (1, 2)
+    assert compat.decode_cfg_value("voc") == "voc"
+
+
+def test_checkpoint_load_reports_missing_unexpected_and_mis_shaped_tensors():
+    assert hasattr(DetectionCheckpointer, "_load_model"), "DetectionCheckpointer._load_model is gone (compat)"
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    state = {"0.weight": torch.zeros(3, 5).numpy(), "0.bias": torch.ones(3).numpy(), "extra": torch.zeros(1)}
+    report = compat.load_state_with_report(model, {"model": state})
+    assert [k for k, _, _ in report.incorrect_shapes] == ["0.weight"]
+    assert set(report.missing_keys) >= {"1.weight", "1.bias"} and report.unexpected_keys == ["extra"]
+    assert torch.equal(model[0].bias, torch.ones(3))  # NumPy arrays (.pkl files) are converted and loaded
