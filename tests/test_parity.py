@@ -379,7 +379,8 @@ def test_distiller_full_amplifier_term_matches_authors(tmp_path, monkeypatch, de
     torch.manual_seed(0)
     cfg = tiny_stages(tmp_path, detector, student_opts=["MODEL.DS2D2.LOSS.IMPLICIT_FULL", IMPLICIT_FULL])
     model = build_model(cfg).train()
-    assert model.terms["DS2D2Implicit"].adapted_input  # student FPN 32 wide, teacher 64: the heads see the adapted features
+    # student FPN 32 wide, teacher 64: the heads see the adapted features
+    assert model.terms["DS2D2Implicit"].adapted_input
     if detector == "GeneralizedRCNN":
         sharpen(model.teacher.roi_heads)
 

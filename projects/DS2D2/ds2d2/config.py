@@ -44,6 +44,65 @@ def add_ds2d2_config(cfg: CN) -> None:
     # FitNet term ("FitNet" in TERMS): weight of sum_l mean((adapter(S_l) - T_l)^2) over IN_FEATURES.
     _C.MODEL.DS2D2.FITNET = CN()
     _C.MODEL.DS2D2.FITNET.WEIGHT = 1.0
+    # CrossKD term ("CrossKD" in TERMS; Wang et al., CVPR 2024; docs/baselines.md): the student's head
+    # features through the frozen teacher's remaining head layers; these cross-head predictions mimic the
+    # teacher's. Defaults: the authors' RetinaNet values (R-101 -> R-50 on COCO, batch 16 = 8 GPUs x 2 images,
+    # 2x schedule, FPN width 256, 4-conv heads); both losses are divided by positive anchors (or averaged over
+    # RoIs), so they do not grow with the width or the image size. RetinaNet needs the student's
+    # MODEL.FPN.OUT_CHANNELS equal to the teacher's; Faster R-CNN uses the shared 1x1 adapters if they differ.
+    _C.MODEL.DS2D2.CROSSKD = CN()
+    # Weight of loss_crosskd_cls, >= 0: RetinaNet quality-focal KD (beta 1) / positive anchors (authors: 1.0);
+    # Faster R-CNN KL at temperature 3, times T^2 (authors: 0.5, set by the faster_rcnn configs).
+    _C.MODEL.DS2D2.CROSSKD.CLS_WEIGHT = 1.0
+    # Weight of loss_crosskd_box, >= 0: RetinaNet GIoU of decoded boxes weighted by the teacher's max score /
+    # positive anchors; Faster R-CNN L1 on the teacher-argmax class's deltas (authors: 1.0 for both).
+    _C.MODEL.DS2D2.CROSSKD.BOX_WEIGHT = 1.0
+    # RetinaNet: the student's subnets run their first CROSS_LAYER convs (crossing before that conv's ReLU),
+    # the teacher's the rest; in [0, NUM_CONVS], -1 = NUM_CONVS - 1 (the authors' 3 of 4). Faster R-CNN: -1.
+    _C.MODEL.DS2D2.CROSSKD.CROSS_LAYER = -1
+    # Faster R-CNN: reduction of the KL over the sampled RoIs, values as MODEL.DS2D2.LOSS.ROI_CLS_REDUCTION;
+    # "mean" is the authors' (their KL is averaged over each GPU's sampled RoIs).
+    _C.MODEL.DS2D2.CROSSKD.ROI_CLS_REDUCTION = "mean"
+    # FGD term ("FGD" in TERMS; Yang et al., CVPR 2022; docs/baselines.md): per level, with the teacher's
+    # attentions, (ALPHA * sum(fg) + BETA * sum(bg)) of the attention-weighted squared difference, GAMMA *
+    # the L1 sums between the attentions, LAMBDA * the squared sum between GCNet block outputs; each / images.
+    # Weights: the authors' RetinaNet values (Faster R-CNN: 5e-5, 2.5e-5, 5e-5, 5e-7), set on COCO (~1333x800)
+    # with batch 16 (8 GPUs x 2), 2x schedule, FPN width 256. The sums grow with the width, the focal part
+    # with the objects per image, the global part with the image area. Each weight >= 0 (0 drops the part).
+    _C.MODEL.DS2D2.FGD = CN()
+    _C.MODEL.DS2D2.FGD.ALPHA = 1e-3  # alpha: foreground part of loss_fgd_fea
+    _C.MODEL.DS2D2.FGD.BETA = 5e-4  # beta: background part of loss_fgd_fea
+    _C.MODEL.DS2D2.FGD.GAMMA = 5e-4  # gamma: loss_fgd_att (student attentions imitate the teacher's)
+    _C.MODEL.DS2D2.FGD.LAMBDA = 5e-6  # lambda: loss_fgd_global (GCNet relation of the features)
+    _C.MODEL.DS2D2.FGD.TEMPERATURE = 0.5  # T of the attention softmaxes (the authors' value), > 0
+    # Levels distilled (empty: MODEL.DS2D2.IN_FEATURES, by default every student level: RetinaNet P3-P7,
+    # Faster R-CNN P2-P6, as the authors).
+    _C.MODEL.DS2D2.FGD.IN_FEATURES = []
+    # True: when the distiller is built, copy the teacher's FPN and head tensors (everything outside the
+    # bottom-up ResNet) into the student where name and shape match, as the authors' recipe ("inheriting
+    # strategy"); an error if none matches. MODEL.WEIGHTS (the ImageNet ResNet) is loaded afterwards and holds
+    # no FPN or head tensor; a --resume checkpoint replaces everything.
+    _C.MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD = False
+    # PKD term ("PKD" in TERMS; Cao et al., NeurIPS 2022): WEIGHT * sum_l mean((z(S_l) - z(T_l))^2) / 2, z
+    # each channel standardised over (images of this process, H, W), = 1 - the mean Pearson correlation per
+    # level. No adapter: the student's MODEL.FPN.OUT_CHANNELS must equal the teacher's.
+    _C.MODEL.DS2D2.PKD = CN()
+    # The authors' RetinaNet weight (Faster R-CNN: 6), set on COCO with batch 16 (8 GPUs x 2 images, so
+    # statistics over 2 images), 2x schedule, FPN width 256; a correlation: same scale at any width or size.
+    _C.MODEL.DS2D2.PKD.WEIGHT = 10.0
+    # Levels distilled (empty: the student's first four FPN levels by stride, RetinaNet P3-P6, Faster R-CNN
+    # P2-P5, as the authors).
+    _C.MODEL.DS2D2.PKD.IN_FEATURES = []
+    # MGD term ("MGD" in TERMS; Yang et al., ECCV 2022): WEIGHT (alpha) * sum_l sum((G_l(A_l(S_l) * M_l) -
+    # T_l)^2) / images, a generator G_l (and a 1x1 align conv A_l when the widths differ) per level.
+    _C.MODEL.DS2D2.MGD = CN()
+    # alpha: the authors' RetinaNet value (Faster R-CNN: 5e-7), set on COCO (~1333x800 inputs) with batch 16,
+    # 2x schedule, FPN width 256; the loss is a sum per image, so it grows with image area and width.
+    _C.MODEL.DS2D2.MGD.WEIGHT = 2e-5
+    # Fraction of positions zeroed in the student's feature (RetinaNet 0.65, Faster R-CNN 0.45), in [0, 1).
+    _C.MODEL.DS2D2.MGD.MASK_RATIO = 0.65
+    # Levels distilled (empty: every level of the student's FPN, as the authors).
+    _C.MODEL.DS2D2.MGD.IN_FEATURES = []
 
     # Loss weights l1..l4 of the paper:
     # loss = detection + l1*L_ex_low + l2*L_ex_high + l3*L_im_full + l4*L_im_high.

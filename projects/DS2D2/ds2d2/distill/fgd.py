@@ -1,0 +1,215 @@
+"""FGD: Focal and Global Knowledge Distillation for Detectors (Yang et al., CVPR 2022), per FPN level of
+``MODEL.DS2D2.FGD.IN_FEATURES`` (docs/baselines.md, "FGD").
+
+With T the teacher's level [B, C, H, W], S the student's after a 1x1 align conv to the teacher's width
+(identity when the widths are equal), N the images on this process and every sum over all elements:
+- focal: the teacher's spatial attention A_s [B, 1, H, W] and channel attention A_c [B, C, 1, 1] weight the
+  squared difference, split by the foreground mask M_fg (1 / box area in cells) and the background mask M_bg
+  (1 / background cell count): ``loss_fgd_fea`` = (ALPHA * sum(M_fg A_s A_c (T - S)^2) + BETA *
+  sum(M_bg A_s A_c (T - S)^2)) / N;
+- attention: the student's attentions imitate the teacher's: ``loss_fgd_att`` = GAMMA * (sum|A_s^T - A_s^S|
+  + sum|A_c^T - A_c^S|) / N;
+- global: a GCNet context block per side (trainable) adds each feature's global relation to it:
+  ``loss_fgd_global`` = LAMBDA * sum((GC_t(T) - GC_s(S))^2) / N.
+Each part is summed over the levels; a part whose weights are 0 is not computed and has no key.
+``INHERIT_TEACHER_NECK_HEAD`` copies the teacher's FPN and heads into the student when the term is built.
+"""
+import logging
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode
+from torch import Tensor, nn
+
+from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext
+
+logger = logging.getLogger(__name__)
+WEIGHT_KEYS = ("ALPHA", "BETA", "GAMMA", "LAMBDA")  # MODEL.DS2D2.FGD.<key>
+INHERIT_KEY = "MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD"
+MASK_CHUNK = 1 << 22  # at most this many (box, cell) pairs are compared at once when building the masks
+
+
+def _finite(value: float, key: str, minimum: float, strict: bool) -> float:
+    """``value`` as a float, or a ValueError naming ``key`` unless it is a finite number >= (or >) minimum."""
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    if bad or value < minimum or (strict and value == minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ValueError(f"{key} must be a finite number {bound}, got {value!r}.")
+    return float(value)
+
+
+def fgd_weights(cfg: CfgNode) -> Dict[str, float]:
+    """ALPHA, BETA, GAMMA, LAMBDA of ``MODEL.DS2D2.FGD``, each a finite number >= 0 (else a ValueError)."""
+    return {k: _finite(cfg.MODEL.DS2D2.FGD[k], f"MODEL.DS2D2.FGD.{k}", 0.0, False) for k in WEIGHT_KEYS}
+
+
+def fgd_attention(feature: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
+    """Spatial [B, 1, H, W] and channel [B, C, 1, 1] attention of ``feature`` [B, C, H, W]:
+    H*W * softmax over cells of mean_c |F| / T, and C * softmax over channels of mean_cells |F| / T."""
+    b, c, h, w = feature.shape
+    magnitude = feature.abs()
+    spatial = F.softmax(magnitude.mean(dim=1).flatten(1) / temperature, dim=1).view(b, 1, h, w)
+    channel = F.softmax(magnitude.mean(dim=(2, 3)) / temperature, dim=1).view(b, c, 1, 1)
+    return h * w * spatial, c * channel
+
+
+def focal_masks(
+    boxes: Sequence[Tensor], image_size: Sequence[int], map_size: Sequence[int]
+) -> Tuple[Tensor, Tensor]:
+    """Foreground and background masks of one grid, each [B, 1, h, w] float32 on the boxes' device.
+
+    ``boxes``: per image [N_i, 4] xyxy in the pixels of the padded input ``image_size`` (H_in, W_in). A box
+    covers, as DISW (docs/method.md), the columns max(0, floor(x0*w/W_in)) .. min(w-1, ceil(x1*w/W_in)) and
+    the rows likewise (inclusive). Foreground: on each covered cell, the max over the boxes covering it of
+    1 / (the box's area in cells); 0 elsewhere. Background: 1 / N_bg on the N_bg cells no box covers (all 0
+    when every cell is covered).
+    """
+    in_h, in_w = int(image_size[0]), int(image_size[1])
+    h, w = int(map_size[0]), int(map_size[1])
+    device = boxes[0].device
+    rows = torch.arange(h, dtype=torch.float64, device=device)
+    cols = torch.arange(w, dtype=torch.float64, device=device)
+    chunk = max(1, MASK_CHUNK // (h * w))
+    foreground = []
+    for image_boxes in boxes:
+        x0, y0, x1, y1 = image_boxes.to(torch.float64).unbind(dim=1)  # each [N]
+        c0, r0 = torch.floor(x0 * w / in_w).clamp(min=0), torch.floor(y0 * h / in_h).clamp(min=0)
+        c1, r1 = torch.ceil(x1 * w / in_w).clamp(max=w - 1), torch.ceil(y1 * h / in_h).clamp(max=h - 1)
+        value = 1.0 / ((c1 - c0 + 1) * (r1 - r0 + 1)).clamp(min=1)  # boxes covering no cell are never used
+        mask = torch.zeros(h, w, dtype=torch.float64, device=device)
+        for i in range(0, value.shape[0], chunk):
+            part = slice(i, i + chunk)
+            in_rows = (rows >= r0[part, None]) & (rows <= r1[part, None])  # [n, h]
+            in_cols = (cols >= c0[part, None]) & (cols <= c1[part, None])  # [n, w]
+            covers = in_rows[:, :, None] & in_cols[:, None, :]  # [n, h, w]
+            mask = torch.maximum(mask, torch.where(covers, value[part, None, None], 0.0).amax(dim=0))
+        foreground.append(mask)
+    fg = torch.stack(foreground)[:, None].to(torch.float32)
+    bg = (fg == 0).to(torch.float32)
+    return fg, bg / bg.sum(dim=(2, 3), keepdim=True).clamp(min=1)
+
+
+class GlobalContextBlock(nn.Module):
+    """GCNet's context block with channel-add fusion (Cao et al., ICCV Workshops 2019), FGD's global relation
+    module: [B, C, H, W] -> F + transform(sum over cells of softmax(conv_1x1(F)) * F), the context
+    [B, C, 1, 1] going through conv C->C/2, LayerNorm([C/2, 1, 1]), ReLU, conv C/2->C. The last conv starts at
+    zero, so the block starts as the identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = max(1, channels // 2)
+        self.attention = nn.Conv2d(channels, 1, kernel_size=1)
+        self.transform = nn.Sequential(
+            nn.Conv2d(channels, hidden, kernel_size=1),
+            nn.LayerNorm([hidden, 1, 1]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, kernel_size=1),
+        )
+        nn.init.kaiming_normal_(self.attention.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(self.attention.bias)
+        nn.init.zeros_(self.transform[-1].weight)
+        nn.init.zeros_(self.transform[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weights = F.softmax(self.attention(x).flatten(1), dim=1)  # [B, H*W]
+        context = torch.einsum("bcn,bn->bc", x.flatten(2), weights)[:, :, None, None]  # [B, C, 1, 1]
+        return x + self.transform(context)
+
+
+def inherit_teacher_neck_head(student: nn.Module, teacher: nn.Module) -> List[str]:
+    """Copy every teacher tensor outside its backbone's bottom-up network (the FPN and the heads) into the
+    student tensor of the same name and shape; return the names copied (a ValueError naming
+    ``INHERIT_KEY`` when none fits)."""
+    if not all(hasattr(m.backbone, "bottom_up") for m in (student, teacher)):
+        raise ValueError(f"{INHERIT_KEY} needs FPN backbones (a 'bottom_up' network under an FPN neck).")
+    target = student.state_dict()
+    copied, skipped = [], []
+    with torch.no_grad():
+        for name, value in teacher.state_dict().items():
+            if name.startswith("backbone.bottom_up."):
+                continue
+            if name in target and target[name].shape == value.shape:
+                target[name].copy_(value)
+                copied.append(name)
+            else:
+                skipped.append(name)
+    if not copied:
+        raise ValueError(
+            f"{INHERIT_KEY}: no tensor of the teacher's FPN and head has the name and shape of one of the "
+            f"student's (e.g. {skipped[:3]}); give them the same FPN width (MODEL.FPN.OUT_CHANNELS) and head."
+        )
+    logger.info(
+        f"FGD: the student inherits {len(copied)} FPN/head tensors of the teacher; {len(skipped)} do not fit "
+        f"(name or shape), e.g. {skipped[:3]}"
+    )
+    return copied
+
+
+def _levels(names: Sequence[str], context: TermContext) -> List[str]:
+    """``MODEL.DS2D2.FGD.IN_FEATURES`` (empty: the distiller's levels), checked against both trunks."""
+    levels = list(names) or list(context.in_features)
+    s_shapes, t_shapes = context.student_shapes, context.teacher_shapes
+    bad = [f for f in levels if f not in s_shapes or f not in t_shapes]
+    bad += [f for f in levels if f not in bad and s_shapes[f].stride != t_shapes[f].stride]
+    if bad or len(set(levels)) != len(levels):
+        raise ValueError(
+            f"MODEL.DS2D2.FGD.IN_FEATURES must list distinct levels that the student ({sorted(s_shapes)}) "
+            f"and the teacher ({sorted(t_shapes)}) both have with the same stride; got {levels}."
+        )
+    return levels
+
+
+@DISTILL_TERM_REGISTRY.register()
+class FGD(DistillTerm):
+    """``loss_fgd_fea`` (ALPHA, BETA), ``loss_fgd_att`` (GAMMA), ``loss_fgd_global`` (LAMBDA); see the module
+    docstring. Trainable helpers: ``align`` (per level, 1x1 conv with bias, or identity) and, with LAMBDA > 0,
+    ``gc_s`` / ``gc_t`` (per level, the GlobalContextBlock of the student's / the teacher's side, both at the
+    teacher's width)."""
+
+    @staticmethod
+    def enabled(cfg: CfgNode) -> bool:
+        return any(w > 0 for w in fgd_weights(cfg).values()) or cfg.MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD
+
+    def __init__(self, cfg: CfgNode, context: TermContext):
+        super().__init__()
+        fgd = cfg.MODEL.DS2D2.FGD
+        self.alpha, self.beta, self.gamma, self.lam = fgd_weights(cfg).values()
+        self.temperature = _finite(fgd.TEMPERATURE, "MODEL.DS2D2.FGD.TEMPERATURE", 0.0, True)
+        self.in_features = _levels(fgd.IN_FEATURES, context)
+        if not isinstance(fgd.INHERIT_TEACHER_NECK_HEAD, bool):
+            raise ValueError(f"{INHERIT_KEY} must be True or False, got {fgd.INHERIT_TEACHER_NECK_HEAD!r}.")
+        if fgd.INHERIT_TEACHER_NECK_HEAD:
+            inherit_teacher_neck_head(context.family.student, context.teacher)
+
+        s_width, t_width = context.student_width, context.teacher_width
+        active = self.in_features if any(w > 0 for w in (self.alpha, self.beta, self.gamma, self.lam)) else []
+        same_width = s_width == t_width
+        self.align = nn.ModuleDict(
+            {f: nn.Identity() if same_width else nn.Conv2d(s_width, t_width, kernel_size=1) for f in active}
+        )
+        global_levels = active if self.lam > 0 else []
+        self.gc_s = nn.ModuleDict({f: GlobalContextBlock(t_width) for f in global_levels})
+        self.gc_t = nn.ModuleDict({f: GlobalContextBlock(t_width) for f in global_levels})
+
+    def forward(self, step: DistillStep) -> Dict[str, Tensor]:
+        parts: Dict[str, List[Tensor]] = {"loss_fgd_fea": [], "loss_fgd_att": [], "loss_fgd_global": []}
+        for f in self.align:
+            t = step.teacher_feats[f].float()
+            s = self.align[f](step.student_feats[f]).float()
+            n = t.shape[0]
+            t_spatial, t_channel = fgd_attention(t, self.temperature)
+            if self.alpha > 0 or self.beta > 0:
+                fg, bg = focal_masks(step.gt_boxes, step.input_size, t.shape[-2:])
+                weighted = t_spatial * t_channel * (t - s) ** 2
+                fea = self.alpha * (fg * weighted).sum() + self.beta * (bg * weighted).sum()
+                parts["loss_fgd_fea"].append(fea / n)
+            if self.gamma > 0:
+                s_spatial, s_channel = fgd_attention(s, self.temperature)
+                att = (t_spatial - s_spatial).abs().sum() + (t_channel - s_channel).abs().sum()
+                parts["loss_fgd_att"].append(self.gamma * att / n)
+            if self.lam > 0:
+                relation = self.gc_t[f](t) - self.gc_s[f](s)
+                parts["loss_fgd_global"].append(self.lam * (relation ** 2).sum() / n)
+        return {key: torch.stack(values).sum() for key, values in parts.items() if values}

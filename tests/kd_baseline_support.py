@@ -1,0 +1,93 @@
+"""Helpers for the tests of the feature-distillation baselines (test_pkd.py, test_mgd.py): a TermContext
+without models, and 2 iterations of a synthetic baseline config through train_net.py with a tiny random
+teacher, whose checkpoint must hold no teacher tensor and whose student tools/export_student.py exports."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from torch import Tensor
+
+from conftest import REPO, TINY, tiny_cfg
+from ds2d2.distill import TermContext
+
+NUM_CLASSES_KEY = {
+    "RetinaNet": "MODEL.RETINANET.NUM_CLASSES", "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES"
+}
+SYNTHETIC_CLASSES = 20  # the synthetic DIOR-layout data's
+TEACHER_WIDTH = 64
+
+
+def fake_context(cfg: CfgNode, strides: Dict[str, int], s_width: int, t_width: int) -> TermContext:
+    """What a term is built from, without a detector: FPN levels ``strides`` in both, the given widths."""
+
+    def no_adapters():
+        raise AssertionError("this term must not ask for the shared adapters")
+
+    s_shapes = {f: ShapeSpec(channels=s_width, stride=s) for f, s in strides.items()}
+    t_shapes = {f: ShapeSpec(channels=t_width, stride=s) for f, s in strides.items()}
+    return TermContext(cfg, None, None, s_shapes, t_shapes, list(strides), s_width, t_width, no_adapters)
+
+
+def write_synthetic_data(root: Path) -> Path:
+    """A few 64 px synthetic DIOR-layout images under ``root``/synthetic_dior; returns ``root``."""
+    from ds2d2.data.synthetic import write_synthetic_dior
+
+    write_synthetic_dior(root / "synthetic_dior", num_images=8, seed=0, image_size=64)
+    return root
+
+
+def write_tiny_teacher(folder: Path, detector: str) -> List[str]:
+    """A random tiny teacher (YAML + weights, FPN width 64, the synthetic classes) under ``folder``; returns
+    the overrides that point a distiller config at it."""
+    cfg = tiny_cfg(
+        detector, ["MODEL.FPN.OUT_CHANNELS", TEACHER_WIDTH, NUM_CLASSES_KEY[detector], SYNTHETIC_CLASSES]
+    )
+    (folder / "teacher.yaml").write_text(cfg.dump())
+    torch.save({"model": build_model(cfg).state_dict()}, folder / "teacher.pth")
+    return ["MODEL.DS2D2.TEACHER_CONFIG", str(folder / "teacher.yaml"),
+            "MODEL.DS2D2.TEACHER_WEIGHTS", str(folder / "teacher.pth")]
+
+
+def train_two_iterations(
+    data_root: Path, folder: Path, config: str, detector: str, student_width: int, term: str
+) -> Dict[str, Tensor]:
+    """Train ``config`` (tiny student, ``student_width`` FPN) for 2 iterations with train_net.py, check the
+    checkpoint (student and ``terms.<term>.`` tensors only) and the student export; return its state dict."""
+    out = folder / "out"
+    opts: Sequence = [
+        *TINY[detector], NUM_CLASSES_KEY[detector], SYNTHETIC_CLASSES,
+        "MODEL.FPN.OUT_CHANNELS", student_width, *write_tiny_teacher(folder, detector),
+        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", 64, "INPUT.MIN_SIZE_TEST", 64,
+        "INPUT.MAX_SIZE_TEST", 64, "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2,
+        "DATALOADER.NUM_WORKERS", 0, "TEST.EVAL_PERIOD", 0, "DATASETS.TEST", "()", "OUTPUT_DIR", str(out),
+    ]
+    command = [sys.executable, str(REPO / "train_net.py"), "--config-file", str(REPO / config)]
+    command += [str(v) for v in opts]
+    env = dict(os.environ, DETECTRON2_DATASETS=str(data_root), OMP_NUM_THREADS="1")
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    log = done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0, log
+
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert any(f"loss_{term.lower()}" in m for m in metrics), (metrics, log)  # the term was trained
+    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
+    assert all(k.startswith(("student.", f"terms.{term}.")) for k in state), sorted(state)
+    assert not any("teacher" in k for k in state)
+
+    spec = importlib.util.spec_from_file_location("export_student_tool", REPO / "tools" / "export_student.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    exported = folder / "student.pth"
+    argv = ["--config-file", str(out / "config.yaml"), "--checkpoint", str(out / "model_final.pth")]
+    assert tool.main([*argv, "--output", str(exported)]) == 0
+    student = torch.load(exported, weights_only=True)["model"]
+    assert student.keys() == {k[len("student."):] for k in state if k.startswith("student.")}
+    return state
