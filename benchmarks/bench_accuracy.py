@@ -5,9 +5,10 @@
     nohup python benchmarks/bench_accuracy.py > benchmarks/results/accuracy.log 2>&1 &    # the full table
 
 Per detector: an R-50 teacher (longer schedule) and its high-frequency amplifier are trained once; then,
-for each seed, R-18 students with one schedule: alone, FitNet (feature MSE, the FitNet term), DS2D2
-explicit only, implicit only, full DS2D2 (the configs' loss weights unless --explicit-weight sets l1 = l2
-or --implicit-weight sets l3 = l4; a zero weight turns a term off).
+for each seed, R-18 students with one schedule: alone, FitNet (feature MSE, the FitNet term), the baselines
+FGD, PKD, MGD, CrossKD (configs/synthetic/baselines/, their published weights), DS2D2 explicit only,
+implicit only, full DS2D2 (the configs' loss weights unless --explicit-weight sets l1 = l2 or
+--implicit-weight sets l3 = l4; a zero weight turns a term off).
 Everything trains on synthetic_dior_train; the table reports synthetic_dior_test, and val (for choices) next
 to it. Each run is a ``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json
 exists is kept and skipped, an unfinished one resumes from its last checkpoint, so the command can be re-run
@@ -28,11 +29,14 @@ from benchmarks.common import ROOT, RESULTS, bar_plot, machine_line, markdown_ta
 from benchmarks.common import command_line, write_csv, write_report  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75", "APs")
-METHODS = ("alone", "fitnet", "explicit", "implicit", "ds2d2")
+METHODS = ("alone", "fitnet", "fgd", "pkd", "mgd", "crosskd", "explicit", "implicit", "ds2d2")
+# their configs: configs/synthetic/baselines/<detector>_R50_to_R18_<method>.yaml
+BASELINES = ("fgd", "pkd", "mgd", "crosskd")
 DETECTORS = ("retinanet", "faster_rcnn")
 STAGES = ("R50_teacher", "R50_amplifier", "R18_student", "R50_to_R18")
 LOSS_TERMS = ("total_loss", "loss_ds2d2_ex_low", "loss_ds2d2_ex_high", "loss_ds2d2_im_full",
-              "loss_ds2d2_im_high", "loss_fitnet")
+              "loss_ds2d2_im_high", "loss_fitnet", "loss_fgd_fea", "loss_fgd_att", "loss_fgd_global",
+              "loss_pkd", "loss_mgd", "loss_crosskd_cls", "loss_crosskd_box")
 ZERO_IMPLICIT = ["MODEL.DS2D2.LOSS.IMPLICIT_FULL", "0.0", "MODEL.DS2D2.LOSS.IMPLICIT_HIGH", "0.0"]
 ZERO_EXPLICIT = ["MODEL.DS2D2.LOSS.EXPLICIT_LOW", "0.0", "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", "0.0"]
 
@@ -125,6 +129,8 @@ def plan(args: argparse.Namespace, detector: str) -> List[Dict]:
         "implicit": (distiller, with_teacher + ZERO_EXPLICIT + implicit),
         "ds2d2": (distiller, with_teacher + explicit + implicit),
     }
+    for method in BASELINES:
+        variants[method] = (f"configs/synthetic/baselines/{detector}_R50_to_R18_{method}.yaml", with_teacher)
     for seed in args.seeds:
         for method in args.methods:
             config, opts = variants[method]
