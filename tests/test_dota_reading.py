@@ -1,5 +1,9 @@
 """Raw DOTA reading: label lines, headers, file pairing, and each kind of bad input named by file and line."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from test_dota_scenes import write_dota_folder
@@ -99,3 +103,20 @@ def test_builtin_names_are_lazy_and_explain_a_missing_folder(tmp_path, monkeypat
     assert str(tmp_path / "DOTA-v1.0_1024" / "val") in str(err.value) and "DETECTRON2_DATASETS" in str(
         err.value
     )
+
+
+def test_builtin_dota_registration_is_idempotent(tmp_path):
+    from ds2d2.data import register_all_dota
+
+    before = MetadataCatalog.get("dota_v1_val_1024").dota_root
+    try:
+        register_all_dota(tmp_path)
+        register_all_dota(tmp_path)  # the same root again: a no-op, not an error
+        assert MetadataCatalog.get("dota_v1_val_1024").dota_root == str(tmp_path / "DOTA-v1.0_1024" / "val")
+    finally:
+        register_all_dota(os.path.dirname(os.path.dirname(before)))
+
+
+def test_importing_ds2d2_leaves_the_synthetic_generator_out():
+    code = "import sys, ds2d2; assert 'ds2d2.data.synthetic' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -1,5 +1,6 @@
 """Datasets: Pascal-VOC-format aerial data (DIOR and any other), COCO JSONs, DOTA patch sets, datasets
-declared in the config (``DATASETS.OWN``, see ``own.py``) and the synthetic generator.
+declared in the config (``DATASETS.OWN``, see ``own.py``). The synthetic generator (``synthetic.py``, for the
+tests, the demo and the benchmarks) is imported only by what uses it.
 
 Importing this package registers the builtin names (dior_*, synthetic_dior_*, dota_v1_*_1024, ...) under
 $DETECTRON2_DATASETS (default ./datasets); they load lazily, so missing folders only matter when a dataset is
@@ -11,8 +12,6 @@ from .builtin import DIOR_CLASSES, register_all_dior
 from .coco import register_coco_detection
 from .dota import register_all_dota, register_dota
 from .own import load_config, register_own_datasets
-from .synthetic import SYNTHETIC_DIOR_CLASSES, SYNTHETIC_DOTA_CLASSES
-from .synthetic import write_synthetic_dior, write_synthetic_dota
 from .voc import load_voc_detection, register_voc_detection
 
 _ROOT = os.environ.get("DETECTRON2_DATASETS", "datasets")
@@ -29,8 +28,4 @@ __all__ = [
     "register_dota",
     "register_own_datasets",
     "register_voc_detection",
-    "SYNTHETIC_DIOR_CLASSES",
-    "SYNTHETIC_DOTA_CLASSES",
-    "write_synthetic_dior",
-    "write_synthetic_dota",
 ]

@@ -21,8 +21,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
+
+from .voc import register_dataset
 
 __all__ = [
     "DOTA_V1_CLASSES",
@@ -299,13 +300,9 @@ def _load_registered(
     return load_dota_patches(root, classes)
 
 
-def _set_metadata(name: str, root: str, classes: Sequence[str], has_labels: bool) -> None:
-    MetadataCatalog.get(name).set(
-        thing_classes=list(classes),
-        evaluator_type="dota_patches",
-        dota_root=str(root),
-        has_labels=has_labels,
-    )
+def _metadata(root: str, classes: Sequence[str], has_labels: bool) -> dict:
+    return dict(thing_classes=list(classes), evaluator_type="dota_patches", dota_root=str(root),
+                has_labels=has_labels)
 
 
 def register_dota(name: str, root: Union[str, Path], classes: Optional[Sequence[str]] = None) -> None:
@@ -314,13 +311,13 @@ def register_dota(name: str, root: Union[str, Path], classes: Optional[Sequence[
 
     Metadata: thing_classes (the recorded list, or ``classes`` if given: it must contain every recorded
     class), evaluator_type="dota_patches", dota_root (the folder), has_labels. Reads only ``dota_split.json``
-    now.
+    now. Registering the same patch set again is a no-op; another one under a taken name is a ValueError.
     """
     root = str(root)
     info = read_split_info(root)
     class_list = _check_classes(root, info, classes)
-    DatasetCatalog.register(name, partial(load_dota_patches, root, class_list))
-    _set_metadata(name, root, class_list, bool(info["has_labels"]))
+    metadata = _metadata(root, class_list, bool(info["has_labels"]))
+    register_dataset(name, partial(load_dota_patches, root, class_list), metadata, replace=False)
 
 
 # builtin name prefix -> (folder under the data root, classes)
@@ -336,14 +333,13 @@ def register_all_dota(root: Union[str, Path]) -> None:
 
     They are the patch sets ``<root>/DOTA-v1.0_1024/{train,val,test}`` and ``<root>/DOTA-v1.5_1024/...``
     (patch size 1024, gap 200: datasets/prepare_dota.py defaults). Nothing is read now; a missing folder is
-    reported when the dataset is loaded.
+    reported when the dataset is loaded. Calling it again with the same root is a no-op; with another root
+    it re-registers the names.
     """
     root = str(root)
     for prefix, (folder, classes) in _BUILTIN_VERSIONS.items():
         for split, has_labels in _BUILTIN_SPLITS.items():
             name = f"{prefix}_{split}_1024"
             split_root = os.path.join(root, folder, split)
-            DatasetCatalog.register(
-                name, partial(_load_registered, name, split_root, classes, has_labels, root)
-            )
-            _set_metadata(name, split_root, classes, has_labels)
+            loader = partial(_load_registered, name, split_root, classes, has_labels, root)
+            register_dataset(name, loader, _metadata(split_root, classes, has_labels), replace=True)
