@@ -1,5 +1,7 @@
 """Generic builders of tiny Detectron2/DS2D2 configs and random batches, shared by the tests."""
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 from typing import Dict, Iterator, List, Sequence
 
 import pytest
@@ -12,6 +14,17 @@ from detectron2.structures import Boxes, Instances
 from ds2d2 import add_ds2d2_config
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import the script at ``path`` (e.g. ``REPO / "tools" / "export_student.py"``) as module ``name``,
+    without running its ``main``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 SYNTHETIC_CONFIGS = REPO / "configs" / "synthetic"
 
 # Shrink the synthetic CPU configs further: ResNet-18, narrow FPN and heads, few proposals, every box scored.
@@ -29,6 +42,13 @@ TINY = {
     ],
 }
 BASE_YAML = {"RetinaNet": "Base-RetinaNet.yaml", "GeneralizedRCNN": "Base-RCNN-FPN.yaml"}
+
+
+@pytest.fixture
+def catalog(monkeypatch) -> None:
+    """Empty Detectron2 dataset and metadata catalogs for one test (the real ones come back after it)."""
+    monkeypatch.setattr(DatasetCatalog, "data", {})
+    monkeypatch.setattr(MetadataCatalog, "data", {})
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Helpers for the tests of the feature-distillation baselines (test_pkd.py, test_mgd.py): a TermContext
 without models, and 2 iterations of a synthetic baseline config through train_net.py with a tiny random
 teacher, whose checkpoint must hold no teacher tensor and whose student tools/export_student.py exports."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from torch import Tensor
 
-from conftest import REPO, TINY, tiny_cfg
+from conftest import REPO, TINY, load_script, tiny_cfg
 from ds2d2.distill import TermContext
 
 NUM_CLASSES_KEY = {
@@ -82,9 +81,7 @@ def train_two_iterations(
     assert all(k.startswith(("student.", f"terms.{term}.")) for k in state), sorted(state)
     assert not any("teacher" in k for k in state)
 
-    spec = importlib.util.spec_from_file_location("export_student_tool", REPO / "tools" / "export_student.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script(REPO / "tools" / "export_student.py", "export_student_tool")
     exported = folder / "student.pth"
     argv = ["--config-file", str(out / "config.yaml"), "--checkpoint", str(out / "model_final.pth")]
     assert tool.main([*argv, "--output", str(exported)]) == 0

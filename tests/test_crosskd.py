@@ -3,7 +3,6 @@ layers, both families' losses against direct computations, zero KD between equal
 and the default configs, gradients (student trunk and head only; teacher untouched by an optimizer step), and
 2 iterations through train_net.py for each family."""
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -20,7 +19,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torch import Tensor, nn
 
-from conftest import REPO, random_batch, tiny_stages
+from conftest import REPO, load_script, random_batch, tiny_stages
 from ds2d2 import add_ds2d2_config
 from ds2d2.distill import DISTILL_TERM_REGISTRY, DistillStep
 from ds2d2.distill.crosskd import CrossKD, align_statistics
@@ -319,9 +318,7 @@ def test_the_term_owns_no_module_of_the_student_or_teacher(stages):
 
 
 def export_tool():
-    spec = importlib.util.spec_from_file_location("export_student_tool", REPO / "tools" / "export_student.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script(REPO / "tools" / "export_student.py", "export_student_tool")
     return tool
 
 

@@ -1,6 +1,5 @@
 """Full-image DOTA evaluation: Task-2 AP against the devkit, merging, and split -> merge losslessness."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
+from conftest import load_script
 from test_dota_scenes import CLASSES, GAP, PATCH, bounds, write_dota_folder
 
 from ds2d2.data.dota import DOTA_V1_CLASSES, register_dota
@@ -27,9 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(REPO / "tools" / f"{name}.py", name)
     return module
 
 
@@ -186,12 +184,6 @@ def gt_as_coco_results(dicts, category_offset: int = 0):
                 }
             )
     return results
-
-
-@pytest.fixture
-def catalog(monkeypatch):
-    monkeypatch.setattr(DatasetCatalog, "data", {})
-    monkeypatch.setattr(MetadataCatalog, "data", {})
 
 
 def test_split_then_merge_is_lossless(patch_set, catalog, tmp_path, monkeypatch):

@@ -1,6 +1,5 @@
 """Tiled inference on one large image: exact mapping of tile detections, and the CLI with a tiny RetinaNet."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,13 +11,12 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
+from conftest import load_script
 from ds2d2.config import add_ds2d2_config
 from ds2d2.evaluation.dota import merge_detections
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("infer_large_image", REPO / "tools" / "infer_large_image.py")
-infer = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(infer)
+infer = load_script(REPO / "tools" / "infer_large_image.py", "infer_large_image")
 
 
 def tiny_retinanet_cfg(num_classes: int = 3, size: int = 128):

@@ -1,6 +1,5 @@
 """Splitting: the devkit's windows and keep rule, exact coordinate mapping, padding, determinism, resuming."""
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from shapely.geometry import Polygon, box
+from conftest import load_script
 from test_dota_scenes import CLASSES, GAP, PATCH, bounds, write_dota_folder
 
 from ds2d2.data.dota import DOTA_V1_CLASSES, DotaFormatError, load_dota_patches, register_dota
@@ -214,9 +214,7 @@ def test_unlabelled_split_and_bad_labels(tmp_path):
 
 
 def test_cli_reports_bad_lines_or_skips_them_with_a_count(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("prepare_dota", REPO / "datasets" / "prepare_dota.py")
-    prepare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prepare)
+    prepare = load_script(REPO / "datasets" / "prepare_dota.py", "prepare_dota")
     scenes = write_dota_folder(tmp_path / "src", sizes=((300, 280),))
     label = tmp_path / "src" / "labelTxt" / "P0000.txt"
     good = len(label.read_text().splitlines())

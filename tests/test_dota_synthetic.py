@@ -27,12 +27,6 @@ def synthetic(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def catalog(monkeypatch):
-    monkeypatch.setattr(DatasetCatalog, "data", {})
-    monkeypatch.setattr(MetadataCatalog, "data", {})
-
-
 def test_ground_truth_survives_split_and_merge(synthetic, catalog, tmp_path):
     register_dota("syn_dota_val", synthetic / "val")
     dicts = DatasetCatalog.get("syn_dota_val")

@@ -1,6 +1,5 @@
 """tools/export_student.py and ds2d2.export: a distiller checkpoint -> a plain student checkpoint that loads
 strictly and predicts exactly what the distiller predicts."""
-import importlib.util
 import itertools
 import os
 import subprocess
@@ -14,7 +13,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from torch import nn
 
-from conftest import REPO, assert_same_outputs, random_batch, tiny_stages
+from conftest import REPO, assert_same_outputs, load_script, random_batch, tiny_stages
 from ds2d2.engine import Trainer
 from ds2d2.export import AUTHOR, export_student, export_student_state, student_config
 
@@ -66,9 +65,7 @@ def trained(tmp_path_factory):
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("export_student_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(TOOL, "export_student_tool")
     return module
 
 

@@ -1,7 +1,6 @@
 """FGD (ds2d2.distill.fgd): masks and attentions against loops, each loss part against a direct computation,
 zero for identical features, config checks, gradients and inheritance in a tiny distiller, and 2 iterations
 through train_net.py (checkpoint without teacher tensors, student export) for each family."""
-import importlib.util
 import math
 import os
 import subprocess
@@ -18,7 +17,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 from torch import Tensor, nn
 
-from conftest import REPO, TINY, random_batch, tiny_cfg, tiny_stages
+from conftest import REPO, TINY, load_script, random_batch, tiny_cfg, tiny_stages
 from ds2d2 import add_ds2d2_config
 from ds2d2.distill import DISTILL_TERM_REGISTRY, DistillStep, TermContext
 from ds2d2.distill.fgd import FGD, fgd_attention, focal_masks, inherit_teacher_neck_head
@@ -338,9 +337,7 @@ def test_train_net_runs_fgd_and_exports_the_student(data_root, tmp_path, detecto
     assert all(k.startswith(("student.", "terms.FGD.")) for k in state), sorted(state)
     assert any(k.startswith("terms.FGD.gc_t.") for k in state) and any(".align." in k for k in state)
 
-    spec = importlib.util.spec_from_file_location("export_student_tool", REPO / "tools" / "export_student.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script(REPO / "tools" / "export_student.py", "export_student_tool")
     exported = tmp_path / "student.pth"
     argv = ["--config-file", str(out / "config.yaml"), "--checkpoint", str(out / "model_final.pth")]
     assert tool.main([*argv, "--output", str(exported)]) == 0

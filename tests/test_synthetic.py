@@ -2,7 +2,6 @@
 content the models are meant to learn (crowds, small and large objects, classes told apart by high-frequency
 texture)."""
 import hashlib
-import importlib.util
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import load_script
 from ds2d2.data.synthetic import (
     MARKER_FILE,
     SYNTHETIC_DIOR_CLASSES,
@@ -214,9 +214,7 @@ def test_bad_arguments_are_named(tmp_path, kwargs, message):
 
 
 def test_command_line_writes_what_the_api_writes(tmp_path):
-    spec = importlib.util.spec_from_file_location("make_synthetic", REPO / "datasets" / "make_synthetic.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script(REPO / "datasets" / "make_synthetic.py", "make_synthetic")
     cli.main(["--format", "dior", "--out", str(tmp_path / "cli"), "--num-images", "5", "--seed", "7",
               "--image-size", "96"])
     api = write_synthetic_dior(tmp_path / "api", num_images=5, seed=7, image_size=96)

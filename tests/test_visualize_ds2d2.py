@@ -1,5 +1,4 @@
 """tools/visualize_ds2d2.py: its maps against direct recomputations, and its PNG (tiny random models)."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ from detectron2.structures import ImageList
 from matplotlib.image import imread
 from pytorch_wavelets import DWTForward
 
-from conftest import tiny_stages
+from conftest import load_script, tiny_stages
 from ds2d2 import disw_map, explicit_loss
 from ds2d2.data import register_voc_detection
 from ds2d2.data.builtin import DIOR_CLASSES
@@ -23,9 +22,7 @@ RESIZE = ["INPUT.MIN_SIZE_TEST", "144", "INPUT.MAX_SIZE_TEST", "144"]
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("visualize_ds2d2", REPO / "tools" / "visualize_ds2d2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(REPO / "tools" / "visualize_ds2d2.py", "visualize_ds2d2")
     return module
 
 
