@@ -5,20 +5,22 @@ tile detections are mapped back and merged with class-wise NMS.
 
     python tools/infer_large_image.py --config-file configs/DOTA/retinanet_R50.yaml \
         --weights output/dota/retinanet_R50/model_final.pth --input P0006.png --output output/infer
+    python tools/infer_large_image.py --onnx student.onnx --input P0006.png --output output/infer
 
 Writes OUTPUT/<name>.json ({"image", "width", "height", "classes", "detections": [{"bbox": [x0, y0, x1, y1],
 "score", "category_id", "category"}]}, boxes in the image's pixels, best first) and OUTPUT/<name>_boxes.jpg.
 --weights is a plain detector checkpoint; for a DS2D2 stage-3 config, give the student exported by
-tools/export_student.py (the model built is then MODEL.DS2D2.DETECTOR).
+tools/export_student.py (the model built is then MODEL.DS2D2.DETECTOR). --onnx runs an ONNX export
+(tools/export_student.py --format onnx) through onnxruntime instead, one tile at a time; it needs no config
+(the file holds the test resize, thresholds and class names).
 """
 
 import argparse
-import colorsys
 import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -32,8 +34,21 @@ import ds2d2  # noqa: F401  (registers the builtin datasets, whose class names l
 from ds2d2.config import add_ds2d2_config
 from ds2d2.data.dota import read_image
 from ds2d2.data.dota_split import cut_patches, resize_by_rate
+from ds2d2.deploy import class_names_for
 from ds2d2.evaluation.dota import DEFAULT_NMS_THRESH, ImageDetections, merge_detections, patch_to_image
 from ds2d2.teacher import load_state_strictly, read_checkpoint
+from ds2d2_onnx import OnnxDetector, draw_detections
+
+Tile = Tuple[np.ndarray, Tuple[float, float], float]  # pixels, origin in the image, rate
+
+
+def cut_tiles(image: np.ndarray, patch_size: int, gap: int, rates: Sequence[float]) -> List[Tile]:
+    """The ``patch_size`` tiles of ``image`` at each rate, as datasets/prepare_dota.py cuts patches."""
+    return [
+        (patch, (left / rate, up / rate), rate)
+        for rate in rates
+        for left, up, patch in cut_patches(resize_by_rate(image, rate), patch_size, gap)
+    ]
 
 
 @torch.no_grad()
@@ -52,11 +67,7 @@ def predict_tiles(
     INPUT.FORMAT); the model returns boxes in tile pixels, mapped back by ``p / rate + tile origin``.
     """
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-    tiles = [
-        (patch, (left / rate, up / rate), rate)
-        for rate in rates
-        for left, up, patch in cut_patches(resize_by_rate(image, rate), patch_size, gap)
-    ]
+    tiles = cut_tiles(image, patch_size, gap, rates)
     results = []
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start : start + batch_size]
@@ -73,54 +84,43 @@ def predict_tiles(
     return results
 
 
-def draw_detections(
-    image: np.ndarray, detections: ImageDetections, class_names: Sequence[str], min_score: float
-) -> np.ndarray:
-    """A copy of the BGR image with the boxes scoring at least ``min_score`` drawn, one colour per class."""
-    canvas = image.copy()
-    thickness = max(1, round(max(image.shape[:2]) / 1500))
-    for box, score, cls in zip(detections.boxes, detections.scores, detections.classes):
-        if score < min_score:
-            continue
-        hue = (int(cls) * 0.618034) % 1.0
-        color = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.9, 1.0)[::-1])
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        cv2.rectangle(canvas, (x0, y0), (x1, y1), color, thickness)
-        label = f"{class_names[cls]} {score:.2f}"
-        cv2.putText(
-            canvas, label, (x0, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1, cv2.LINE_AA
-        )
-    return canvas
-
-
-def class_names_for(cfg: CfgNode, dataset: Optional[str], num_classes: int) -> List[str]:
-    """Class names from the metadata of ``dataset`` (default: the config's first test set), else class_<i>."""
-    name = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
-    names = MetadataCatalog.get(name).get("thing_classes", None) if name else None
-    if names is not None and len(names) >= num_classes:
-        return list(names)
-    return [f"class_{i}" for i in range(num_classes)]
+def predict_tiles_onnx(
+    detector: OnnxDetector, image: np.ndarray, patch_size: int = 1024, gap: int = 200,
+    rates: Sequence[float] = (1.0,),
+) -> List[ImageDetections]:
+    """``predict_tiles`` through an ONNX export: the detector resizes each tile as its config's test
+    transform did and returns boxes in tile pixels, mapped back the same way."""
+    results = []
+    for patch, origin, rate in cut_tiles(image, patch_size, gap, rates):
+        dets = detector(np.ascontiguousarray(patch))
+        results.append(ImageDetections(patch_to_image(dets.boxes, origin, rate), dets.scores, dets.classes))
+    return results
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, help="the detector's YAML config")
+    p.add_argument("--config-file", default=None, help="the detector's YAML config (PyTorch inference)")
     p.add_argument("--weights", default=None, help="checkpoint (default: MODEL.WEIGHTS of the config)")
+    p.add_argument("--onnx", default=None, help="an ONNX export to run with onnxruntime instead of a config")
+    p.add_argument("--threads", type=int, default=None, help="--onnx: onnxruntime threads (default: all)")
     p.add_argument("--input", required=True, help="the large image")
     p.add_argument("--output", required=True, help="folder for <name>.json and <name>_boxes.jpg")
     p.add_argument("--patch-size", type=int, default=1024, help="tile side in pixels (default 1024)")
     p.add_argument("--gap", type=int, default=200, help="tile overlap in pixels (default 200)")
     p.add_argument("--rates", type=float, nargs="+", default=[1.0], help="image scales (default 1.0)")
     p.add_argument("--nms-thresh", type=float, default=DEFAULT_NMS_THRESH, help="class-wise NMS IoU (0.3)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (PyTorch)")
     p.add_argument("--dataset", default=None, help="dataset whose class names label the boxes")
     p.add_argument("--draw-score", type=float, default=0.3, help="draw boxes scoring at least this")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.config_file is None) == (args.onnx is None):
+        p.error("give either --config-file (PyTorch) or --onnx (onnxruntime)")
+    return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def load_model(args: argparse.Namespace) -> Tuple[torch.nn.Module, CfgNode, List[str]]:
+    """The PyTorch detector of --config-file with --weights (eval mode), its config and class names."""
     cfg = get_cfg()
     add_ds2d2_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -128,21 +128,41 @@ def main(argv=None) -> int:
     if cfg.MODEL.META_ARCHITECTURE in ("DS2D2Amplifier", "DS2D2Distiller"):
         cfg.MODEL.META_ARCHITECTURE = cfg.MODEL.DS2D2.DETECTOR  # the student alone (tools/export_student.py)
     weights = args.weights or cfg.MODEL.WEIGHTS
-    try:
-        image = read_image(args.input)
-        model = build_model(cfg)
-        load_state_strictly(model, read_checkpoint(weights, "--weights"), "--weights", weights)
-    except (OSError, RuntimeError, ValueError) as e:
-        print(f"infer_large_image: error: {e}", file=sys.stderr)
-        return 1
-    model.eval()
-    height, width = image.shape[:2]
-    tiles = predict_tiles(model, image, cfg, args.patch_size, args.gap, args.rates, args.batch_size)
-    merged = merge_detections(tiles, width, height, args.nms_thresh)
-
+    model = build_model(cfg)
+    load_state_strictly(model, read_checkpoint(weights, "--weights"), "--weights", weights)
     retina = cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
     num_classes = cfg.MODEL.RETINANET.NUM_CLASSES if retina else cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    names = class_names_for(cfg, args.dataset, num_classes)
+    return model.eval(), cfg, class_names_for(cfg, args.dataset, num_classes)
+
+
+def load_onnx(args: argparse.Namespace) -> Tuple[OnnxDetector, List[str]]:
+    """The ONNX detector of --onnx and its class names (--dataset's, which must be as many, if given)."""
+    if args.dataset is None:
+        detector = OnnxDetector(args.onnx, threads=args.threads)
+        return detector, detector.info.class_names
+    names = list(MetadataCatalog.get(args.dataset).get("thing_classes", None) or [])
+    if not names:
+        raise ValueError(f"--dataset {args.dataset!r} has no class names (is it registered?)")
+    return OnnxDetector(args.onnx, threads=args.threads, num_classes=len(names)), names
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        image = read_image(args.input)
+        if args.onnx:
+            detector, names = load_onnx(args)
+        else:
+            model, cfg, names = load_model(args)
+    except (OSError, RuntimeError, ValueError) as e:  # DeployFileError is a ValueError
+        print(f"infer_large_image: error: {e}", file=sys.stderr)
+        return 1
+    height, width = image.shape[:2]
+    if args.onnx:
+        tiles = predict_tiles_onnx(detector, image, args.patch_size, args.gap, args.rates)
+    else:
+        tiles = predict_tiles(model, image, cfg, args.patch_size, args.gap, args.rates, args.batch_size)
+    merged = merge_detections(tiles, width, height, args.nms_thresh)
     detections = [
         {"bbox": [float(v) for v in box], "score": float(s), "category_id": int(c), "category": names[c]}
         for box, s, c in zip(merged.boxes, merged.scores, merged.classes)

@@ -4,7 +4,9 @@
 Order of preference:
   1. ``$DETECTRON2_SOURCE`` set: ``pip install --no-build-isolation $DETECTRON2_SOURCE`` as given
      (a local checkout, a wheel, or ``git+https://github.com/facebookresearch/detectron2.git``), untouched.
-  2. An importable detectron2 already present (e.g. a user's official build with compiled ops): left alone.
+  2. An importable detectron2 already present (e.g. a user's official build with compiled ops): left alone,
+     unless this script installed it (its ``_C`` is the stub below) with an older ``PATCH_LEVEL``: then it is
+     re-installed as in 3, so ``make setup`` brings an existing .venv up to date.
   3. Otherwise the PyPI sdist ``pb1-detectron2==0.6`` (detectron2 v0.6 sources without ``layers/csrc``),
      installed as pure Python after the patches listed in ``PATCHES`` below. torchvision supplies nms and
      RoIAlign, so everything DS2D2 uses works; deformable convs and rotated-box ops do not (they raise a clear
@@ -19,6 +21,12 @@ never modified. They are:
     when ``_C`` is this stub;
   * numpy >= 1.24 removed ``np.int`` / ``np.bool`` / ``np.float``: replaced by the builtins they aliased;
   * Pillow >= 10 removed ``Image.LINEAR``: replaced by ``Image.BILINEAR`` (the same filter);
+  * ``detectron2/export/__init__.py`` imports its Caffe2 exporter (``export/api.py``: ``from caffe2.proto
+    import caffe2_pb2``) unconditionally, and torch 2.x ships no Caffe2, so ``import detectron2.export`` (and
+    ``detectron2.utils.analysis``, which imports it) failed. The Caffe2 part is now imported only where
+    ``caffe2`` exists, as detectron2's main branch does; ``TracingAdapter``, ``scripting_with_instances`` and
+    ``dump_torchscript_IR`` import as before. ds2d2's own ONNX export (``ds2d2.deploy``) does not use
+    ``detectron2.export``; an official v0.6 build still has the unconditional import;
   * ``pkg_resources`` (used by ``model_zoo``) needs setuptools < 81: tools/setup_env.sh pins it.
 
 Usage: python tools/install_detectron2.py   (idempotent; run by ``make setup``)
@@ -32,6 +40,8 @@ import tempfile
 from pathlib import Path
 
 SDIST = "pb1-detectron2==0.6"
+# Raised whenever PATCHES or the stub change: an install made by an older version of this script is replaced.
+PATCH_LEVEL = 2
 
 STUB_C = '''"""Stub for detectron2's compiled ops, written by ds2d2's tools/install_detectron2.py.
 
@@ -67,6 +77,15 @@ def __getattr__(name):
     return _missing
 '''
 
+CAFFE2_OPTIONAL = """# torch 2.x has no Caffe2: its exporter is imported where caffe2 exists only (ds2d2)
+try:
+    from caffe2.proto import caffe2_pb2 as _caffe2_pb2  # noqa: F401
+except ImportError:
+    pass
+else:
+    from .api import *
+"""
+
 # (relative path glob, regex, replacement): each must match at least once, so a changed sdist fails loudly.
 PATCHES = [
     ("setup.py", r"ext_modules=get_extensions\(\),", "ext_modules=[],"),
@@ -76,6 +95,7 @@ PATCHES = [
     ("detectron2/**/*.py", r"\bnp\.bool\b(?!_)", "bool"),
     ("detectron2/**/*.py", r"\bnp\.float\b(?!\d|_)", "float"),
     ("detectron2/**/*.py", r"\bImage\.LINEAR\b", "Image.BILINEAR"),
+    ("detectron2/export/__init__.py", r"\nfrom \.api import \*\n", "\n" + CAFFE2_OPTIONAL),
 ]
 
 
@@ -88,6 +108,16 @@ def pip(*args: str) -> None:
 def detectron2_importable() -> bool:
     code = "import detectron2, detectron2.layers, detectron2.evaluation"
     return subprocess.call([sys.executable, "-c", code], stderr=subprocess.DEVNULL) == 0
+
+
+def installed_patch_level() -> int:
+    """PATCH_LEVEL of a detectron2 installed by this script (1 for the first version, which had none);
+    0 for one that imports but was not (an official build: never modified)."""
+    # vars(): the stub's module __getattr__ answers every other name
+    code = "from detectron2 import _C\nv = vars(_C)\n"
+    code += "print(v.get('PATCH_LEVEL', 1) if v.get('IS_DS2D2_STUB') else 0)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return int(done.stdout.strip() or 0) if done.returncode == 0 else 0
 
 
 def patch_sdist(src: Path) -> None:
@@ -103,10 +133,11 @@ def patch_sdist(src: Path) -> None:
             raise SystemExit(
                 f"install_detectron2: patch {regex!r} on {pattern} matched nothing; sdist changed?"
             )
-    (src / "detectron2" / "_C.py").write_text(STUB_C)
+    (src / "detectron2" / "_C.py").write_text(STUB_C + f"\n\nPATCH_LEVEL = {PATCH_LEVEL}\n")
 
 
-def install_from_sdist() -> None:
+def install_from_sdist(replace: bool = False) -> None:
+    """Download, patch and install the sdist; ``replace``: over an existing install (dependencies kept)."""
     with tempfile.TemporaryDirectory() as tmp:
         # The sdist's setup.py imports torch, so metadata generation needs the current env (no isolation).
         pip("download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation", "-d", tmp, SDIST)
@@ -115,7 +146,8 @@ def install_from_sdist() -> None:
             tar.extractall(tmp, filter="data")
         src = next(p for p in Path(tmp).iterdir() if p.is_dir())
         patch_sdist(src)
-        pip("install", "--no-build-isolation", str(src))
+        replacing = ["--force-reinstall", "--no-deps"] if replace else []
+        pip("install", "--no-build-isolation", *replacing, str(src))
 
 
 def main() -> None:
@@ -123,8 +155,13 @@ def main() -> None:
     if source:
         pip("install", "--no-build-isolation", source)
     elif detectron2_importable():
-        print("install_detectron2: an importable detectron2 is present; leaving it alone")
-        return
+        level = installed_patch_level()
+        if level == 0 or level >= PATCH_LEVEL:
+            print("install_detectron2: an importable detectron2 is present; leaving it alone")
+            return
+        print(f"install_detectron2: replacing the detectron2 this script installed (patch level {level} < "
+              f"{PATCH_LEVEL})")
+        install_from_sdist(replace=True)
     else:
         install_from_sdist()
     if not detectron2_importable():

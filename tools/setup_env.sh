@@ -31,8 +31,12 @@ pip install -q "$SETUPTOOLS" wheel
 # opencv-contrib; the headless build provides the same cv2 without libGL, so its deps are installed by hand.
 pip install -q PyWavelets pytorch-wavelets "fvcore>=0.1.5,<0.1.6" pycocotools opencv-contrib-python-headless \
   shapely click Cython matplotlib pytest "$SETUPTOOLS"
+# ONNX export and inference (tools/export_student.py --format onnx, ds2d2_onnx): torch 2.14's exporter
+# (torch.onnx.export(dynamo=True)) translates through onnxscript; onnxruntime runs the files.
+pip install -q onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0 "$SETUPTOOLS"
 pip install -q --no-deps --no-build-isolation dotadevkit==1.3.0
 pip install -q --no-build-isolation -e .
 "$VPY" -c "import pkg_resources, detectron2, detectron2.layers, detectron2.evaluation, pytorch_wavelets, dotadevkit, cv2, ds2d2"
+"$VPY" -c "import onnx, onnxscript, onnxruntime, ds2d2.deploy, ds2d2_onnx"
 touch .venv/.ds2d2-setup
 echo "setup: .venv ready"

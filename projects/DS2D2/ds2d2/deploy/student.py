@@ -1,0 +1,60 @@
+"""The detector a deployment starts from: a plain RetinaNet / Faster R-CNN built from a config and loaded
+strictly from a checkpoint, whether the config is a distiller's (its student is taken, whatever
+MODEL.DS2D2.TERMS trained it: DS2D2's streams, FitNet, ...) or a plain detector's."""
+from typing import List, Optional
+
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+from torch import nn
+
+from ..export import STUDENT_PREFIX, student_config
+from ..teacher import load_state_strictly, read_checkpoint
+
+DETECTORS = ("RetinaNet", "GeneralizedRCNN")
+DISTILLER = "DS2D2Distiller"
+
+
+def detector_config(cfg: CfgNode) -> CfgNode:
+    """The plain detector's config (on CPU): the student's for a distiller config, else the config itself."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == DISTILLER:
+        plain = student_config(cfg)
+    elif arch in DETECTORS:
+        plain = cfg.clone()
+        plain.defrost()
+    else:
+        raise ValueError(
+            f"MODEL.META_ARCHITECTURE is {arch!r}: give a detector ({DETECTORS}) or distiller "
+            f"({DISTILLER!r}) config."
+        )
+    plain.MODEL.DEVICE = "cpu"
+    return plain
+
+
+def load_detector(cfg: CfgNode, checkpoint: str) -> nn.Module:
+    """``build_model(detector_config(cfg))`` in eval mode with the weights of ``checkpoint``: its
+    ``student.*`` tensors when it has any (a distiller's), else all of it; every tensor must fit."""
+    model = build_model(detector_config(cfg))
+    state = read_checkpoint(checkpoint, "--checkpoint")
+    names = state.get("model", state)
+    prefix = STUDENT_PREFIX if any(k.startswith(STUDENT_PREFIX) for k in names) else ""
+    load_state_strictly(model, state, "--checkpoint", checkpoint, prefix)
+    return model.eval()
+
+
+def num_classes_of(cfg: CfgNode) -> int:
+    """The number of object classes of the plain detector of ``cfg``."""
+    if detector_config(cfg).MODEL.META_ARCHITECTURE == "RetinaNet":
+        return cfg.MODEL.RETINANET.NUM_CLASSES
+    return cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+
+def class_names_for(cfg: CfgNode, dataset: Optional[str], num_classes: int) -> List[str]:
+    """Class names from the metadata of ``dataset`` (default: the config's first test set, else its first
+    training set), else class_<i>."""
+    name = dataset or next(iter(cfg.DATASETS.TEST or cfg.DATASETS.TRAIN), None)
+    names = MetadataCatalog.get(name).get("thing_classes", None) if name else None
+    if names is not None and len(names) >= num_classes:
+        return list(names[:num_classes])
+    return [f"class_{i}" for i in range(num_classes)]

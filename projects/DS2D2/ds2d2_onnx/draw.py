@@ -1,0 +1,33 @@
+"""Boxes drawn on an image, one colour per class (OpenCV)."""
+import colorsys
+from typing import Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .postprocess import Detections
+
+
+def class_colour(cls: int) -> Tuple[int, int, int]:
+    """A BGR colour for class ``cls``: hues spread by the golden ratio."""
+    hue = (int(cls) * 0.618034) % 1.0
+    return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.9, 1.0)[::-1])
+
+
+def draw_detections(
+    image: np.ndarray, detections: Detections, class_names: Sequence[str], min_score: float
+) -> np.ndarray:
+    """A copy of the BGR image with the boxes scoring at least ``min_score`` drawn and labelled.
+    ``detections``: anything with ``boxes`` [N, 4], ``scores`` [N], ``classes`` [N] in the image's pixels."""
+    canvas = image.copy()
+    thickness = max(1, round(max(image.shape[:2]) / 1500))
+    for box, score, cls in zip(detections.boxes, detections.scores, detections.classes):
+        if score < min_score:
+            continue
+        colour = class_colour(cls)
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        cv2.rectangle(canvas, (x0, y0), (x1, y1), colour, thickness)
+        label = f"{class_names[cls]} {score:.2f}"
+        origin = (x0, max(y0 - 3, 10))
+        cv2.putText(canvas, label, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+    return canvas

@@ -1,0 +1,118 @@
+"""``OnnxDetector``: a ds2d2 ONNX export run by onnxruntime, image in, detections in the image's pixels out.
+
+Needs onnxruntime, NumPy and Pillow only (no torch, no Detectron2). Per image: channel order as the model was
+trained (INPUT.FORMAT), ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST), padding with PIXEL_MEAN
+(``preprocess``), the graph, then ``postprocess`` (NMS etc.) and rescaling to the original size.
+
+    detector = OnnxDetector("student.onnx", threads=2)
+    dets = detector(cv2.imread("scene.jpg"))  # boxes [N, 4] (x0 y0 x1 y1), scores [N], classes [N]
+    names = [detector.info.class_names[c] for c in dets.classes]
+"""
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnxruntime as ort
+
+from .metadata import DeployFileError, DeployInfo
+from .postprocess import Detections, dense_detections, rescale, roi_detections
+from .preprocess import resize, to_input
+
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def _last_dim(shape: Sequence) -> Optional[int]:
+    return shape[-1] if shape and isinstance(shape[-1], int) else None
+
+
+class OnnxDetector:
+    """Run a ds2d2 export. ``threads``: onnxruntime intra-op threads (None: its default, all cores);
+    ``providers``: onnxruntime execution providers (default CPU); ``num_classes``: if given, the model must
+    predict that many classes; ``score_thresh``: overrides the exported test score threshold; ``options``:
+    onnxruntime session options to start from (``threads`` is applied to them)."""
+
+    def __init__(
+        self,
+        path: str,
+        threads: Optional[int] = None,
+        providers: Optional[Sequence[str]] = None,
+        num_classes: Optional[int] = None,
+        score_thresh: Optional[float] = None,
+        options: Optional[ort.SessionOptions] = None,
+    ):
+        self.path = path
+        if not os.path.isfile(path):
+            raise DeployFileError(f"model file '{path}' does not exist.")
+        options = options or ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            providers = list(providers or DEFAULT_PROVIDERS)
+            self.session = ort.InferenceSession(path, options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable files
+            raise DeployFileError(
+                f"onnxruntime cannot load '{path}' (truncated or not an ONNX model?): {type(e).__name__}: {e}"
+            ) from e
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.info: DeployInfo = DeployInfo.from_metadata(metadata, path)
+        self._check_graph()
+        if num_classes is not None and num_classes != self.info.num_classes:
+            raise DeployFileError(
+                f"'{path}' predicts {self.info.num_classes} classes, {num_classes} were expected: is it the "
+                "model of another dataset?"
+            )
+        self.score_thresh = self.info.score_thresh if score_thresh is None else float(score_thresh)
+
+    def _check_graph(self) -> None:
+        """DeployFileError unless the graph's inputs and outputs are those of ``info.family`` with
+        ``info.num_classes`` classes."""
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs: Dict[str, List] = {o.name: o.shape for o in self.session.get_outputs()}
+        k = self.info.num_classes
+        if self.info.family == "RetinaNet":
+            levels = [n[len("scores_"):] for n in outputs if n.startswith("scores_")]
+            fits = (inputs == ["image"] and len(levels) > 0 and len(outputs) == 2 * len(levels)
+                    and all(_last_dim(outputs["scores_" + v]) in (k, None) for v in levels)
+                    and all("boxes_" + v in outputs for v in levels))
+        else:
+            fits = (inputs == ["image", "image_size"] and sorted(outputs) == ["class_boxes", "class_probs"]
+                    and _last_dim(outputs["class_probs"]) in (k + 1, None)
+                    and _last_dim(outputs["class_boxes"]) in (4 * k, 4, None))
+        if not fits:
+            raise DeployFileError(
+                f"'{self.path}': the graph (inputs {inputs}, outputs {outputs}) is not a {self.info.family} "
+                f"export with {k} classes as its metadata says."
+            )
+
+    def preprocess(self, image: np.ndarray) -> Tuple[Dict[str, np.ndarray], Tuple[int, int]]:
+        """BGR uint8 ``(H, W, 3)`` -> (the graph's inputs, the resized image's (h, w))."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected a (H, W, 3) uint8 BGR image, got {image.dtype} {image.shape}")
+        info = self.info
+        pixels = image if info.input_format == "BGR" else image[:, :, ::-1]
+        resized = resize(pixels, info.min_size_test, info.max_size_test)
+        size = resized.shape[:2]
+        try:
+            feed = {"image": to_input(resized, info.pixel_mean, info.size_divisibility, info.input_size)}
+        except ValueError as e:
+            raise ValueError(f"'{self.path}': {e}; export it with a dynamic size or a larger one.") from e
+        if info.family == "GeneralizedRCNN":
+            feed["image_size"] = np.asarray(size, dtype=np.float32)
+        return feed, size
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        """Detections of one BGR uint8 image ``(H, W, 3)``, in its pixels, best first."""
+        feed, size = self.preprocess(image)
+        names = [o.name for o in self.session.get_outputs()]
+        out = dict(zip(names, self.session.run(names, feed)))
+        info = self.info
+        if info.family == "RetinaNet":
+            levels = [n[len("scores_"):] for n in names if n.startswith("scores_")]
+            dets = dense_detections([out["scores_" + v] for v in levels], [out["boxes_" + v] for v in levels],
+                                    self.score_thresh, info.topk_candidates, info.nms_thresh,
+                                    info.detections_per_image)
+        else:
+            dets = roi_detections(out["class_probs"], out["class_boxes"], size, self.score_thresh,
+                                  info.nms_thresh, info.detections_per_image)
+        return rescale(dets, size, image.shape[:2])
