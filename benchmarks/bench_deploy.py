@@ -27,6 +27,7 @@ PyTorch for it; its onnxruntime GFLOP/s >= 40 % of the CPU peak.
 """
 import argparse
 import ctypes
+import datetime
 import json
 import math
 import mmap
@@ -43,7 +44,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import ROOT, RESULTS, bar_plot, command_line, cpu_model, fmt  # noqa: E402
-from benchmarks.common import machine_line, markdown_table, median_times, set_threads  # noqa: E402
+from benchmarks.common import markdown_table, median_times, set_threads  # noqa: E402
 from benchmarks.common import read_csv, write_csv, write_report  # noqa: E402
 
 FAMILIES = ("retinanet", "faster_rcnn")
@@ -297,11 +298,8 @@ def runners(args: argparse.Namespace, device: str, threads: int, models: Dict, i
                 for runtime, fp16 in kinds:
                     found.append((dict(row, runtime=runtime), torch_runner(model, cfg, image, device, fp16)))
                 if key in STUDENTS and provider in onnxruntime.get_available_providers():
-                    # idle onnxruntime threads must not spin on the cores the interleaved PyTorch runs need
-                    options = onnxruntime.SessionOptions()
-                    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                     detector = OnnxDetector(os.path.join(args.work, row["name"] + ".onnx"), threads=threads,
-                                            providers=[provider], options=options)
+                                            providers=[provider])
                     found.append((dict(row, runtime="onnxruntime"), lambda d=detector, i=image: d(i)))
     return found
 
@@ -377,6 +375,13 @@ def target_lines(rows: List[Dict]) -> List[str]:
     return lines
 
 
+def row_order(row: Dict) -> Tuple:
+    """Device, threads, input, family, model (teacher, student, deploy), runtime (PyTorch first)."""
+    model = next(i for i, key in enumerate(("teacher", "student", "deploy")) if row["model"].startswith(key))
+    return (row["device"], row["threads"], row["input"], FAMILIES.index(row["family"]), model,
+            row["runtime"] == "onnxruntime", row["runtime"])
+
+
 def kept_rows(path: str, timed: List[Dict]) -> List[Dict]:
     """The rows of a previous deploy.csv whose (device, threads, family, input) were not timed now."""
     if not os.path.exists(path):
@@ -409,7 +414,7 @@ def main(argv: Optional[List[str]] = None) -> str:
                    peak_gflops_s=cpu_peak(row["threads"], clock)[0] if cpu else nan)
     csv_file = os.path.join(args.results, "deploy.csv")
     if args.keep:
-        rows = kept_rows(csv_file, rows) + rows
+        rows = sorted(kept_rows(csv_file, rows) + rows, key=row_order)
     write_csv(csv_file, rows, CSV_COLUMNS)
     cpu_rows = {r["threads"]: r for r in rows if r["device"] == "cpu"}
     peaks = [f"- {t} thread(s): {cpu_peak(t, None if math.isnan(r['clock_ghz']) else r['clock_ghz'])[1]}; "
@@ -417,8 +422,10 @@ def main(argv: Optional[List[str]] = None) -> str:
              for t, r in sorted(cpu_rows.items())]
     if cpu_rows:
         plot(os.path.join(args.results, "deploy.png"), rows, max(cpu_rows))
-    machine = "; ".join(machine_line(d) for d in sorted({r["device"] for r in rows}))
-    machine += f"; onnxruntime {onnxruntime_version()}; CPU {cpu_model()}"
+    gpu = f", {torch.cuda.get_device_name()}" if any(r["device"] == "cuda" for r in rows) else ""
+    machine = (f"Machine: {cpu_model()}, {os.cpu_count()} cores{gpu}; threads per row in the table; "
+               f"torch {torch.__version__}, onnxruntime {onnxruntime_version()}; "
+               f"{datetime.date.today().isoformat()}")
     notes = "\n".join(
         ["Peak fp32 estimates (achieved GFLOP/s = 2 x fvcore GFLOPs / s; pct_of_peak: of the row's cores):",
          *peaks, "", "Targets:", *target_lines(rows), "",

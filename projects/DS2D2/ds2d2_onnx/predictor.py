@@ -28,8 +28,7 @@ def _last_dim(shape: Sequence) -> Optional[int]:
 class OnnxDetector:
     """Run a ds2d2 export. ``threads``: onnxruntime intra-op threads (None: its default, all cores);
     ``providers``: onnxruntime execution providers (default CPU); ``num_classes``: if given, the model must
-    predict that many classes; ``score_thresh``: overrides the exported test score threshold; ``options``:
-    onnxruntime session options to start from (``threads`` is applied to them)."""
+    predict that many classes; ``score_thresh``: overrides the exported test score threshold."""
 
     def __init__(
         self,
@@ -38,12 +37,11 @@ class OnnxDetector:
         providers: Optional[Sequence[str]] = None,
         num_classes: Optional[int] = None,
         score_thresh: Optional[float] = None,
-        options: Optional[ort.SessionOptions] = None,
     ):
         self.path = path
         if not os.path.isfile(path):
             raise DeployFileError(f"model file '{path}' does not exist.")
-        options = options or ort.SessionOptions()
+        options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
