@@ -10,6 +10,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 
 from ds2d2 import add_ds2d2_config
 
@@ -132,3 +133,36 @@ def assert_same_outputs(a: List[Dict], b: List[Dict]) -> None:
         assert torch.equal(x.pred_boxes.tensor, y.pred_boxes.tensor)
         assert torch.equal(x.scores, y.scores)
         assert torch.equal(x.pred_classes, y.pred_classes)
+
+
+@pytest.fixture(scope="module")
+def small_dior_root(tmp_path_factory) -> Path:
+    """A data root with 8 synthetic DIOR-layout images of 64 px in synthetic_dior/ (one per test module)."""
+    from ds2d2.data.synthetic import write_synthetic_dior
+
+    root = tmp_path_factory.mktemp("datasets")
+    write_synthetic_dior(root / "synthetic_dior", num_images=8, seed=0, image_size=64)
+    return root
+
+
+def losses_then_shared_step(model: torch.nn.Module, batch: List[Dict]):
+    """(losses, detection losses, DistillStep): a distiller's training losses on ``batch``, then its shared
+    step recomputed from the same RNG state (seed 1), i.e. the tensors its terms saw."""
+    with EventStorage():
+        torch.manual_seed(1)
+        losses = model(batch)
+        torch.manual_seed(1)
+        detection, step = model.shared_step(batch)
+    return losses, detection, step
+
+
+def assert_step_leaves_teacher(model: torch.nn.Module, losses: Dict, saved_prefixes: Sequence[str]) -> None:
+    """An SGD step on the sum of ``losses`` gives the teacher no gradient and leaves it bit-identical; the
+    distiller's state dict holds only tensors under ``saved_prefixes``."""
+    teacher = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sum(losses.values()).backward()
+    optimizer.step()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert all(torch.equal(v, teacher[k]) for k, v in model.teacher.state_dict().items())
+    assert all(k.startswith(tuple(saved_prefixes)) for k in model.state_dict())

@@ -35,14 +35,6 @@ def fake_context(cfg: CfgNode, strides: Dict[str, int], s_width: int, t_width: i
     return TermContext(cfg, None, None, s_shapes, t_shapes, list(strides), s_width, t_width, no_adapters)
 
 
-def write_synthetic_data(root: Path) -> Path:
-    """A few 64 px synthetic DIOR-layout images under ``root``/synthetic_dior; returns ``root``."""
-    from ds2d2.data.synthetic import write_synthetic_dior
-
-    write_synthetic_dior(root / "synthetic_dior", num_images=8, seed=0, image_size=64)
-    return root
-
-
 def write_tiny_teacher(folder: Path, detector: str) -> List[str]:
     """A random tiny teacher (YAML + weights, FPN width 64, the synthetic classes) under ``folder``; returns
     the overrides that point a distiller config at it."""

@@ -7,7 +7,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from conftest import random_batch, tiny_stages
+from conftest import losses_then_shared_step, random_batch, tiny_stages
 from ds2d2.distill import DISTILL_TERM_REGISTRY
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -42,11 +42,7 @@ def test_fitnet_is_the_weighted_mse_of_the_adapted_student(tmp_path, detector):
     model = distiller(tmp_path, detector, [*FITNET, "MODEL.DS2D2.FITNET.WEIGHT", 0.3])
     assert list(model.terms) == ["FitNet"]
     batch = random_batch()
-    with EventStorage():
-        torch.manual_seed(1)
-        losses = model(batch)
-        torch.manual_seed(1)
-        detection, step = model.shared_step(batch)
+    losses, detection, step = losses_then_shared_step(model, batch)
     assert set(losses) == set(detection) | {"loss_fitnet"}
     expected = 0.0
     for level in model.in_features:  # every student FPN level by default

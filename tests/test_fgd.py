@@ -291,15 +291,6 @@ def test_inherit_fails_when_nothing_fits():
 NUM_CLASSES = {"RetinaNet": "MODEL.RETINANET.NUM_CLASSES", "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES"}
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    from ds2d2.data.synthetic import write_synthetic_dior
-
-    root = tmp_path_factory.mktemp("datasets")
-    write_synthetic_dior(root / "synthetic_dior", num_images=8, seed=0, image_size=64)
-    return root
-
-
 def tiny_opts(detector: str) -> List[str]:
     """conftest's tiny settings with the synthetic data's 20 classes and no score threshold override."""
     pairs = zip(TINY[detector][::2], TINY[detector][1::2])
@@ -313,7 +304,7 @@ def tiny_opts(detector: str) -> List[str]:
     [("RetinaNet", "configs/synthetic/baselines/retinanet_R50_to_R18_fgd.yaml"),
      ("GeneralizedRCNN", "configs/synthetic/baselines/faster_rcnn_R50_to_R18_fgd.yaml")],
 )
-def test_train_net_runs_fgd_and_exports_the_student(data_root, tmp_path, detector, config):
+def test_train_net_runs_fgd_and_exports_the_student(small_dior_root, tmp_path, detector, config):
     teacher_cfg = tiny_cfg(detector, [*tiny_opts(detector), "MODEL.FPN.OUT_CHANNELS", 64])
     (tmp_path / "teacher.yaml").write_text(teacher_cfg.dump())
     torch.save({"model": build_model(teacher_cfg).state_dict()}, tmp_path / "teacher.pth")
@@ -328,7 +319,7 @@ def test_train_net_runs_fgd_and_exports_the_student(data_root, tmp_path, detecto
     ]
     command = [sys.executable, str(REPO / "train_net.py"), "--config-file", str(REPO / config)]
     command += [str(v) for v in opts]
-    env = dict(os.environ, DETECTRON2_DATASETS=str(data_root), OMP_NUM_THREADS="1")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(small_dior_root), OMP_NUM_THREADS="1")
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "loss_fgd_fea" in (out / "metrics.json").read_text()

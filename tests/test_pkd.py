@@ -6,13 +6,12 @@ from typing import Dict
 import pytest
 import torch
 from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
 from torch import Tensor
 
-from conftest import random_batch, tiny_cfg, tiny_stages
+from conftest import assert_step_leaves_teacher, losses_then_shared_step, random_batch, tiny_cfg, tiny_stages
 from ds2d2.distill import DISTILL_TERM_REGISTRY, DistillStep
 from ds2d2.distill.pkd import PKD
-from kd_baseline_support import fake_context, train_two_iterations, write_synthetic_data
+from kd_baseline_support import fake_context, train_two_iterations
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 STRIDES = {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}  # RetinaNet's levels
@@ -96,11 +95,7 @@ def test_pkd_in_the_distiller_trains_only_the_student(tmp_path, detector):
     cfg.merge_from_list(["MODEL.DS2D2.TERMS", "['PKD']", "MODEL.DS2D2.PKD.WEIGHT", 0.3])
     model = build_model(cfg).train()
     batch = random_batch()
-    with EventStorage():
-        torch.manual_seed(1)
-        losses = model(batch)
-        torch.manual_seed(1)
-        detection, step = model.shared_step(batch)
+    losses, detection, step = losses_then_shared_step(model, batch)
     assert set(losses) == set(detection) | {"loss_pkd"}
     levels = model.terms["PKD"].in_features
     assert levels == (["p3", "p4", "p5", "p6"] if detector == "RetinaNet" else ["p2", "p3", "p4", "p5"])
@@ -111,24 +106,13 @@ def test_pkd_in_the_distiller_trains_only_the_student(tmp_path, detector):
     losses["loss_pkd"].backward(retain_graph=True)
     reached = {n for n, p in model.named_parameters() if p.grad is not None}
     assert reached and all(n.startswith("student.backbone.") for n in reached)
-    teacher = {k: v.clone() for k, v in model.teacher.state_dict().items()}
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    sum(losses.values()).backward()
-    optimizer.step()
-    assert all(p.grad is None for p in model.teacher.parameters())
-    assert all(torch.equal(v, teacher[k]) for k, v in model.teacher.state_dict().items())
-    assert all(k.startswith("student.") for k in model.state_dict())
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_synthetic_data(tmp_path_factory.mktemp("datasets"))
+    assert_step_leaves_teacher(model, losses, ("student.",))
 
 
 @pytest.mark.parametrize("detector, config", [
     ("RetinaNet", "configs/synthetic/baselines/retinanet_R50_to_R18_pkd.yaml"),
     ("GeneralizedRCNN", "configs/synthetic/baselines/faster_rcnn_R50_to_R18_pkd.yaml"),
 ])
-def test_train_net_runs_pkd_and_exports_the_student(data_root, tmp_path, detector, config):
-    state = train_two_iterations(data_root, tmp_path, config, detector, student_width=64, term="PKD")
+def test_train_net_runs_pkd_and_exports_the_student(small_dior_root, tmp_path, detector, config):
+    state = train_two_iterations(small_dior_root, tmp_path, config, detector, student_width=64, term="PKD")
     assert all(k.startswith("student.") for k in state)  # PKD has no trainable helper

@@ -16,13 +16,10 @@ tools/export_student.py (the model built is then MODEL.DS2D2.DETECTOR). --onnx r
 """
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -37,7 +34,7 @@ from ds2d2.data.dota_split import cut_patches, resize_by_rate
 from ds2d2.deploy import class_names_for
 from ds2d2.evaluation.dota import DEFAULT_NMS_THRESH, ImageDetections, merge_detections, patch_to_image
 from ds2d2.teacher import load_state_strictly, read_checkpoint
-from ds2d2_onnx import OnnxDetector, draw_detections
+from ds2d2_onnx import OnnxDetector, save_detections
 
 Tile = Tuple[np.ndarray, Tuple[float, float], float]  # pixels, origin in the image, rate
 
@@ -163,18 +160,9 @@ def main(argv=None) -> int:
     else:
         tiles = predict_tiles(model, image, cfg, args.patch_size, args.gap, args.rates, args.batch_size)
     merged = merge_detections(tiles, width, height, args.nms_thresh)
-    detections = [
-        {"bbox": [float(v) for v in box], "score": float(s), "category_id": int(c), "category": names[c]}
-        for box, s, c in zip(merged.boxes, merged.scores, merged.classes)
-    ]
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.input).stem
-    report = {"image": os.path.abspath(args.input), "width": width, "height": height, "classes": names}
-    report["detections"] = detections
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    cv2.imwrite(str(out / f"{stem}_boxes.jpg"), draw_detections(image, merged, names, args.draw_score))
-    print(f"{args.input}: {len(tiles)} tiles, {len(detections)} detections -> {out / (stem + '.json')}")
+    save_detections(Path(args.output), args.input, image, merged, names, args.draw_score)
+    report = Path(args.output) / f"{Path(args.input).stem}.json"
+    print(f"{args.input}: {len(tiles)} tiles, {len(merged.scores)} detections -> {report}")
     return 0
 
 

@@ -10,8 +10,6 @@ OUTPUT/<name>.json ({"image", "width", "height", "classes", "detections": [{"bbo
 the model's training images (a whole DOTA scene), use tools/infer_large_image.py --onnx, which tiles them.
 """
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -20,7 +18,7 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "projects" / "DS2D2"))  # works uninstalled too
 
-from ds2d2_onnx import DeployFileError, OnnxDetector, draw_detections  # noqa: E402
+from ds2d2_onnx import DeployFileError, OnnxDetector, save_detections  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -42,24 +40,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"predict_onnx: error: {e}", file=sys.stderr)
         return 1
     names = detector.info.class_names
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     for path in args.input:
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
             print(f"predict_onnx: error: cannot read image '{path}'", file=sys.stderr)
             return 1
         dets = detector(image)
-        report = {"image": os.path.abspath(path), "width": image.shape[1], "height": image.shape[0],
-                  "classes": names}
-        report["detections"] = [
-            {"bbox": [float(v) for v in box], "score": float(s), "category_id": int(c), "category": names[c]}
-            for box, s, c in zip(dets.boxes, dets.scores, dets.classes)
-        ]
-        stem = Path(path).stem
-        (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-        cv2.imwrite(str(out / f"{stem}_boxes.jpg"), draw_detections(image, dets, names, args.draw_score))
-        print(f"{path}: {len(dets)} detections -> {out / (stem + '_boxes.jpg')}")
+        picture = save_detections(Path(args.output), path, image, dets, names, args.draw_score)
+        print(f"{path}: {len(dets)} detections -> {picture}")
     return 0
 
 

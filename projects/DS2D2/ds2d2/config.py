@@ -4,6 +4,8 @@ Stage 1 (teacher) and plain students need none of ``MODEL.DS2D2``; they use Dete
 meta-architectures. Stage 2 sets ``MODEL.META_ARCHITECTURE: DS2D2Amplifier``; stage 3 sets
 ``MODEL.META_ARCHITECTURE: DS2D2Distiller``.
 """
+from typing import Optional, Tuple
+
 from detectron2.config import CfgNode as CN
 
 
@@ -147,3 +149,15 @@ def add_ds2d2_config(cfg: CN) -> None:
     # train_net.py and tools/run_pipeline.py register them in every process; any key can be overridden (or an
     # entry added) on the command line: DATASETS.OWN.my_train.ROOT /other/path.
     _C.DATASETS.OWN = CN(new_allowed=True)
+
+
+def model_num_classes(cfg) -> Optional[Tuple[str, int]]:
+    """(config key, value) of the number of classes the model predicts; None for other meta-architectures."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch in ("DS2D2Amplifier", "DS2D2Distiller"):
+        arch = cfg.MODEL.DS2D2.DETECTOR
+    if arch == "RetinaNet":
+        return "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
+    if arch == "GeneralizedRCNN":
+        return "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    return None

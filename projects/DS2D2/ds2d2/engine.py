@@ -17,7 +17,7 @@ import difflib
 import logging
 import os
 import weakref
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.common import DatasetFromList
@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import AtomicCheckpointer
+from .config import model_num_classes
 from .data.sampler import ResumableTrainLoader
 from .train_loop import CheckedAMPTrainer, CheckedSimpleTrainer, ReseedEachIteration
 
@@ -89,18 +90,6 @@ def check_datasets_registered(cfg, keys: Sequence[str] = ("TRAIN", "TEST")) -> N
                     "DATASETS.OWN (docs/own_data.md), register it first (ds2d2.data.register_voc_detection, "
                     "register_coco_detection, register_dota) or fix the name."
                 )
-
-
-def model_num_classes(cfg) -> Optional[Tuple[str, int]]:
-    """(config key, value) of the number of classes the model predicts; None for other meta-architectures."""
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch in ("DS2D2Amplifier", "DS2D2Distiller"):
-        arch = cfg.MODEL.DS2D2.DETECTOR
-    if arch == "RetinaNet":
-        return "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
-    if arch == "GeneralizedRCNN":
-        return "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    return None
 
 
 def check_dataset_classes(cfg, keys: Sequence[str] = ("TRAIN", "TEST")) -> None:

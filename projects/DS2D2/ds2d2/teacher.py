@@ -84,7 +84,8 @@ def check_teacher_classes(teacher_cfg: CfgNode, student_cfg: CfgNode, source: st
         if t_list is not None and s_list is not None and t_list != s_list:
             raise ValueError(
                 f"The teacher ({source}) was trained on '{t_name}' with the classes {t_list}, the student's "
-                f"'{s_name}' has {s_list}: teacher and student need the same classes in the same order."
+                f"'{s_name}' has {s_list}: different class lists; teacher and student need the same classes "
+                "in the same order."
             )
 
 

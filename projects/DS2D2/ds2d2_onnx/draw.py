@@ -1,5 +1,8 @@
-"""Boxes drawn on an image, one colour per class (OpenCV)."""
+"""Boxes drawn on an image, one colour per class (OpenCV), and the detections of an image saved."""
 import colorsys
+import json
+import os
+from pathlib import Path
 from typing import Sequence, Tuple
 
 import cv2
@@ -31,3 +34,26 @@ def draw_detections(
         origin = (x0, max(y0 - 3, 10))
         cv2.putText(canvas, label, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
     return canvas
+
+
+def save_detections(
+    folder: Path, image_path: str, image: np.ndarray, detections: Detections, class_names: Sequence[str],
+    min_score: float, **extra
+) -> Path:
+    """Write ``<stem>.json`` (the image, its size, the classes, ``extra`` and every detection: bbox xyxy in
+    the image's pixels, score, category) and ``<stem>_boxes.jpg`` (``draw_detections``) into ``folder``;
+    returns the picture's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Path(image_path).stem
+    report = {"image": os.path.abspath(image_path), "width": image.shape[1], "height": image.shape[0],
+              "classes": list(class_names), **extra}
+    report["detections"] = [
+        {"bbox": [float(v) for v in box], "score": float(s), "category_id": int(c),
+         "category": class_names[c]}
+        for box, s, c in zip(detections.boxes, detections.scores, detections.classes)
+    ]
+    (folder / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    picture = folder / f"{stem}_boxes.jpg"
+    cv2.imwrite(str(picture), draw_detections(image, detections, class_names, min_score))
+    return picture

@@ -464,11 +464,11 @@ def register_own_datasets(cfg: CfgNode, names: Optional[Sequence[str]] = None) -
 
 def dataset_classes(cfg: CfgNode, name: str) -> Optional[List[str]]:
     """Class list of dataset ``name`` as ``cfg`` knows it: its ``DATASETS.OWN`` entry's CLASSES when they are
-    recorded there, else the registered metadata's thing_classes (None if neither is known)."""
+    recorded there, else its metadata's thing_classes (None if neither is known)."""
     entry = cfg.DATASETS.OWN.get(name, None)
     if entry is not None and entry.get("CLASSES", None):
         return list(entry.CLASSES)
-    if name not in DatasetCatalog.list():
-        return None
+    if name not in MetadataCatalog.list():
+        return None  # (MetadataCatalog.get would create an empty entry)
     classes = MetadataCatalog.get(name).get("thing_classes", None)
     return list(classes) if classes is not None else None

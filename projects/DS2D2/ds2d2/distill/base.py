@@ -14,8 +14,9 @@ Parts:
   the module tree as plain attributes, as the teacher is.
 - ``DISTILL_TERM_REGISTRY``: the terms by name; ``MODEL.DS2D2.TERMS`` lists those a distiller uses.
 """
+import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -26,6 +27,17 @@ from torch import Tensor, nn
 
 from ..amplifiers import DetectorFamily
 from ..wavelet import dwt
+
+
+def config_number(value: object, key: str, minimum: float = 0.0, strict: bool = False) -> float:
+    """``value`` as a float when it is a finite number >= ``minimum`` (> with ``strict``), else a ValueError
+    naming the config ``key``."""
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    if bad or value < minimum or (strict and value == minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ValueError(f"{key} must be a finite number {bound}, got {value!r}.")
+    return float(value)
+
 
 DISTILL_TERM_REGISTRY = Registry("DISTILL_TERM")
 DISTILL_TERM_REGISTRY.__doc__ = """Distillation terms: ``cls(cfg, context)`` -> a ``DistillTerm``."""
@@ -107,3 +119,19 @@ class DistillTerm(nn.Module):
 
     def forward(self, step: DistillStep) -> Dict[str, Tensor]:
         raise NotImplementedError
+
+
+def select_levels(requested: List[str], key: str, context: TermContext, default: Optional[int]) -> List[str]:
+    """The FPN levels a term distils: ``requested``, or (empty) the student's first ``default`` levels by
+    stride (None: all of them). Each must exist in the student and the teacher with one stride, else a
+    ValueError naming ``key``."""
+    s_shapes, t_shapes = context.student_shapes, context.teacher_shapes
+    levels = list(requested) or sorted(s_shapes, key=lambda f: s_shapes[f].stride)[:default]
+    bad = [f for f in levels
+           if f not in s_shapes or f not in t_shapes or s_shapes[f].stride != t_shapes[f].stride]
+    if bad or not levels or len(set(levels)) != len(levels):
+        raise ValueError(
+            f"{key} must list distinct FPN levels present with the same stride in the student "
+            f"({sorted(s_shapes)}) and the teacher ({sorted(t_shapes)}); got {levels}."
+        )
+    return levels

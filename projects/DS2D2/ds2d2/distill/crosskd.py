@@ -15,17 +15,16 @@ head, never the student's own predictions, which only the ground truth supervise
   differ). Classification KD: KL at temperature 3 (reduced as ``ROI_CLS_REDUCTION`` says); box KD: L1 on the
   deltas of the teacher's most probable class, weighted by its probability (DS2D2's RoI KD primitives).
 """
-import math
 from typing import Dict, List, Tuple
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from torch import Tensor, nn
 
 from ..amplifiers import DenseFamily, RoIFamily
+from ..amplifiers.dense import per_anchor
 from ..losses import ROI_CLS_REDUCTIONS, dense_box_kd, dense_cls_kd, roi_box_kd, roi_cls_divisor, roi_cls_kd
-from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext
+from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, config_number
 
 QFL_BETA = 1.0  # the authors' quality-focal exponent (RetinaNet classification KD)
 ROI_TEMPERATURE = 3.0  # the authors' KL temperature (Faster R-CNN classification KD)
@@ -33,14 +32,6 @@ ALIGN_EPS = 1e-5  # added to both variances in align_statistics
 SUBNETS = (("cls_subnet", "cls_score"), ("bbox_subnet", "bbox_pred"))  # RetinaNetHead's, with predictors
 
 Block = List[nn.Module]  # one [Conv2d, (norm), ReLU] block of a RetinaNetHead subnet
-
-
-def _weight(cfg: CfgNode, name: str) -> float:
-    value = cfg.MODEL.DS2D2.CROSSKD[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0:
-        raise ValueError(f"MODEL.DS2D2.CROSSKD.{name} must be a finite number >= 0, got {value!r}.")
-    return float(value)
 
 
 def subnet_blocks(subnet: nn.Sequential, owner: str) -> List[Block]:
@@ -93,11 +84,6 @@ def align_statistics(student: Tensor, teacher: Tensor, eps: float = ALIGN_EPS) -
     return aligned.to(student.dtype)
 
 
-def _per_anchor(predictions: List[Tensor], dim: int) -> Tensor:
-    """Per-level [B, A*dim, H_l, W_l] -> [B * sum_l H_l*W_l*A, dim], image-major in the anchors' order."""
-    return torch.cat([permute_to_N_HWA_K(x, dim) for x in predictions], dim=1).flatten(0, 1)
-
-
 @DISTILL_TERM_REGISTRY.register()
 class CrossKD(DistillTerm):
     """``loss_crosskd_cls`` = CLS_WEIGHT * classification KD and ``loss_crosskd_box`` = BOX_WEIGHT * box KD
@@ -105,7 +91,9 @@ class CrossKD(DistillTerm):
 
     def __init__(self, cfg: CfgNode, context: TermContext):
         super().__init__()
-        self.cls_weight, self.box_weight = _weight(cfg, "CLS_WEIGHT"), _weight(cfg, "BOX_WEIGHT")
+        crosskd = cfg.MODEL.DS2D2.CROSSKD
+        self.cls_weight = config_number(crosskd.CLS_WEIGHT, "MODEL.DS2D2.CROSSKD.CLS_WEIGHT")
+        self.box_weight = config_number(crosskd.BOX_WEIGHT, "MODEL.DS2D2.CROSSKD.BOX_WEIGHT")
         self.family = context.family
         self.levels = context.family.head_in_features()
         self.dense = isinstance(context.family, DenseFamily)
@@ -210,8 +198,8 @@ class CrossKD(DistillTerm):
             s_held = [first_blocks(s_blocks, step.student_feats[f], n) for f in self.levels]
             aligned = [align_statistics(s, t) for s, t in zip(s_held, t_held)]
             c_out = [predict(last_blocks(t_blocks, a, n)) for a in aligned]
-            cross[subnet] = _per_anchor(c_out, dims[subnet])
-            teacher[subnet] = _per_anchor(t_out, dims[subnet])
+            cross[subnet] = per_anchor(c_out, dims[subnet]).flatten(0, 1)
+            teacher[subnet] = per_anchor(t_out, dims[subnet]).flatten(0, 1)
         return cross["cls_subnet"], cross["bbox_subnet"], teacher["cls_subnet"], teacher["bbox_subnet"]
 
     def _roi_predictions(self, step: DistillStep) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -15,7 +15,6 @@ Each part is summed over the levels; a part whose weights are 0 is not computed 
 ``INHERIT_TEACHER_NECK_HEAD`` copies the teacher's FPN and heads into the student when the term is built.
 """
 import logging
-import math
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
-from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext
+from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, config_number, select_levels
 
 logger = logging.getLogger(__name__)
 WEIGHT_KEYS = ("ALPHA", "BETA", "GAMMA", "LAMBDA")  # MODEL.DS2D2.FGD.<key>
@@ -31,18 +30,9 @@ INHERIT_KEY = "MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD"
 MASK_CHUNK = 1 << 22  # at most this many (box, cell) pairs are compared at once when building the masks
 
 
-def _finite(value: float, key: str, minimum: float, strict: bool) -> float:
-    """``value`` as a float, or a ValueError naming ``key`` unless it is a finite number >= (or >) minimum."""
-    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-    if bad or value < minimum or (strict and value == minimum):
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise ValueError(f"{key} must be a finite number {bound}, got {value!r}.")
-    return float(value)
-
-
 def fgd_weights(cfg: CfgNode) -> Dict[str, float]:
     """ALPHA, BETA, GAMMA, LAMBDA of ``MODEL.DS2D2.FGD``, each a finite number >= 0 (else a ValueError)."""
-    return {k: _finite(cfg.MODEL.DS2D2.FGD[k], f"MODEL.DS2D2.FGD.{k}", 0.0, False) for k in WEIGHT_KEYS}
+    return {k: config_number(cfg.MODEL.DS2D2.FGD[k], f"MODEL.DS2D2.FGD.{k}") for k in WEIGHT_KEYS}
 
 
 def fgd_attention(feature: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
@@ -147,20 +137,6 @@ def inherit_teacher_neck_head(student: nn.Module, teacher: nn.Module) -> List[st
     return copied
 
 
-def _levels(names: Sequence[str], context: TermContext) -> List[str]:
-    """``MODEL.DS2D2.FGD.IN_FEATURES`` (empty: the distiller's levels), checked against both trunks."""
-    levels = list(names) or list(context.in_features)
-    s_shapes, t_shapes = context.student_shapes, context.teacher_shapes
-    bad = [f for f in levels if f not in s_shapes or f not in t_shapes]
-    bad += [f for f in levels if f not in bad and s_shapes[f].stride != t_shapes[f].stride]
-    if bad or len(set(levels)) != len(levels):
-        raise ValueError(
-            f"MODEL.DS2D2.FGD.IN_FEATURES must list distinct levels that the student ({sorted(s_shapes)}) "
-            f"and the teacher ({sorted(t_shapes)}) both have with the same stride; got {levels}."
-        )
-    return levels
-
-
 @DISTILL_TERM_REGISTRY.register()
 class FGD(DistillTerm):
     """``loss_fgd_fea`` (ALPHA, BETA), ``loss_fgd_att`` (GAMMA), ``loss_fgd_global`` (LAMBDA); see the module
@@ -176,8 +152,10 @@ class FGD(DistillTerm):
         super().__init__()
         fgd = cfg.MODEL.DS2D2.FGD
         self.alpha, self.beta, self.gamma, self.lam = fgd_weights(cfg).values()
-        self.temperature = _finite(fgd.TEMPERATURE, "MODEL.DS2D2.FGD.TEMPERATURE", 0.0, True)
-        self.in_features = _levels(fgd.IN_FEATURES, context)
+        self.temperature = config_number(fgd.TEMPERATURE, "MODEL.DS2D2.FGD.TEMPERATURE", strict=True)
+        self.in_features = select_levels(
+            fgd.IN_FEATURES or context.in_features, "MODEL.DS2D2.FGD.IN_FEATURES", context, None
+        )
         if not isinstance(fgd.INHERIT_TEACHER_NECK_HEAD, bool):
             raise ValueError(f"{INHERIT_KEY} must be True or False, got {fgd.INHERIT_TEACHER_NECK_HEAD!r}.")
         if fgd.INHERIT_TEACHER_NECK_HEAD:

@@ -2,7 +2,6 @@
 features, through the shared 1x1 adapter, regress the frozen teacher's with a plain MSE on every level of
 ``MODEL.DS2D2.IN_FEATURES``; no wavelet split, DISW or amplifier. Weight: ``MODEL.DS2D2.FITNET.WEIGHT``
 (docs/baselines.md)."""
-import math
 from typing import Dict
 
 import torch
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode
 from torch import Tensor
 
-from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext
+from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, config_number
 
 
 @DISTILL_TERM_REGISTRY.register()
@@ -19,11 +18,7 @@ class FitNet(DistillTerm):
 
     def __init__(self, cfg: CfgNode, context: TermContext):
         super().__init__()
-        weight = cfg.MODEL.DS2D2.FITNET.WEIGHT
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
-                or weight <= 0:
-            raise ValueError(f"MODEL.DS2D2.FITNET.WEIGHT must be a finite number > 0, got {weight!r}.")
-        self.weight = float(weight)
+        self.weight = config_number(cfg.MODEL.DS2D2.FITNET.WEIGHT, "MODEL.DS2D2.FITNET.WEIGHT", strict=True)
         self.in_features = list(context.in_features)
         self._shared = {"adapters": context.adapters()}  # owned (and saved) by the distiller
 

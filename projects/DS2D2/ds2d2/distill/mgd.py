@@ -11,8 +11,7 @@ import torch
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
-from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext
-from .pkd import positive_weight, select_levels
+from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, config_number, select_levels
 
 
 def random_mask(feature: Tensor, ratio: float) -> Tensor:
@@ -41,7 +40,7 @@ class MGD(DistillTerm):
     def __init__(self, cfg: CfgNode, context: TermContext):
         super().__init__()
         mgd = cfg.MODEL.DS2D2.MGD
-        self.weight = positive_weight(mgd.WEIGHT, "MODEL.DS2D2.MGD.WEIGHT")
+        self.weight = config_number(mgd.WEIGHT, "MODEL.DS2D2.MGD.WEIGHT", strict=True)
         ratio = mgd.MASK_RATIO
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
                 or not 0 <= ratio < 1:

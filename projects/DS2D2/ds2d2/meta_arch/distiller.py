@@ -17,46 +17,27 @@ Parts:
 The training step reads top to bottom in ``forward``: the shared work once (``shared_step``: student losses
 with their matching/sampling, teacher trunk), then every term on it (teacher bands computed once on demand).
 """
-import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 
 from ..amplifiers import family_for
+from ..config import model_num_classes
 from ..distill import DISTILL_TERM_REGISTRY, DistillStep, TermContext
+from ..distill.base import config_number
 from ..teacher import build_frozen_detector, resolve_teacher_config
 from ..wavelet import validate_wavelet
 
 LOSS_KEYS = ("EXPLICIT_LOW", "EXPLICIT_HIGH", "IMPLICIT_FULL", "IMPLICIT_HIGH")
 
 
-def _num_classes(cfg: CfgNode) -> int:
-    return (
-        cfg.MODEL.RETINANET.NUM_CLASSES
-        if cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
-        else cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    )
-
-
 def check_loss_weights(cfg: CfgNode) -> Dict[str, float]:
     """The four stream weights, each a finite number >= 0, or a ValueError naming the key."""
-    weights = {}
-    for key in LOSS_KEYS:
-        value = cfg.MODEL.DS2D2.LOSS[key]
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise ValueError(f"MODEL.DS2D2.LOSS.{key} must be a finite number >= 0, got {value!r}.")
-        weights[key] = float(value)
-    return weights
+    return {key: config_number(cfg.MODEL.DS2D2.LOSS[key], f"MODEL.DS2D2.LOSS.{key}") for key in LOSS_KEYS}
 
 
 def check_term_names(cfg: CfgNode) -> List[str]:
@@ -77,20 +58,13 @@ def _check_teacher_matches(student_cfg: CfgNode, teacher_cfg: CfgNode, teacher_c
             f"MODEL.DS2D2.DETECTOR is {student_cfg.MODEL.META_ARCHITECTURE}: "
             "teacher and student must be the same kind."
         )
-    t_classes, s_classes = _num_classes(teacher_cfg), _num_classes(student_cfg)
-    if t_classes != s_classes:
+    teacher_head, student_head = model_num_classes(teacher_cfg), model_num_classes(student_cfg)
+    if teacher_head and student_head and teacher_head[1] != student_head[1]:
         raise ValueError(
-            f"Teacher ({teacher_cfg_path}) predicts {t_classes} classes, the student {s_classes}: "
+            f"Teacher ({teacher_cfg_path}) predicts {teacher_head[1]} classes, "
+            f"the student {student_head[1]}: "
             "they must match."
         )
-    for t_name, s_name in zip(teacher_cfg.DATASETS.TRAIN, student_cfg.DATASETS.TRAIN):
-        t_list = MetadataCatalog.get(t_name).get("thing_classes", None)
-        s_list = MetadataCatalog.get(s_name).get("thing_classes", None)
-        if t_list is not None and s_list is not None and list(t_list) != list(s_list):
-            raise ValueError(
-                f"Teacher dataset '{t_name}' and student dataset '{s_name}' have different class lists: "
-                f"{list(t_list)} vs {list(s_list)}."
-            )
     for fmt, key in ((teacher_cfg.INPUT.FORMAT, "teacher"), (student_cfg.INPUT.FORMAT, "student")):
         if fmt not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT of the {key} is {fmt!r}; the distiller supports 'RGB' and 'BGR'.")
