@@ -16,12 +16,11 @@ from ds2d2.data.dota_split import SplitSettings, split_dota
 from ds2d2.evaluation.dota import (
     DOTAFullImageEvaluator,
     GroundTruth,
-    ImageDetections,
     merge_and_evaluate_coco_results,
-    merge_detections,
     task2_average_precision,
     write_task2_files,
 )
+from ds2d2.evaluation.dota_merge import ImageDetections, merge_detections
 
 REPO = Path(__file__).resolve().parents[1]
 

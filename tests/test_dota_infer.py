@@ -13,7 +13,7 @@ from detectron2.structures import Boxes, Instances
 
 from conftest import load_script
 from ds2d2.config import add_ds2d2_config
-from ds2d2.evaluation.dota import merge_detections
+from ds2d2.evaluation.dota_merge import merge_detections
 
 REPO = Path(__file__).resolve().parents[1]
 infer = load_script(REPO / "tools" / "infer_large_image.py", "infer_large_image")

@@ -16,7 +16,8 @@ import os
 import sys
 
 import ds2d2  # noqa: F401  (registers the builtin dota_* patch sets)
-from ds2d2.evaluation.dota import DEFAULT_NMS_THRESH, merge_and_evaluate_coco_results
+from ds2d2.evaluation.dota import merge_and_evaluate_coco_results
+from ds2d2.evaluation.dota_merge import DEFAULT_NMS_THRESH
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -32,7 +32,7 @@ from ds2d2.config import add_ds2d2_config
 from ds2d2.data.dota import read_image
 from ds2d2.data.dota_split import cut_patches, resize_by_rate
 from ds2d2.deploy import class_names_for
-from ds2d2.evaluation.dota import DEFAULT_NMS_THRESH, ImageDetections, merge_detections, patch_to_image
+from ds2d2.evaluation.dota_merge import DEFAULT_NMS_THRESH, ImageDetections, merge_detections, patch_to_image
 from ds2d2.teacher import load_state_strictly, read_checkpoint
 from ds2d2_onnx import OnnxDetector, save_detections
 

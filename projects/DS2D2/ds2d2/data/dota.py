@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from detectron2.structures import BoxMode
 
-from .voc import register_dataset
+from .voc import IMAGE_EXTENSIONS, register_dataset
 
 __all__ = [
     "DOTA_V1_CLASSES",
@@ -51,7 +51,6 @@ DOTA_V1_CLASSES = (
 # fmt: on
 DOTA_V1_5_CLASSES = DOTA_V1_CLASSES + ("container-crane",)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 HEADER_PREFIXES = ("imagesource:", "gsd:")
 SPLIT_INFO_FILE = "dota_split.json"
 SPLIT_FORMAT = "ds2d2-dota-split/1"

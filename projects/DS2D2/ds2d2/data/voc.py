@@ -27,8 +27,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-"""Image file extensions looked up (case-insensitively) in the image directory."""
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+"""Image file extensions (compared lower-case) of every reader here: VOC image folders, DOTA ``images/``."""
 
 SplitFiles = Union[str, Sequence[str], None]
 

@@ -1,4 +1,4 @@
-"""DOTA full-image results from patch detections: map back, merge, score with Task 2, write submission files.
+"""DOTA full-image results: Task-2 AP, submission files, and the evaluator of a patch set's merged images.
 
 Protocol (the DOTA devkit's ``dota_evaluation_task2.py``, re-implemented): horizontal boxes, per-class AP at
 IoU > 0.5 with the devkit's "+1 pixel" box sizes, difficult objects neither matched nor missed, VOC07 11-point
@@ -6,9 +6,7 @@ AP by default (``use_07_metric=False``: area under the interpolated PR curve), m
 Ground-truth boxes are the polygons' bounds (the devkit truncates them to integers; here they stay exact).
 Classes without any non-difficult object get AP NaN and stay out of the mAP.
 
-Merging (the devkit's ``ResultMerge.py`` for horizontal boxes): patch boxes are mapped to the original image
-(``p / patch_scale + patch_origin``), clipped to it, and merged per image with class-wise NMS (IoU 0.3 by
-default, the devkit's value).
+Merging patch detections into full-image ones: ``dota_merge``.
 
 Submission: ``Task2_<class>.txt`` with lines ``image_name score xmin ymin xmax ymax``, one file per class.
 """
@@ -22,11 +20,9 @@ from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
-import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
-from torchvision.ops import nms
 
 from ..data.dota import (
     DotaFormatError,
@@ -35,12 +31,10 @@ from ..data.dota import (
     read_image_records,
     read_split_info,
 )
+from .dota_merge import DEFAULT_NMS_THRESH, ImageDetections, merge_detections, patch_to_image
 
 __all__ = [
-    "ImageDetections",
     "GroundTruth",
-    "patch_to_image",
-    "merge_detections",
     "task2_average_precision",
     "write_task2_files",
     "ground_truth_from_records",
@@ -52,15 +46,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-DEFAULT_NMS_THRESH = 0.3
-
-
-class ImageDetections(NamedTuple):
-    """One image's detections: boxes (N, 4) float64 xyxy pixels, scores (N,), classes (N,) int64 (0-based)."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    classes: np.ndarray
 
 
 class GroundTruth(NamedTuple):
@@ -69,44 +54,6 @@ class GroundTruth(NamedTuple):
     boxes: np.ndarray
     classes: np.ndarray
     difficult: np.ndarray
-
-
-def patch_to_image(boxes: np.ndarray, origin: Sequence[float], scale: float) -> np.ndarray:
-    """Boxes (N, 4) xyxy in patch pixels -> original image pixels: ``p / scale + origin``."""
-    offset = np.array([origin[0], origin[1], origin[0], origin[1]], dtype=np.float64)
-    return np.asarray(boxes, dtype=np.float64) / scale + offset
-
-
-def _nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
-    """Greedy NMS (plain IoU, suppress above ``thresh``) of boxes (N, 4); ties in score keep the larger box
-    first (a whole object over a part of it cut by a patch border), then the earlier one. Kept indices, best
-    first.
-    """
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    order = np.lexsort((np.arange(len(boxes)), -areas, -scores))
-    # torchvision's NMS sorts scores stably, so equal scores keep the order given here
-    keep = nms(torch.from_numpy(boxes[order]), torch.from_numpy(scores[order]), thresh).numpy()
-    return order[keep]
-
-
-def merge_detections(
-    parts: Sequence[ImageDetections], width: int, height: int, nms_thresh: float = DEFAULT_NMS_THRESH
-) -> ImageDetections:
-    """One image's detections from all its patches (already in image pixels): clip to the (width, height)
-    image, drop boxes left empty (they lay in a patch's padding), class-wise NMS; sorted by decreasing score.
-    """
-    boxes = np.concatenate([p.boxes.reshape(-1, 4) for p in parts] + [np.zeros((0, 4))]).astype(np.float64)
-    scores = np.concatenate([p.scores for p in parts] + [np.zeros(0)]).astype(np.float64)
-    classes = np.concatenate([p.classes for p in parts] + [np.zeros(0, np.int64)]).astype(np.int64)
-    boxes = np.clip(boxes, 0, [width, height, width, height])
-    valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    boxes, scores, classes = boxes[valid], scores[valid], classes[valid]
-    per_class = [np.flatnonzero(classes == c) for c in np.unique(classes)]
-    keep = np.concatenate(
-        [idx[_nms(boxes[idx], scores[idx], nms_thresh)] for idx in per_class] + [np.zeros(0, int)]
-    )
-    keep = keep[np.argsort(-scores[keep], kind="stable")]
-    return ImageDetections(boxes[keep], scores[keep], classes[keep])
 
 
 def _iou_plus_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
