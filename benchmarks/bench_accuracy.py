@@ -1,27 +1,39 @@
 #!/usr/bin/env python
-"""Accuracy of DS2D2 against its baselines on synthetic DIOR (CPU, seeded, resumable).
+"""Accuracy of DS2D2 against its baselines on synthetic DIOR (CPU, seeded, resumable), all tuned alike.
 
-    python benchmarks/bench_accuracy.py --quick           # RetinaNet, seed 1: student alone vs full DS2D2
+    python benchmarks/bench_accuracy.py --quick           # RetinaNet, seed 1, x1 only: alone vs full DS2D2
+    python benchmarks/bench_accuracy.py --dry-run         # the runs the full table plans now; trains nothing
     nohup python benchmarks/bench_accuracy.py > benchmarks/results/accuracy.log 2>&1 &    # the full table
 
-Per detector: an R-50 teacher (longer schedule) and its high-frequency amplifier are trained once; then,
-for each seed, R-18 students with one schedule: alone, FitNet (feature MSE, the FitNet term), the baselines
-FGD, PKD, MGD, CrossKD (configs/synthetic/baselines/, their published weights), DS2D2 explicit only,
-implicit only, full DS2D2 (the configs' loss weights unless --explicit-weight sets l1 = l2 or
---implicit-weight sets l3 = l4; a zero weight turns a term off).
-Everything trains on synthetic_dior_train; the table reports synthetic_dior_test, and val (for choices) next
-to it. Each run is a ``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json
+Per detector: an R-50 teacher (longer schedule) and its high-frequency amplifier are trained once; then R-18
+students with one schedule: alone, FitNet (feature MSE, the FitNet term), the baselines FGD, PKD, MGD, CrossKD
+(configs/synthetic/baselines/, their published weights), DS2D2 explicit only, implicit only, full DS2D2
+(configs/synthetic/<detector>_R50_to_R18.yaml).
+
+Tuning, the same small budget for every method: each of FitNet, FGD, PKD, MGD, CrossKD and DS2D2 multiplies
+all of its loss weights (read from the run's own config: FGD's alpha, beta, gamma, lambda; DS2D2's l1..l4;
+...) by one multiplier x of --grid (default 0.1 1 10). The first seed trains at every x; the x with the best
+synthetic_dior_val AP50 is chosen (ties: the x closest to 1, on a log scale; test is never read for it), and
+the other seeds train at that x only. DS2D2 explicit only and implicit only use DS2D2's x (asked for without
+ds2d2, they still train its grid); the student alone has no weight. --fitnet-weight, --explicit-weight and
+--implicit-weight replace a config's weight as the x1 value. Folder names: x1 keeps the untuned benchmark's
+(ds2d2_it1000_t6000_s1), another x adds _x<x> (ds2d2_x10_it1000_t6000_s1); FitNet's names carry its absolute
+weight (fitnet10_... is FitNet at weight 10, whichever base and x give it).
+
+Everything trains on synthetic_dior_train; the table reports synthetic_dior_test for the chosen runs, and val
+next to it. Each run is a ``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json
 exists is kept and skipped, an unfinished one resumes from its last checkpoint, so the command can be re-run
-after an interruption. The Markdown/CSV/PNG tables are rewritten after every run.
+after an interruption at any point. The Markdown/CSV/PNG tables are rewritten after every run.
 """
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,8 +44,22 @@ METRICS = ("AP", "AP50", "AP75", "APs")
 METHODS = ("alone", "fitnet", "fgd", "pkd", "mgd", "crosskd", "explicit", "implicit", "ds2d2")
 # their configs: configs/synthetic/baselines/<detector>_R50_to_R18_<method>.yaml
 BASELINES = ("fgd", "pkd", "mgd", "crosskd")
+# methods with their own multiplier, chosen on val; explicit and implicit (DS2D2's ablations) use DS2D2's
+TUNED = ("fitnet", "fgd", "pkd", "mgd", "crosskd", "ds2d2")
+FOLLOW_DS2D2 = ("explicit", "implicit")
 DETECTORS = ("retinanet", "faster_rcnn")
 STAGES = ("R50_teacher", "R50_amplifier", "R18_student", "R50_to_R18")
+VAL, TEST = "synthetic_dior_val", "synthetic_dior_test"
+# The loss weights of each distillation term (MODEL.DS2D2.TERMS): a multiplier scales every one of them.
+TERM_WEIGHTS = {
+    "DS2D2Explicit": ("MODEL.DS2D2.LOSS.EXPLICIT_LOW", "MODEL.DS2D2.LOSS.EXPLICIT_HIGH"),
+    "DS2D2Implicit": ("MODEL.DS2D2.LOSS.IMPLICIT_FULL", "MODEL.DS2D2.LOSS.IMPLICIT_HIGH"),
+    "FitNet": ("MODEL.DS2D2.FITNET.WEIGHT",),
+    "FGD": tuple(f"MODEL.DS2D2.FGD.{k}" for k in ("ALPHA", "BETA", "GAMMA", "LAMBDA")),
+    "PKD": ("MODEL.DS2D2.PKD.WEIGHT",),
+    "MGD": ("MODEL.DS2D2.MGD.WEIGHT",),
+    "CrossKD": ("MODEL.DS2D2.CROSSKD.CLS_WEIGHT", "MODEL.DS2D2.CROSSKD.BOX_WEIGHT"),
+}
 LOSS_TERMS = ("total_loss", "loss_ds2d2_ex_low", "loss_ds2d2_ex_high", "loss_ds2d2_im_full",
               "loss_ds2d2_im_high", "loss_fitnet", "loss_fgd_fea", "loss_fgd_att", "loss_fgd_global",
               "loss_pkd", "loss_mgd", "loss_crosskd_cls", "loss_crosskd_box")
@@ -43,20 +69,26 @@ ZERO_EXPLICIT = ["MODEL.DS2D2.LOSS.EXPLICIT_LOW", "0.0", "MODEL.DS2D2.LOSS.EXPLI
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="RetinaNet, one seed, alone vs full DS2D2")
+    p.add_argument("--quick", action="store_true", help="RetinaNet, one seed, alone vs full DS2D2, --grid 1")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the runs planned now (name, config, overrides) and those waiting; no training")
     p.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS))
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="student seeds (teacher: seed 1)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3],
+                   help="student seeds; the first one trains the tuning grid (teacher: seed 1)")
+    p.add_argument("--grid", nargs="+", type=float, default=[0.1, 1.0, 10.0], metavar="X",
+                   help="multipliers of a method's loss weights tried on the first seed (chosen on val AP50)")
     p.add_argument("--teacher-iters", type=int, default=6000,
                    help="RetinaNet teacher val AP50 25 / 44 / 55 after 1.5k / 3k / 4.5k of 6k iterations")
     p.add_argument("--amplifier-iters", type=int, default=1000)
     p.add_argument("--student-iters", type=int, default=1000)
     p.add_argument("--batch", type=int, default=4, help="images per iteration")
-    p.add_argument("--fitnet-weight", type=float, default=1.0, help="weight of the FitNet feature MSE")
+    p.add_argument("--fitnet-weight", type=float, default=None,
+                   help="x1 weight of the FitNet feature MSE (default: the config's FITNET.WEIGHT)")
     p.add_argument("--explicit-weight", nargs="+", default=[], metavar="DETECTOR=W",
-                   help="l1 = l2 = W for the explicit and ds2d2 runs of DETECTOR (default: the config's)")
+                   help="x1 l1 = l2 = W for the explicit and ds2d2 runs of DETECTOR (default: the config's)")
     p.add_argument("--implicit-weight", nargs="+", default=[], metavar="DETECTOR=W",
-                   help="l3 = l4 = W for the implicit and ds2d2 runs of DETECTOR (default: the config's)")
+                   help="x1 l3 = l4 = W for the implicit and ds2d2 runs of DETECTOR (default: the config's)")
     p.add_argument("--num-images", type=int, default=1000,
                    help="synthetic DIOR images (50%% train, 20%% val, 30%% test)")
     p.add_argument("--data-seed", type=int, default=0)
@@ -73,8 +105,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} takes DETECTOR=W, DETECTOR in {DETECTORS}; "
                     f"got {getattr(args, flag)}")
         setattr(args, flag, {detector: float(weight) for detector, weight in pairs})
+    if any(not x > 0 or math.isinf(x) for x in args.grid):
+        p.error(f"--grid takes positive finite multipliers; got {args.grid}")
+    args.grid = sorted(set(args.grid))
     if args.quick:
         args.detectors, args.methods, args.seeds = ["retinanet"], ["alone", "ds2d2"], args.seeds[:1]
+        args.grid = [1.0]
     return args
 
 
@@ -83,66 +119,241 @@ def schedule(iters: int) -> List[str]:
             "SOLVER.WARMUP_ITERS", str(min(50, iters)), "SOLVER.CHECKPOINT_PERIOD", "100"]
 
 
-def run_names(args: argparse.Namespace, detector: str) -> Dict[str, str]:
-    """Folder names that carry the schedules (and the FitNet weight): a run is reused only by a command that
-    would train it the same way."""
+# ------------------------------------------------------------------------------------------------------------
+# Loss weights: read from the run's config, scaled by the multiplier
+# ------------------------------------------------------------------------------------------------------------
+
+_CONFIGS: Dict[Tuple[str, Tuple[str, ...]], object] = {}
+
+
+def load_config(config: str, opts: Sequence[str]):
+    """The project's config of ``config`` (relative to the repository root) with the overrides ``opts``,
+    cached: the plan is rebuilt after every run."""
+    key = (config, tuple(opts))
+    if key not in _CONFIGS:
+        try:
+            from ds2d2.config import load_config as loader
+        except ImportError:
+            from ds2d2.data.own import load_config as loader
+        _CONFIGS[key] = loader(os.path.join(ROOT, config), list(opts), register=False)
+    return _CONFIGS[key]
+
+
+def base_weights(config: str, opts: Sequence[str]) -> Dict[str, float]:
+    """Every loss weight of the terms the run's config uses (MODEL.DS2D2.TERMS), as the config and ``opts``
+    set them: the x1 weights."""
+    cfg = load_config(config, opts)
+    terms = list(cfg.MODEL.DS2D2.TERMS)
+    unknown = [t for t in terms if t not in TERM_WEIGHTS]
+    if unknown:
+        raise KeyError(f"{config}: no loss weights known for the terms {unknown}; add them to TERM_WEIGHTS")
+    weights = {}
+    for term in terms:
+        for key in TERM_WEIGHTS[term]:
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            weights[key] = float(node)
+    return weights
+
+
+def weight_text(value: float) -> str:
+    """A float override that reads back as a float (never an int: '5.0', '1e-06'), without rounding noise."""
+    return repr(float(f"{value:.10g}"))
+
+
+def scale(weights: Dict[str, float], multiplier: float) -> Dict[str, float]:
+    return {key: float(weight_text(w * multiplier)) for key, w in weights.items()}
+
+
+def x_text(multiplier: Optional[float]) -> str:
+    return "" if multiplier is None else f"{multiplier:g}"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Runs: names, configs, overrides
+# ------------------------------------------------------------------------------------------------------------
+
+
+def variants(args: argparse.Namespace, detector: str) -> Dict[str, Tuple[str, List[str]]]:
+    """(config, overrides before any weight scaling) of every student method."""
+    student, distiller = (f"configs/synthetic/{detector}_{s}.yaml" for s in STAGES[2:])
+    explicit, implicit = [], []
+    if detector in args.explicit_weight:
+        weight = weight_text(args.explicit_weight[detector])
+        explicit = ["MODEL.DS2D2.LOSS.EXPLICIT_LOW", weight, "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", weight]
+    if detector in args.implicit_weight:
+        weight = weight_text(args.implicit_weight[detector])
+        implicit = ["MODEL.DS2D2.LOSS.IMPLICIT_FULL", weight, "MODEL.DS2D2.LOSS.IMPLICIT_HIGH", weight]
+    fitnet = []
+    if args.fitnet_weight is not None:
+        fitnet = ["MODEL.DS2D2.FITNET.WEIGHT", weight_text(args.fitnet_weight)]
+    found = {
+        "alone": (student, []),
+        "fitnet": (distiller, ["MODEL.DS2D2.TERMS", "['FitNet']"] + fitnet),
+        "explicit": (distiller, ZERO_IMPLICIT + explicit),
+        "implicit": (distiller, ZERO_EXPLICIT + implicit),
+        "ds2d2": (distiller, explicit + implicit),
+    }
+    for method in BASELINES:
+        found[method] = (f"configs/synthetic/baselines/{detector}_R50_to_R18_{method}.yaml", [])
+    return found
+
+
+def method_part(args: argparse.Namespace, detector: str, method: str, multiplier: float = 1.0) -> str:
+    """The method's part of a run's folder name. x1 keeps the names of the untuned benchmark; another x adds
+    ``_x<x>``, except FitNet, whose name carries its absolute weight (fitnet10 = FitNet at weight 10)."""
+    if method == "fitnet":
+        config, opts = variants(args, detector)["fitnet"]
+        weight = base_weights(config, opts)["MODEL.DS2D2.FITNET.WEIGHT"] * multiplier
+        return f"fitnet{float(weight_text(weight)):g}"
+    part = method
+    if method in ("explicit", "ds2d2") and detector in args.explicit_weight:
+        part += f"_ex{args.explicit_weight[detector]:g}"
+    if method in ("implicit", "ds2d2") and detector in args.implicit_weight:
+        part += f"_im{args.implicit_weight[detector]:g}"
+    return part + ("" if multiplier == 1 else f"_x{multiplier:g}")
+
+
+def run_names(args: argparse.Namespace, detector: str, multiplier: float = 1.0) -> Dict[str, str]:
+    """Folder names (without the seed) that carry the schedules and the weights: a run is reused only by a
+    command that would train it the same way."""
     t, a, st = args.teacher_iters, args.amplifier_iters, args.student_iters
     names = {"teacher": f"teacher_it{t}", "amplifier": f"amplifier_it{a}_t{t}"}
-    names.update({m: f"{m}_it{st}_t{t}" for m in METHODS})
-    names["fitnet"] = f"fitnet{args.fitnet_weight:g}_it{st}_t{t}"
-    tags = {m: "" for m in METHODS}
-    if detector in args.explicit_weight:
-        for method in ("explicit", "ds2d2"):
-            tags[method] += f"_ex{args.explicit_weight[detector]:g}"
-    if detector in args.implicit_weight:
-        for method in ("implicit", "ds2d2"):
-            tags[method] += f"_im{args.implicit_weight[detector]:g}"
-    for method in ("explicit", "implicit", "ds2d2"):
-        names[method] = f"{method}{tags[method]}_it{st}_t{t}"
+    for method in METHODS:
+        x = 1.0 if method == "alone" else multiplier
+        names[method] = f"{method_part(args, detector, method, x)}_it{st}_t{t}"
     return names
 
 
-def plan(args: argparse.Namespace, detector: str) -> List[Dict]:
-    """The runs of one detector, in order: teacher, amplifier, then every (seed, method)."""
-    teacher, amplifier, student, distiller = (f"configs/synthetic/{detector}_{s}.yaml" for s in STAGES)
+def student_run(args: argparse.Namespace, detector: str, method: str, seed: int,
+                multiplier: Optional[float]) -> Dict:
+    """One student run; ``multiplier`` None for the student alone (no loss weight)."""
+    work = os.path.join(args.work, detector)
+    config, opts = variants(args, detector)[method]
+    run = dict(detector=detector, method=method, seed=seed, x=multiplier, config=config)
+    if method != "alone":
+        t_weights = os.path.join(work, run_names(args, detector)["teacher"], "model_final.pth")
+        a_weights = os.path.join(work, run_names(args, detector)["amplifier"], "model_final.pth")
+        opts = ["MODEL.DS2D2.TEACHER_WEIGHTS", t_weights, "MODEL.DS2D2.AMPLIFIER_WEIGHTS", a_weights] + opts
+        run["base_weights"] = base_weights(config, opts)
+        run["weights"] = scale(run["base_weights"], multiplier)
+        for key, weight in run["weights"].items():
+            opts = opts + [key, weight_text(weight)]
+    run["opts"] = schedule(args.student_iters) + ["SEED", str(seed)] + opts
+    base = run_names(args, detector, 1.0 if multiplier is None else multiplier)[method]
+    run["name"] = f"{base}_s{seed}"
+    run["output"] = os.path.join(work, run["name"])
+    return run
+
+
+def val_ap50(output: str) -> Optional[float]:
+    """Val AP50 of a finished run (None if unfinished). Reads synthetic_dior_val only, never the test set."""
+    path = os.path.join(output, "eval_results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return float(json.load(f)[VAL]["bbox"]["AP50"])
+
+
+def choose(grid: Sequence[Dict]) -> Optional[float]:
+    """The multiplier of the grid run with the best val AP50 (ties: the one closest to x1 on a log scale, then
+    the smaller); None while a grid run is unfinished. A one-value grid needs no result."""
+    if len(grid) == 1:
+        return grid[0]["x"]
+    scores = [(val_ap50(run["output"]), run["x"]) for run in grid]
+    if any(score is None for score, _ in scores):
+        return None
+    return min(scores, key=lambda s: (-s[0], abs(math.log(s[1])), s[1]))[1]
+
+
+def plan(args: argparse.Namespace, detector: str, waiting: Optional[List[Tuple]] = None) -> List[Dict]:
+    """The runs of one detector known now, in training order: teacher, amplifier, the first seed's grid (every
+    tuned method at every x, the student alone once), explicit/implicit of the first seed at DS2D2's x, then
+    the other seeds at each method's chosen x. A run whose x waits on an unfinished grid is left out (and,
+    with ``waiting``, appended there as (detector, method, seed)); rebuild the plan once the grid has
+    finished.
+    Each run's ``chosen`` says whether it is one the summary shows."""
+    teacher, amplifier = (f"configs/synthetic/{detector}_{s}.yaml" for s in STAGES[:2])
     work, names = os.path.join(args.work, detector), run_names(args, detector)
     t_weights = os.path.join(work, names["teacher"], "model_final.pth")
-    a_weights = os.path.join(work, names["amplifier"], "model_final.pth")
-    with_teacher = ["MODEL.DS2D2.TEACHER_WEIGHTS", t_weights, "MODEL.DS2D2.AMPLIFIER_WEIGHTS", a_weights]
-    explicit, implicit = [], []
-    if detector in args.explicit_weight:
-        weight = str(args.explicit_weight[detector])
-        explicit = ["MODEL.DS2D2.LOSS.EXPLICIT_LOW", weight, "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", weight]
-    if detector in args.implicit_weight:
-        weight = str(args.implicit_weight[detector])
-        implicit = ["MODEL.DS2D2.LOSS.IMPLICIT_FULL", weight, "MODEL.DS2D2.LOSS.IMPLICIT_HIGH", weight]
     runs = [
         dict(method="teacher", seed=1, config=teacher, opts=schedule(args.teacher_iters) + ["SEED", "1"]),
         dict(method="amplifier", seed=1, config=amplifier,
              opts=schedule(args.amplifier_iters) + ["SEED", "1", "MODEL.DS2D2.TEACHER_WEIGHTS", t_weights]),
     ]
-    variants = {
-        "alone": (student, []),
-        "fitnet": (distiller, with_teacher + ["MODEL.DS2D2.TERMS", "['FitNet']",
-                                              "MODEL.DS2D2.FITNET.WEIGHT", str(args.fitnet_weight)]),
-        "explicit": (distiller, with_teacher + ZERO_IMPLICIT + explicit),
-        "implicit": (distiller, with_teacher + ZERO_EXPLICIT + implicit),
-        "ds2d2": (distiller, with_teacher + explicit + implicit),
-    }
-    for method in BASELINES:
-        variants[method] = (f"configs/synthetic/baselines/{detector}_R50_to_R18_{method}.yaml", with_teacher)
-    for seed in args.seeds:
-        for method in args.methods:
-            config, opts = variants[method]
-            runs.append(dict(method=method, seed=seed, config=config,
-                             opts=schedule(args.student_iters) + ["SEED", str(seed)] + opts))
-    needs_amplifier = any(r["method"] in ("implicit", "ds2d2") for r in runs)
     for run in runs:
-        run["detector"] = detector
-        shared = run["method"] in ("teacher", "amplifier")
-        run["name"] = names[run["method"]] + ("" if shared else f"_s{run['seed']}")
+        run.update(detector=detector, x=None, role=run["method"], chosen=True, name=names[run["method"]])
         run["output"] = os.path.join(work, run["name"])
+    first = args.seeds[0]
+    methods = list(dict.fromkeys(args.methods))
+    # explicit/implicit need DS2D2's choice: its grid is trained (not shown in the summary) even if not asked
+    grid_methods = [m for m in methods if m in TUNED]
+    if "ds2d2" not in methods and any(m in FOLLOW_DS2D2 for m in methods):
+        grid_methods.append("ds2d2")
+    chosen: Dict[str, Optional[float]] = {}
+
+    def add(method: str, seed: int, multiplier: Optional[float], role: str) -> None:
+        run = student_run(args, detector, method, seed, multiplier)
+        run.update(role=role, chosen=role != "grid")
+        runs.append(run)
+
+    for method in methods + [m for m in grid_methods if m not in methods]:
+        if method == "alone":
+            add("alone", first, None, "seed")
+        elif method in grid_methods:
+            start = len(runs)
+            for multiplier in args.grid:
+                add(method, first, multiplier, "grid")
+            chosen[method] = choose(runs[start:])
+            for run in runs[start:]:
+                run["picked"] = run["x"] == chosen[method]
+                run["chosen"] = run["picked"] and method in methods
+    for seed in args.seeds:
+        for method in methods:
+            if seed == first and method not in FOLLOW_DS2D2:
+                continue  # in the grid above
+            if method == "alone":
+                add("alone", seed, None, "seed")
+                continue
+            multiplier = chosen["ds2d2" if method in FOLLOW_DS2D2 else method]
+            if multiplier is None:
+                if waiting is not None:
+                    waiting.append((detector, method, seed))
+                continue
+            add(method, seed, multiplier, "seed")
+    needs_amplifier = any(m in ("implicit", "ds2d2") for m in methods + grid_methods)
     return [r for r in runs if r["method"] != "amplifier" or needs_amplifier]
+
+
+def full_plan(args: argparse.Namespace) -> Tuple[List[Dict], List[Tuple]]:
+    waiting: List[Tuple] = []
+    runs = [run for detector in args.detectors for run in plan(args, detector, waiting)]
+    return runs, waiting
+
+
+def describe(args: argparse.Namespace) -> str:
+    """The dry run: every run planned now (done or to train) with its config and overrides, then the runs
+    that wait on a grid."""
+    runs, waiting = full_plan(args)
+    lines = []
+    for i, run in enumerate(runs, 1):
+        done = os.path.isfile(os.path.join(run["output"], "eval_results.json"))
+        lines.append(f"{i:3d} [{'done' if done else 'to train'}] {run['detector']}/{run['name']} "
+                     f"({run['role']}, x {x_text(run['x']) or '-'}): {run['config']} {' '.join(run['opts'])}")
+    for detector, method, seed in waiting:
+        of = "ds2d2" if method in FOLLOW_DS2D2 else method
+        lines.append(f"    [waiting] {detector} {method} seed {seed}: at the x chosen by {of}'s grid "
+                     f"(seed {args.seeds[0]}, x {' '.join(x_text(x) for x in args.grid)})")
+    todo = sum(not os.path.isfile(os.path.join(r["output"], "eval_results.json")) for r in runs)
+    lines.append(f"{len(runs)} runs planned now ({todo} to train), {len(waiting)} waiting on a grid: "
+                 f"{len(runs) + len(waiting)} in all")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Training and results
+# ------------------------------------------------------------------------------------------------------------
 
 
 def run_training(args: argparse.Namespace, run: Dict, data_root: str) -> None:
@@ -153,7 +364,7 @@ def run_training(args: argparse.Namespace, run: Dict, data_root: str) -> None:
         cmd.append("--resume")
     cmd += run["opts"] + [
         "DATASETS.TRAIN", "('synthetic_dior_train',)",
-        "DATASETS.TEST", "('synthetic_dior_val', 'synthetic_dior_test')",
+        "DATASETS.TEST", f"('{VAL}', '{TEST}')",
         "SOLVER.IMS_PER_BATCH", str(args.batch), "DATALOADER.NUM_WORKERS", str(args.workers),
         "MODEL.DEVICE", "cpu", "OUTPUT_DIR", run["output"],
     ]
@@ -166,16 +377,20 @@ def run_training(args: argparse.Namespace, run: Dict, data_root: str) -> None:
 
 
 def read_result(run: Dict) -> Optional[Dict]:
-    """Test metrics (and val AP50, train seconds) of a finished run, else None."""
+    """Test metrics (and val AP50, train seconds, multiplier, weights) of a finished run, else None."""
     path = os.path.join(run["output"], "eval_results.json")
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         results = json.load(f)
-    test, val = results["synthetic_dior_test"]["bbox"], results["synthetic_dior_val"]["bbox"]
-    row = {k: run[k] for k in ("detector", "method", "seed")}
+    test = results[TEST]["bbox"]
+    row = {k: run[k] for k in ("detector", "method", "seed", "role", "chosen", "name")}
+    row["x"] = x_text(run["x"])
+    row["picked"] = run.get("picked", False)
+    row["base_weights"] = run.get("base_weights")
+    row["weights"] = " ".join(f"{k.split('.')[-1]}={w:g}" for k, w in run.get("weights", {}).items())
     row.update({m: float(test[m]) for m in METRICS})
-    row["val_AP50"] = float(val["AP50"])
+    row["val_AP50"] = val_ap50(run["output"])
     time_file = os.path.join(run["output"], "bench_time.json")
     if os.path.isfile(time_file):
         with open(time_file) as f:
@@ -205,14 +420,15 @@ def training_log(folder: str, last: int = 3) -> Dict[str, float]:
 
 
 def summarise(rows: List[Dict]) -> List[Dict]:
-    """Mean and spread (population std over seeds) per (detector, method); dAP50: AP50 gain over the student
-    alone."""
+    """Mean and spread (population std over seeds) per (detector, method) of the chosen runs; dAP50: AP50 gain
+    over the student alone; x: the method's chosen multiplier."""
     groups: Dict[tuple, List[Dict]] = {}
     for row in rows:
-        groups.setdefault((row["detector"], row["method"]), []).append(row)
+        if row.get("chosen", True):
+            groups.setdefault((row["detector"], row["method"]), []).append(row)
     summary = []
     for (detector, method), members in groups.items():
-        entry = {"detector": detector, "method": method, "seeds": len(members)}
+        entry = {"detector": detector, "method": method, "x": members[0].get("x", ""), "seeds": len(members)}
         for m in METRICS + ("val_AP50",):
             values = [r[m] for r in members]
             entry[m] = statistics.mean(values)
@@ -221,6 +437,9 @@ def summarise(rows: List[Dict]) -> List[Dict]:
         if speeds:
             entry["s_per_it"] = statistics.mean(speeds)
         summary.append(entry)
+    order = ("teacher", "amplifier") + METHODS  # per detector, in the order of the runs' first appearance
+    detectors = list(dict.fromkeys(e["detector"] for e in summary))
+    summary.sort(key=lambda e: (detectors.index(e["detector"]), order.index(e["method"])))
     for entry in summary:
         alone = [e for e in summary if e["detector"] == entry["detector"] and e["method"] == "alone"]
         if alone and entry["method"] not in ("teacher", "amplifier"):
@@ -228,29 +447,51 @@ def summarise(rows: List[Dict]) -> List[Dict]:
     return summary
 
 
+def weights_note(rows: List[Dict]) -> str:
+    """The x1 loss weights of every method in ``rows``, as read from the configs (and the weight flags)."""
+    seen: Dict[Tuple[str, str], str] = {}
+    for row in rows:
+        base = row.get("base_weights")
+        if base and (row["detector"], row["method"]) not in seen:
+            seen[row["detector"], row["method"]] = ", ".join(
+                f"{k.split('.')[-1]} {w:g}" for k, w in base.items() if w != 0)
+    return "; ".join(f"{d} {m}: {text}" for (d, m), text in seen.items())
+
+
 def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
     name = "accuracy_quick" if args.quick else "accuracy"
-    columns = ["detector", "method", "seed", *METRICS, "val_AP50", "train_s", "s_per_it", *LOSS_TERMS]
+    columns = ["detector", "method", "x", "seed", "role", "chosen", "name", *METRICS, "val_AP50", "train_s",
+               "s_per_it", "weights", *LOSS_TERMS]
     write_csv(os.path.join(args.results, f"{name}_runs.csv"), rows, columns)
     summary = summarise(rows)
     shown = METRICS + ("val_AP50",)
     show = [dict(e, **{m: f"{e[m]:.1f} ± {e[m + '_std']:.1f}" for m in shown}) for e in summary]
     for e in show:
         e["dAP50"] = f"{e['dAP50']:+.1f}" if "dAP50" in e else ""
-    table_cols = ["detector", "method", "seeds", *shown, "dAP50", "s_per_it"]
-    csv_cols = ["detector", "method", "seeds"] + [c for m in shown for c in (m, m + "_std")] + table_cols[-2:]
+    table_cols = ["detector", "method", "x", "seeds", *shown, "dAP50", "s_per_it"]
+    csv_cols = ["detector", "method", "x", "seeds"] + [c for m in shown for c in (m, m + "_std")]
+    csv_cols += table_cols[-2:]
     write_csv(os.path.join(args.results, f"{name}.csv"), summary, csv_cols)
-    notes = (f"COCO-style box AP on synthetic_dior_test (mean ± std over seeds {args.seeds}); val_AP50 on "
-             f"synthetic_dior_val; dAP50 = AP50 gain over the student alone; s_per_it: median training "
-             f"seconds per iteration on this (shared) machine. Teacher R-50 "
-             f"{args.teacher_iters} iterations, amplifier {args.amplifier_iters}, students R-18 "
-             f"{args.student_iters}, batch {args.batch}, 128 px, {args.num_images} images. FitNet weight "
-             f"{args.fitnet_weight:g}; explicit l1 = l2: "
-             f"{args.explicit_weight or 'the configs (RetinaNet 1e-5, Faster R-CNN 0.5)'}; implicit l3 = l4: "
-             f"{args.implicit_weight or 'the configs (RetinaNet 1, Faster R-CNN 1e-5)'}. "
-             f"Command: python benchmarks/bench_accuracy.py {args.command}")
+    grid = [dict(r, chosen="yes" if r["picked"] else "") for r in rows if r.get("role") == "grid"]
+    grid_cols = ["detector", "method", "x", "val_AP50", "chosen", "weights"]
+    write_csv(os.path.join(args.results, f"{name}_grid.csv"), grid, grid_cols)
+    first = args.seeds[0]
+    table = markdown_table(show, table_cols)
+    if grid:
+        table += (f"\n\nTuning grid: val AP50 (synthetic_dior_val) of seed {first} at each multiplier x of "
+                  f"the method's loss weights (weights: the values trained with).\n\n"
+                  + markdown_table(grid, grid_cols))
+    notes = (f"COCO-style box AP on synthetic_dior_test (mean ± std over seeds {args.seeds}) of each method "
+             f"at its chosen x; val_AP50 on synthetic_dior_val; dAP50 = AP50 gain over the student alone; "
+             f"s_per_it: median training seconds per iteration on this (shared) machine. x multiplies every "
+             f"loss weight of the method; it is chosen per detector among {[float(x) for x in args.grid]} by "
+             f"the best val AP50 of seed {first} (ties: the x closest to 1), never on test; explicit and "
+             f"implicit use DS2D2's x. Loss weights at x1 (the configs', with the weight flags given; zero "
+             f"weights left out): {weights_note(rows) or '-'}. Teacher R-50 {args.teacher_iters} iterations, "
+             f"amplifier {args.amplifier_iters}, students R-18 {args.student_iters}, batch {args.batch}, "
+             f"128 px, {args.num_images} images. Command: python benchmarks/bench_accuracy.py {args.command}")
     text = write_report(os.path.join(args.results, f"{name}.md"), "Accuracy on synthetic DIOR", machine,
-                        markdown_table(show, table_cols), notes)
+                        table, notes)
     students = [e for e in summary if e["method"] not in ("amplifier",)]
     if students:
         methods = [m for m in ("teacher",) + METHODS if any(e["method"] == m for e in students)]
@@ -259,34 +500,47 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
         series = {d: [pick.get((d, m), {}).get("AP50", 0.0) for m in methods] for d in detectors}
         errors = {d: [pick.get((d, m), {}).get("AP50_std", 0.0) for m in methods] for d in detectors}
         bar_plot(os.path.join(args.results, f"{name}.png"), methods, series, "AP50 (synthetic_dior_test)",
-                 "Accuracy on synthetic DIOR (mean ± std over seeds)", errors=errors)
+                 "Accuracy on synthetic DIOR (each method at its chosen x; mean ± std over seeds)",
+                 errors=errors)
     return text
+
+
+def finished(run: Dict) -> bool:
+    return os.path.isfile(os.path.join(run["output"], "eval_results.json"))
 
 
 def main(argv: Optional[List[str]] = None) -> str:
     args = parse_args(argv)
+    if args.dry_run:
+        text = describe(args)
+        print(text, flush=True)
+        return text
     set_threads(args.threads)
     machine = machine_line()
     data_root = os.path.join(args.work, "datasets")
     from ds2d2.data.synthetic import write_synthetic_dior
 
     write_synthetic_dior(os.path.join(data_root, "synthetic_dior"), args.num_images, args.data_seed)
-    runs = [run for detector in args.detectors for run in plan(args, detector)]
-    rows: List[Dict] = []
-    text = ""
-    for i, run in enumerate(runs, 1):
-        row = read_result(run)
-        if row is None:
-            now = time.strftime("%H:%M:%S")
-            print(f"[{now}] run {i}/{len(runs)}: {run['detector']} {run['name']}", flush=True)
-            run_training(args, run, data_root)
-            row = read_result(run)
-            if row is None:
-                raise RuntimeError(f"{run['output']}: training finished without eval_results.json")
-        else:
-            print(f"run {i}/{len(runs)}: {run['detector']} {run['name']} already done, kept", flush=True)
-        rows.append(row)
-        text = report(args, rows, machine)
+    kept: set = set()
+    while True:  # the plan grows as grids finish: rebuild it after every run
+        runs, waiting = full_plan(args)
+        for i, run in enumerate(runs, 1):
+            if run["output"] not in kept and finished(run):
+                kept.add(run["output"])
+                print(f"run {i}/{len(runs)}: {run['detector']} {run['name']} already done, kept", flush=True)
+        todo = [(i, run) for i, run in enumerate(runs, 1) if not finished(run)]
+        if not todo:
+            break
+        i, run = todo[0]
+        now = time.strftime("%H:%M:%S")
+        print(f"[{now}] run {i}/{len(runs)} (+{len(waiting)} waiting on a grid): {run['detector']} "
+              f"{run['name']}", flush=True)
+        run_training(args, run, data_root)
+        if read_result(run) is None:
+            raise RuntimeError(f"{run['output']}: training finished without eval_results.json")
+        kept.add(run["output"])
+        report(args, [read_result(r) for r in full_plan(args)[0] if finished(r)], machine)
+    text = report(args, [read_result(run) for run in runs], machine)
     print(text, flush=True)
     return text
 

@@ -69,7 +69,8 @@ def test_bench_accuracy_run_names_carry_the_schedule():
     assert (names["explicit"], names["implicit"], names["ds2d2"]) == (
         "explicit_ex5_it1000_t6000", "implicit_im1_it1000_t6000", "ds2d2_ex5_im1_it1000_t6000"
     )
-    ds2d2_run = [r for r in bench_accuracy.plan(args, "faster_rcnn") if r["method"] == "ds2d2"][0]
+    runs = bench_accuracy.plan(args, "faster_rcnn")
+    ds2d2_run = [r for r in runs if r["method"] == "ds2d2" and r["x"] == 1][0]
     weights = dict(zip(ds2d2_run["opts"][::2], ds2d2_run["opts"][1::2]))
     assert weights["MODEL.DS2D2.LOSS.EXPLICIT_LOW"] == "5.0"
     assert weights["MODEL.DS2D2.LOSS.IMPLICIT_HIGH"] == "1.0"

@@ -1,0 +1,231 @@
+"""The accuracy benchmark's plan, without training: run names (x1 keeps the names of the untuned benchmark),
+weight multipliers read from the configs, the choice of x on val, and the two phases (the other seeds only
+once a method's grid has finished), down to the main loop with a fake trainer interrupted and rerun."""
+import json
+import os
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import bench_accuracy as ba  # noqa: E402
+
+FGD = ("MODEL.DS2D2.FGD.ALPHA", "MODEL.DS2D2.FGD.BETA", "MODEL.DS2D2.FGD.GAMMA", "MODEL.DS2D2.FGD.LAMBDA")
+DS2D2 = ("MODEL.DS2D2.LOSS.EXPLICIT_LOW", "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", "MODEL.DS2D2.LOSS.IMPLICIT_FULL",
+         "MODEL.DS2D2.LOSS.IMPLICIT_HIGH")
+# every loss weight of each tuned method
+METHOD_KEYS = {
+    "fitnet": ("MODEL.DS2D2.FITNET.WEIGHT",), "fgd": FGD, "pkd": ("MODEL.DS2D2.PKD.WEIGHT",),
+    "mgd": ("MODEL.DS2D2.MGD.WEIGHT",),
+    "crosskd": ("MODEL.DS2D2.CROSSKD.CLS_WEIGHT", "MODEL.DS2D2.CROSSKD.BOX_WEIGHT"), "ds2d2": DS2D2,
+}
+
+
+def overrides(run):
+    opts = run["opts"]
+    assert len(opts) % 2 == 0
+    return dict(zip(opts[::2], opts[1::2]))  # the last value of a key wins, as in merge_from_list
+
+
+def yaml_value(config, key):
+    """``key`` as the YAML file (or its _BASE_ chain) sets it, read without the project's loader."""
+    path = os.path.join(ROOT, config)
+    while True:
+        with open(path) as f:
+            node = yaml.safe_load(f)
+        found = node
+        for part in key.split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        if found is not None:
+            return float(found)
+        if "_BASE_" not in node:
+            return None
+        path = os.path.join(os.path.dirname(path), node["_BASE_"])
+
+
+def fake_result(output, val_ap50, test_ap50=None):
+    """An eval_results.json with val AP50 (and test metrics unless ``test_ap50`` is None)."""
+    os.makedirs(output, exist_ok=True)
+    results = {ba.VAL: {"bbox": {"AP": val_ap50 / 2, "AP50": val_ap50, "AP75": 0.0, "APs": 0.0}}}
+    if test_ap50 is not None:
+        results[ba.TEST] = {"bbox": {"AP": test_ap50 / 2, "AP50": test_ap50, "AP75": 0.0, "APs": 0.0}}
+    with open(os.path.join(output, "eval_results.json"), "w") as f:
+        json.dump(results, f)
+
+
+def test_x1_keeps_the_names_of_the_untuned_benchmark():
+    args = ba.parse_args([])
+    names = ba.run_names(args, "retinanet")
+    assert names == {
+        "teacher": "teacher_it6000", "amplifier": "amplifier_it1000_t6000", "alone": "alone_it1000_t6000",
+        "fitnet": "fitnet1_it1000_t6000", "fgd": "fgd_it1000_t6000", "pkd": "pkd_it1000_t6000",
+        "mgd": "mgd_it1000_t6000", "crosskd": "crosskd_it1000_t6000", "explicit": "explicit_it1000_t6000",
+        "implicit": "implicit_it1000_t6000", "ds2d2": "ds2d2_it1000_t6000",
+    }
+    x10 = ba.run_names(args, "faster_rcnn", 10.0)
+    assert (x10["ds2d2"], x10["fgd"], x10["alone"], x10["teacher"]) == (
+        "ds2d2_x10_it1000_t6000", "fgd_x10_it1000_t6000", "alone_it1000_t6000", "teacher_it6000")
+    assert ba.run_names(args, "retinanet", 0.1)["crosskd"] == "crosskd_x0.1_it1000_t6000"
+    # FitNet's name carries its absolute weight: x10 of 1 is the folder of the old --fitnet-weight 10 runs
+    assert x10["fitnet"] == "fitnet10_it1000_t6000"
+    old = ba.parse_args(["--fitnet-weight", "10", "--explicit-weight", "faster_rcnn=5"])
+    assert ba.run_names(old, "faster_rcnn")["fitnet"] == "fitnet10_it1000_t6000"
+    assert ba.run_names(old, "faster_rcnn", 0.1)["ds2d2"] == "ds2d2_ex5_x0.1_it1000_t6000"
+    first = {r["name"] for r in ba.plan(args, "retinanet")}
+    assert {"teacher_it6000", "amplifier_it1000_t6000", "alone_it1000_t6000_s1", "ds2d2_it1000_t6000_s1",
+            "ds2d2_x0.1_it1000_t6000_s1", "ds2d2_x10_it1000_t6000_s1", "fitnet0.1_it1000_t6000_s1",
+            "fitnet1_it1000_t6000_s1", "fitnet10_it1000_t6000_s1"} <= first
+
+
+@pytest.mark.parametrize("detector", ba.DETECTORS)
+def test_a_multiplier_scales_every_weight_of_the_method_from_its_config(detector):
+    args = ba.parse_args([])
+    configs = ba.variants(args, detector)
+    for method, keys in METHOD_KEYS.items():
+        for x in (0.1, 10.0):
+            run = ba.student_run(args, detector, method, 1, x)
+            opts = overrides(run)
+            assert set(run["weights"]) == set(keys), method
+            for key in keys:
+                # the YAML's value, else the project default (FitNet's weight is set in no synthetic YAML)
+                base = yaml_value(configs[method][0], key)
+                base = 1.0 if base is None and method == "fitnet" else base
+                assert base is not None and base > 0, (method, key)
+                assert float(opts[key]) == pytest.approx(base * x, rel=1e-9), (detector, method, key, x)
+                assert "." in opts[key] or "e" in opts[key], "a float override, never an int"
+    # the ablations scale DS2D2's weights and keep the other stream at 0
+    explicit = overrides(ba.student_run(args, detector, "explicit", 1, 10.0))
+    assert float(explicit["MODEL.DS2D2.LOSS.IMPLICIT_FULL"]) == 0.0
+    assert float(explicit["MODEL.DS2D2.LOSS.EXPLICIT_LOW"]) == pytest.approx(
+        10 * yaml_value(configs["ds2d2"][0], "MODEL.DS2D2.LOSS.EXPLICIT_LOW"))
+
+
+def test_weights_come_from_the_config_and_the_flags(tmp_path, monkeypatch):
+    config = tmp_path / "fgd.yaml"
+    config.write_text(f"_BASE_: {ROOT}/configs/synthetic/baselines/retinanet_R50_to_R18_fgd.yaml\n"
+                      "MODEL:\n  DS2D2:\n    FGD:\n      ALPHA: 3.0\n      BETA: 0.25\n")
+    real = ba.variants
+    monkeypatch.setattr(ba, "variants", lambda args, d: dict(real(args, d), fgd=(str(config), [])))
+    opts = overrides(ba.student_run(ba.parse_args([]), "retinanet", "fgd", 1, 10.0))
+    assert [float(opts[k]) for k in FGD] == pytest.approx([30.0, 2.5, 5e-3, 5e-5])
+    monkeypatch.setattr(ba, "variants", real)
+    args = ba.parse_args(["--explicit-weight", "retinanet=0.5", "--fitnet-weight", "4"])
+    ds2d2 = overrides(ba.student_run(args, "retinanet", "ds2d2", 1, 0.1))
+    assert [float(ds2d2[k]) for k in DS2D2] == pytest.approx([0.05, 0.05, 0.1, 0.1])
+    fitnet = ba.student_run(args, "retinanet", "fitnet", 2, 10.0)
+    assert overrides(fitnet)["MODEL.DS2D2.FITNET.WEIGHT"] == "40.0"
+    assert fitnet["name"] == "fitnet40_it1000_t6000_s2"
+
+
+def test_the_choice_reads_val_only(tmp_path):
+    def grid(vals, tests=None):
+        runs = []
+        for i, (x, val) in enumerate(zip((0.1, 1.0, 10.0), vals)):
+            out = tmp_path / f"g{len(list(tmp_path.iterdir()))}_{x:g}"
+            if val is not None:
+                fake_result(str(out), val, None if tests is None else tests[i])
+            runs.append({"x": x, "output": str(out)})
+        return runs
+
+    assert ba.choose(grid([40.0, 50.0, 60.0], tests=[90.0, 10.0, 0.0])) == 10.0  # best val, whatever test
+    assert ba.choose(grid([70.0, 50.0, 60.0])) == 0.1  # no test results at all: never read
+    assert ba.choose(grid([60.0, 60.0, 60.0])) == 1.0  # ties: the x closest to 1
+    assert ba.choose(grid([50.0, 60.0, 60.0])) == 1.0
+    assert ba.choose(grid([60.0, 50.0, 60.0])) == 0.1  # as far from 1 on a log scale: the smaller
+    assert ba.choose(grid([60.0, None, 90.0])) is None  # unfinished grid: no choice yet
+    assert ba.choose([{"x": 10.0, "output": str(tmp_path / "none")}]) == 10.0  # one value: nothing to choose
+
+
+def test_other_seeds_only_once_the_grid_has_finished(tmp_path):
+    args = ba.parse_args(["--work", str(tmp_path), "--detectors", "retinanet", "--seeds", "1", "2", "3"])
+    waiting = []
+    runs = ba.plan(args, "retinanet", waiting)
+    assert {r["seed"] for r in runs if r["method"] not in ("alone", "teacher", "amplifier")} == {1}
+    assert {(r["method"], r["x"]) for r in runs if r["role"] == "grid"} == {
+        (m, x) for m in ba.TUNED for x in (0.1, 1.0, 10.0)}
+    assert not any(r["chosen"] for r in runs if r["role"] == "grid")
+    assert ("retinanet", "explicit", 1) in waiting and ("retinanet", "fgd", 2) in waiting
+    assert len(runs) + len(waiting) == 2 + 1 + 6 * 3 + 2 + 9 * 2
+
+    by_name = {r["name"]: r for r in runs}
+    for x, val in ((0.1, 30.0), (1.0, 20.0)):  # fitnet's grid two thirds done: still waiting
+        fake_result(by_name[ba.run_names(args, "retinanet", x)["fitnet"] + "_s1"]["output"], val, 1.0)
+    assert not [r for r in ba.plan(args, "retinanet") if r["method"] == "fitnet" and r["seed"] > 1]
+    fake_result(by_name["fitnet10_it1000_t6000_s1"]["output"], 25.0, 99.0)
+    waiting = []
+    runs = ba.plan(args, "retinanet", waiting)
+    later = [r for r in runs if r["method"] == "fitnet" and r["seed"] > 1]
+    assert [(r["name"], r["x"]) for r in later] == [("fitnet0.1_it1000_t6000_s2", 0.1),
+                                                    ("fitnet0.1_it1000_t6000_s3", 0.1)]
+    assert [r["x"] for r in runs if r["method"] == "fitnet" and r["chosen"]] == [0.1, 0.1, 0.1]
+    assert not [r for r in runs if r["method"] in ("fgd", "explicit", "ds2d2") and r["seed"] > 1]
+    assert not [r for r in runs if r["method"] in ba.FOLLOW_DS2D2]
+    for x in (0.1, 1.0, 10.0):  # DS2D2's grid done: x10 best; explicit and implicit follow it
+        name = ba.run_names(args, "retinanet", x)["ds2d2"] + "_s1"
+        score = {0.1: 10.0, 1.0: 40.0, 10.0: 45.0}[x]
+        fake_result(os.path.join(str(tmp_path), "retinanet", name), score, 0.0)
+    runs = ba.plan(args, "retinanet")
+    follow = sorted(
+        r["name"] for r in runs if r["method"] in ("explicit", "implicit", "ds2d2") and r["chosen"])
+    assert follow == sorted(f"{m}_x10_it1000_t6000_s{s}" for m in ("explicit", "implicit", "ds2d2")
+                            for s in (1, 2, 3))
+    # a grid of one value (--quick) plans every seed at once
+    args = ba.parse_args(["--work", str(tmp_path / "q"), "--grid", "1", "--seeds", "1", "2", "--detectors",
+                          "faster_rcnn", "--methods", "alone", "explicit"])
+    waiting = []
+    runs = ba.plan(args, "faster_rcnn", waiting)
+    assert not waiting
+    assert [r["name"] for r in runs if r["chosen"]] == [
+        "teacher_it6000", "amplifier_it1000_t6000", "alone_it1000_t6000_s1", "explicit_it1000_t6000_s1",
+        "alone_it1000_t6000_s2", "explicit_it1000_t6000_s2"]
+    # explicit alone still trains (unshown) DS2D2's grid, whose choice it follows
+    assert [r["name"] for r in runs if not r["chosen"]] == ["ds2d2_it1000_t6000_s1"]
+
+
+def test_main_is_resumable_at_any_point_and_reports_the_choice(tmp_path, monkeypatch, capsys):
+    import ds2d2.data.synthetic
+
+    trained = []
+    val = {"fitnet": {0.1: 50.0, 1.0: 60.0, 10.0: 60.0}, "ds2d2": {0.1: 70.0, 1.0: 65.0, 10.0: 10.0}}
+
+    def fake_training(args, run, data_root):
+        if len(trained) == stop_after[0]:
+            raise KeyboardInterrupt
+        trained.append(run["name"])
+        x = run["x"] if run["x"] is not None else 1.0
+        if run["role"] == "grid":
+            score = val[run["method"]][x]
+        else:
+            score = 40.0 + run["seed"]
+        fake_result(run["output"], score, score - 1)
+
+    monkeypatch.setattr(ba, "run_training", fake_training)
+    monkeypatch.setattr(ds2d2.data.synthetic, "write_synthetic_dior", lambda *a: None)
+    argv = ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "res"), "--detectors", "retinanet",
+            "--methods", "alone", "fitnet", "implicit", "ds2d2", "--seeds", "1", "2", "--threads", "1"]
+    kept = []
+    for stop in (3, 9, 10**6):  # interrupted after 3 runs, then after 6 more, then to the end
+        stop_after = [stop]
+        try:
+            ba.main(argv)
+        except KeyboardInterrupt:
+            pass
+        kept.append(capsys.readouterr().out.count("already done, kept"))
+    assert kept == [0, 3, 9]  # each call keeps what the calls before trained, and only that
+    # 2 + alone x2 + fitnet 3 + 1 + ds2d2 3 + 1 + implicit x2; each trained exactly once
+    assert len(trained) == len(set(trained)) == 2 + 2 + 4 + 4 + 2
+    assert trained.index("fitnet1_it1000_t6000_s2") > trained.index("fitnet10_it1000_t6000_s1")
+    assert "implicit_x0.1_it1000_t6000_s1" in trained and "ds2d2_x0.1_it1000_t6000_s2" in trained
+    text = ba.main(argv)
+    assert capsys.readouterr().out.count("already done, kept") == len(trained)
+    assert "| detector | method | x | seeds |" in text
+    assert "| retinanet | fitnet | 1 | 2 |" in text  # tie 60 = 60: x1 over x10
+    assert "| retinanet | ds2d2 | 0.1 | 2 |" in text and "| retinanet | implicit | 0.1 | 2 |" in text
+    assert "| retinanet | ds2d2 | 10 | 10.0 |  | EXPLICIT_LOW=0.0001 " in text  # the grid table, val only
+    x1 = "retinanet ds2d2: EXPLICIT_LOW 1e-05, EXPLICIT_HIGH 1e-05, IMPLICIT_FULL 1, IMPLICIT_HIGH 1"
+    assert x1 in text  # the notes: the x1 weights read from the config
+    with open(tmp_path / "res" / "accuracy.csv") as f:
+        assert f.readline().startswith("detector,method,x,seeds,")
