@@ -22,8 +22,9 @@ from detectron2.utils.logger import setup_logger
 
 from ds2d2.checkpoint import AtomicCheckpointer
 from ds2d2.compat import last_eval_results
-from ds2d2.data.own import load_config, register_own_datasets
-from ds2d2.engine import Trainer, check_dataset_classes, check_datasets_registered
+from ds2d2.config import check_config, load_config
+from ds2d2.data.own import register_own_datasets
+from ds2d2.engine import Trainer
 from ds2d2.launch import launch
 
 
@@ -63,8 +64,7 @@ def save_results(cfg, results) -> None:
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        check_datasets_registered(cfg, ["TEST"])
-        check_dataset_classes(cfg, ["TEST"])
+        check_config(cfg, datasets=["TEST"])
         model = Trainer.build_model(cfg)
         checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

@@ -177,16 +177,13 @@ def dense_postprocess_ms(side: int = 1024, classes: int = 15, repeats: int = 3) 
 
 def build(dataset: str, family: str, key: str, device: str = "cpu"):
     """(config, eval-mode model with the benchmark's random weights) of one model."""
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
     from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 
-    from ds2d2 import add_ds2d2_config
+    from ds2d2.config import load_config
 
-    cfg = get_cfg()
-    add_ds2d2_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", dataset, MODELS[dataset][key][1].format(family)))
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", device])
+    config = os.path.join(ROOT, "configs", dataset, MODELS[dataset][key][1].format(family))
+    cfg = load_config(config, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device], register=False)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     with torch.no_grad():

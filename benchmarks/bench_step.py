@@ -54,11 +54,9 @@ def cfg_paths(detector: str, depth: int) -> Dict[str, str]:
 
 
 def load(path: str, opts: List[str]):
-    from ds2d2.teacher import load_config_file
+    from ds2d2.config import load_config
 
-    cfg = load_config_file(path, "config")
-    cfg.merge_from_list(opts)
-    return cfg
+    return load_config(path, opts, register=False)
 
 
 def write_teacher_files(detector: str, depth: int, device: str, folder: str) -> Dict[str, str]:

@@ -6,13 +6,13 @@ from typing import Dict, Iterator, List, Sequence
 
 import pytest
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from ds2d2 import add_ds2d2_config
+from ds2d2.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,10 +74,8 @@ def restore_catalogs() -> Iterator[None]:
 
 def tiny_cfg(detector: str, opts: Sequence = ()) -> CfgNode:
     """Tiny CPU config of ``detector`` ("RetinaNet"/"GeneralizedRCNN") plus DS2D2's keys and ``opts``."""
-    cfg = get_cfg()
-    add_ds2d2_config(cfg)
-    cfg.merge_from_file(str(SYNTHETIC_CONFIGS / BASE_YAML[detector]))
-    cfg.merge_from_list([str(v) for v in TINY[detector]] + [str(v) for v in opts])
+    opts = [str(v) for v in TINY[detector]] + [str(v) for v in opts]
+    cfg = load_config(str(SYNTHETIC_CONFIGS / BASE_YAML[detector]), opts, register=False)
     cfg.MODEL.DS2D2.DETECTOR = detector
     cfg.DATASETS.TRAIN = ()
     cfg.DATASETS.TEST = ()

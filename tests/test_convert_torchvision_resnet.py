@@ -8,10 +8,9 @@ import pytest
 import torch
 import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from ds2d2 import add_ds2d2_config
+from ds2d2.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,9 +47,7 @@ def test_converted_weights_fill_the_config_resnet_and_compute_the_same(tmp_path,
          str(tmp_path / "r.pkl")],
         check=True,
     )
-    cfg = get_cfg()
-    add_ds2d2_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", config))
+    cfg = load_config(os.path.join(ROOT, "configs", config), register=False)
     assert cfg.MODEL.WEIGHTS == f"pretrained/torchvision-R-{depth}.pkl"
     assert cfg.INPUT.FORMAT == "RGB" and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
     cfg.MODEL.DEVICE = "cpu"

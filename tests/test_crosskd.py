@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from conftest import REPO, load_script, random_batch, tiny_stages
 from ds2d2 import add_ds2d2_config
+from ds2d2.config import load_config
 from ds2d2.distill import DISTILL_TERM_REGISTRY, DistillStep
 from ds2d2.distill.crosskd import CrossKD, align_statistics
 
@@ -147,9 +148,7 @@ def test_crosskd_is_registered_with_the_authors_defaults():
     for det in ("retinanet", "faster_rcnn")
 ] + [f"configs/synthetic/baselines/{det}_R50_to_R18_crosskd.yaml" for det in ("retinanet", "faster_rcnn")])
 def test_configs_run_crosskd_alone_with_the_authors_weights(path):
-    cfg = get_cfg()
-    add_ds2d2_config(cfg)
-    cfg.merge_from_file(str(REPO / path))
+    cfg = load_config(str(REPO / path), register=False)
     ck = cfg.MODEL.DS2D2.CROSSKD
     assert list(cfg.MODEL.DS2D2.TERMS) == ["CrossKD"]
     assert (ck.CLS_WEIGHT, ck.BOX_WEIGHT) == ((1.0, 1.0) if "retinanet" in path else (0.5, 1.0))
@@ -332,9 +331,7 @@ def test_two_iterations_through_train_net(tmp_path: Path, student_config: str):
     from ds2d2.data.synthetic import write_synthetic_dior
 
     write_synthetic_dior(tmp_path / "datasets" / "synthetic_dior", num_images=8, seed=0, image_size=64)
-    teacher_cfg = get_cfg()
-    add_ds2d2_config(teacher_cfg)
-    teacher_cfg.merge_from_file(str(REPO / student_config))
+    teacher_cfg = load_config(str(REPO / student_config), register=False)
     teacher_cfg.DATASETS.TRAIN, teacher_cfg.DATASETS.TEST = (), ()
     (tmp_path / "teacher.yaml").write_text(teacher_cfg.dump())
     torch.save({"model": build_model(teacher_cfg).state_dict()}, tmp_path / "teacher.pth")

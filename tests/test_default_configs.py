@@ -8,11 +8,11 @@ from typing import Dict, NamedTuple
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.modeling import build_backbone
 
 from conftest import tiny_cfg
-from ds2d2 import add_ds2d2_config
+from ds2d2.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -93,10 +93,7 @@ def config_id(path: Path) -> str:
 
 
 def load(path: Path) -> CfgNode:
-    cfg = get_cfg()
-    add_ds2d2_config(cfg)
-    cfg.merge_from_file(str(path))
-    return cfg
+    return load_config(str(path), register=False)
 
 
 def value(cfg: CfgNode, key: str):

@@ -14,14 +14,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from torchvision.ops import batched_nms as batched_nms_torch
 from torchvision.ops import nms as nms_torch
 
 from conftest import REPO
-from ds2d2 import add_ds2d2_config
+from ds2d2.config import load_config
 from ds2d2.deploy import detector_config, export_model, export_onnx, load_detector
 from ds2d2.export import export_student
 from ds2d2_onnx import DeployFileError, Detections, OnnxDetector
@@ -50,11 +50,7 @@ def load_tool(name: str):
 
 
 def read_cfg(path: Path, opts=()) -> CfgNode:
-    cfg = get_cfg()
-    add_ds2d2_config(cfg)
-    cfg.merge_from_file(str(path))
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return load_config(str(path), opts, register=False)
 
 
 class Trained(NamedTuple):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from ds2d2.checkpoint import AtomicCheckpointer, CheckpointError, atomic_write, read_checkpoint_file
+from ds2d2.checkpoint import AtomicCheckpointer, CheckpointError, atomic_write, read_checkpoint
 
 
 def write_forever(path: str) -> None:
@@ -61,7 +61,7 @@ def saved(tmp_path):
 
 def test_save_writes_the_file_then_the_tag(saved, tmp_path):
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
-    assert read_checkpoint_file(str(tmp_path / "model_0000003.pth"))["iteration"] == 3
+    assert read_checkpoint(str(tmp_path / "model_0000003.pth"))["iteration"] == 3
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["last_checkpoint", "model_0000001.pth", "model_0000003.pth"]  # no temporary file left
 
@@ -96,7 +96,7 @@ def test_pth_holding_code_is_refused_without_running_it(tmp_path):
     torch.save({"model": {"weight": torch.ones(2)}, "extra": RunsCode(marker)}, tmp_path / "crafted.pth")
     expected = "crafted.pth' cannot be read with weights_only=True.*posix.mkdir"
     with pytest.raises(CheckpointError, match=expected):
-        read_checkpoint_file(str(tmp_path / "crafted.pth"))
+        read_checkpoint(str(tmp_path / "crafted.pth"))
     assert not marker.exists()
 
 
@@ -105,7 +105,7 @@ def test_pkl_holding_code_is_refused_without_running_it(tmp_path):
     with open(tmp_path / "crafted.pkl", "wb") as f:
         pickle.dump({"model": RunsCode(marker), "__author__": "someone"}, f)
     with pytest.raises(CheckpointError, match="crafted.pkl' refers to 'posix.mkdir'"):
-        read_checkpoint_file(str(tmp_path / "crafted.pkl"))
+        read_checkpoint(str(tmp_path / "crafted.pkl"))
     assert not marker.exists()
 
 

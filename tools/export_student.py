@@ -21,9 +21,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from detectron2.config import get_cfg
-
-from ds2d2 import add_ds2d2_config
+from ds2d2.config import load_config
 from ds2d2.deploy import export_onnx
 from ds2d2.export import export_student
 
@@ -47,10 +45,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    cfg = get_cfg()
-    add_ds2d2_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, register=False)
     try:
         if args.format == "onnx":
             info = export_onnx(cfg, args.checkpoint, args.output, args.input_size, args.config_file)

@@ -22,18 +22,18 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 import ds2d2  # noqa: F401  (registers the builtin datasets, whose class names label the boxes)
-from ds2d2.config import add_ds2d2_config
+from ds2d2.checkpoint import load_state_strictly, read_checkpoint
+from ds2d2.config import load_config
 from ds2d2.data.dota import read_image
 from ds2d2.data.dota_split import cut_patches, resize_by_rate
 from ds2d2.deploy import class_names_for
 from ds2d2.evaluation.dota_merge import DEFAULT_NMS_THRESH, ImageDetections, merge_detections, patch_to_image
-from ds2d2.teacher import load_state_strictly, read_checkpoint
 from ds2d2_onnx import OnnxDetector, save_detections
 
 Tile = Tuple[np.ndarray, Tuple[float, float], float]  # pixels, origin in the image, rate
@@ -118,10 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_model(args: argparse.Namespace) -> Tuple[torch.nn.Module, CfgNode, List[str]]:
     """The PyTorch detector of --config-file with --weights (eval mode), its config and class names."""
-    cfg = get_cfg()
-    add_ds2d2_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, register=False)
     if cfg.MODEL.META_ARCHITECTURE in ("DS2D2Amplifier", "DS2D2Distiller"):
         cfg.MODEL.META_ARCHITECTURE = cfg.MODEL.DS2D2.DETECTOR  # the student alone (tools/export_student.py)
     weights = args.weights or cfg.MODEL.WEIGHTS

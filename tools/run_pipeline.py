@@ -25,8 +25,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from detectron2.config import CfgNode
 
-from ds2d2.data.own import load_config
-from ds2d2.engine import check_dataset_classes, check_datasets_registered
+from ds2d2.config import check_config, load_config
 from ds2d2.teacher import check_teacher_classes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,8 +35,7 @@ METRICS = ("AP", "AP50", "AP75", "APs")
 def load(path: str, opts: Sequence[str] = ()) -> CfgNode:
     """The config a stage's train_net.py builds from ``path`` and ``opts`` (datasets registered, checked)."""
     cfg = load_config(path, opts)
-    check_datasets_registered(cfg)
-    check_dataset_classes(cfg)
+    check_config(cfg)
     return cfg
 
 

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.modeling import build_model
@@ -28,19 +28,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ds2d2 import add_ds2d2_config, disw_map, dwt, explicit_band_losses
+from ds2d2 import disw_map, dwt, explicit_band_losses
+from ds2d2.checkpoint import load_state_strictly, read_checkpoint
+from ds2d2.config import load_config
 from ds2d2.meta_arch.distiller import DS2D2Distiller
-from ds2d2.teacher import load_state_strictly, read_checkpoint
 
 MAP_KEYS = ("disw", "low", "high", "weighted_low", "weighted_high")
 
 
 def setup_cfg(config_file: str, opts: List[str]) -> CfgNode:
     """Detectron2 + DS2D2 config from ``config_file`` with ``opts`` (KEY VALUE ...) merged, frozen."""
-    cfg = get_cfg()
-    add_ds2d2_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_config(config_file, opts, register=False)
     cfg.freeze()
     return cfg
 

@@ -1,49 +1,86 @@
-"""Checkpoint files that survive crashes and do not run code from the files they read.
+"""Every checkpoint and output file of ds2d2 is read, written and fitted to a model here.
 
-- Writes are atomic: the checkpoint and the ``last_checkpoint`` tag are written to a temporary file in the
-  same folder, flushed to disk and renamed over the target (``os.replace``), so a crash while saving leaves
-  the previous files intact (at worst a stale hidden ``.*.tmp`` file).
+- Writing (``atomic_write``, ``atomic_path``): to a temporary file in the same folder, flushed to disk and
+  renamed over the target (``os.replace``), so a crash while saving leaves the previous file intact (at worst
+  a stale hidden ``.*.tmp`` file). Training checkpoints and their ``last_checkpoint`` tag, exported students,
+  ONNX files and the DOTA patch cache all go through it.
 - ``.pth`` files are read with ``torch.load(weights_only=True)``: tensors and plain containers only, no
   pickled code. A truncated or corrupt file, or one that needs arbitrary unpickling, is an error naming it.
 - Detectron2 ``.pkl`` files (model zoo, Caffe2 conversions) are plain pickles; they are read with an unpickler
   that only builds builtin containers and NumPy arrays, so a crafted file cannot run code either.
+- Fitting (``load_state_strictly``): Detectron2's checkpointer loads non-strictly and only logs what did not
+  match, which silently leaves a random teacher when a path or a depth is wrong. Everything ds2d2 loads into a
+  frozen or exported model is loaded strictly instead: an error names the config key (or command-line flag),
+  the file and the offending tensors.
 """
 import contextlib
 import os
 import pickle
 import tempfile
-from typing import IO, Any, Callable, Dict
+from typing import IO, Any, Callable, Dict, Iterator
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from torch import nn
 
-__all__ = ["AtomicCheckpointer", "CheckpointError", "atomic_write", "read_checkpoint_file"]
+from .compat import load_state_with_report
+
+__all__ = [
+    "AtomicCheckpointer",
+    "CheckpointError",
+    "MissingCheckpointError",
+    "atomic_path",
+    "atomic_write",
+    "load_state_strictly",
+    "read_checkpoint",
+]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that is missing, truncated, corrupt or not loadable without running pickled code."""
 
 
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(f)`` on a temporary file next to ``path``, sync it and rename it to ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that names no file (also a FileNotFoundError)."""
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, durable: bool = True) -> Iterator[str]:
+    """A temporary path next to ``path`` for the caller to write; renamed to ``path`` when the block ends
+    without error, removed otherwise. The parent folder is created. With ``durable`` (the default) the file
+    and the rename are synced to disk first; ``durable=False`` skips the syncs, for caches that can be
+    rebuilt (the rename is still atomic)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
-    with contextlib.suppress(OSError):  # make the rename durable where the platform allows it
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    if durable:
+        with contextlib.suppress(OSError):  # make the rename durable where the platform allows it
+            _fsync(folder)
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None], durable: bool = True) -> None:
+    """Call ``write(f)`` on a binary file that replaces ``path`` atomically (see ``atomic_path``)."""
+    with atomic_path(path, durable) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)
 
 
 # The globals that pickles of NumPy arrays and builtin containers refer to (NumPy 1 and 2 module names,
@@ -81,8 +118,8 @@ def _read_pth(path: str) -> Dict:
         reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
         raise CheckpointError(
             f"Checkpoint '{path}' cannot be read with weights_only=True: it is corrupt, or it holds "
-            "objects other than tensors and plain containers, which ds2d2 does not unpickle because that can "
-            f"run code ({reason})."
+            "objects other than tensors and plain containers, which ds2d2 does not unpickle (it reads .pth "
+            f"files weights-only) because that can run code ({reason})."
         ) from e
 
 
@@ -104,13 +141,9 @@ def _read_pkl(path: str) -> Dict:
     return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
 
 
-def read_checkpoint_file(path: str) -> Dict:
-    """The dict in a ``.pth`` (weights only) or Detectron2 ``.pkl`` (arrays only) file, with ``"model"`` set.
-
-    Raises CheckpointError naming ``path`` if it is missing, truncated, corrupt or holds code.
-    """
+def _read_file(path: str) -> Dict:
     if not os.path.isfile(path):
-        raise CheckpointError(f"Checkpoint '{path}' does not exist.")
+        raise MissingCheckpointError(f"checkpoint '{path}' does not exist.")
     try:
         data = _read_pkl(path) if path.endswith(".pkl") else _read_pth(path)
     except CheckpointError:
@@ -123,6 +156,57 @@ def read_checkpoint_file(path: str) -> Dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"Checkpoint '{path}' holds a {type(data).__name__}, not a dict.")
     return data if "model" in data else {"model": data}
+
+
+def read_checkpoint(path: str, key: str = "") -> Dict:
+    """The dict in a ``.pth`` (weights only) or Detectron2 ``.pkl`` (arrays only) file, with ``"model"`` set.
+
+    ``key`` (a config key or flag) starts every error message. Raises ValueError if ``path`` is empty,
+    MissingCheckpointError (a FileNotFoundError) if it names no file, CheckpointError if the file is
+    truncated, corrupt or holds code.
+    """
+    if not path:
+        raise ValueError(f"{key or 'checkpoint path'} is empty: set it to a checkpoint file.")
+    try:
+        return _read_file(path)
+    except CheckpointError as e:
+        if not key:
+            raise
+        raise type(e)(f"{key}: {e}") from e
+
+
+def load_state_strictly(model: nn.Module, checkpoint: Dict, key: str, path: str, prefix: str = "") -> None:
+    """Load the tensors of ``checkpoint['model']`` whose names start with ``prefix`` (prefix removed) into
+    ``model``; every model tensor must be present with its shape and every loaded tensor used, else a
+    ValueError naming ``key``, ``path`` and the tensors. Tensors outside ``prefix`` are ignored."""
+    state = checkpoint.get("model", checkpoint)
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    incompatible = load_state_with_report(model, dict(checkpoint, model=state))
+    problems = []
+    if incompatible.incorrect_shapes:
+        problems.append(
+            "shape mismatch: "
+            + ", ".join(
+                f"{k} (file {tuple(a)}, model {tuple(b)})" for k, a, b in incompatible.incorrect_shapes[:8]
+            )
+        )
+    mis_shaped = {s[0] for s in incompatible.incorrect_shapes}
+    missing = [k for k in incompatible.missing_keys if k not in mis_shaped]
+    if missing:
+        problems.append(f"{len(missing)} tensors missing from the file, e.g. {missing[:6]}")
+    if incompatible.unexpected_keys:
+        problems.append(
+            f"{len(incompatible.unexpected_keys)} unexpected tensors, e.g. {incompatible.unexpected_keys[:6]}"
+        )
+    if problems:
+        where = f" (under prefix '{prefix}')" if prefix else ""
+        raise ValueError(
+            f"{key}: weights in '{path}'{where} do not fit the {type(model).__name__} built from its config: "
+            + "; ".join(problems)
+            + ". Check that the config (depth, number of classes, head) is the one the weights were "
+            "trained with."
+        )
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -167,7 +251,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         if not filename.endswith((".pth", ".pkl")):
             return super()._load_file(filename)  # other formats: Detectron2's own reader
         try:
-            return read_checkpoint_file(filename)
+            return read_checkpoint(filename)
         except CheckpointError as e:
             if os.path.dirname(os.path.abspath(filename)) != os.path.abspath(self.save_dir or "."):
                 raise

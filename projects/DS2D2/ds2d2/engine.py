@@ -13,13 +13,12 @@
 5. Unregistered dataset names, train/test class lists that differ and a head whose class count is not the
    data's fail before anything is built; a non-finite loss stops training naming the term.
 """
-import difflib
 import logging
 import os
 import weakref
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data import DatasetMapper, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.common import DatasetFromList
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
@@ -31,7 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import AtomicCheckpointer
-from .config import model_num_classes
+from .config import check_config
 from .data.sampler import ResumableTrainLoader
 from .train_loop import CheckedAMPTrainer, CheckedSimpleTrainer, ReseedEachIteration
 
@@ -77,47 +76,6 @@ def build_evaluators(cfg, dataset_name: str, output_folder: Optional[str] = None
     return DatasetEvaluators(evaluators)
 
 
-def check_datasets_registered(cfg, keys: Sequence[str] = ("TRAIN", "TEST")) -> None:
-    """Raise ValueError naming the key and the name of any ``DATASETS.<key>`` entry that is not registered."""
-    registered = DatasetCatalog.list()
-    for key in keys:
-        for name in cfg.DATASETS[key]:
-            if name not in registered:
-                close = difflib.get_close_matches(name, registered, n=3)
-                hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-                raise ValueError(
-                    f"DATASETS.{key}: dataset '{name}' is not registered{hint}. Declare it under "
-                    "DATASETS.OWN (docs/own_data.md), register it first (ds2d2.data.register_voc_detection, "
-                    "register_coco_detection, register_dota) or fix the name."
-                )
-
-
-def check_dataset_classes(cfg, keys: Sequence[str] = ("TRAIN", "TEST")) -> None:
-    """Raise ValueError when the (registered) datasets of ``DATASETS.<keys>`` have different class lists, or
-    when the model predicts another number of classes than they have; both named."""
-    first = None
-    for key in keys:
-        for name in cfg.DATASETS[key]:
-            classes = MetadataCatalog.get(name).get("thing_classes", None)
-            if classes is None:
-                continue
-            if first is None:
-                first = (key, name, list(classes))
-            elif list(classes) != first[2]:
-                raise ValueError(
-                    f"DATASETS.{key}: dataset '{name}' has the classes {list(classes)}, but "
-                    f"DATASETS.{first[0]} '{first[1]}' has {first[2]}: a model trained on one cannot be "
-                    "evaluated on the other. Give them the same class list in the same order "
-                    "(DATASETS.OWN.<name>.CLASSES)."
-                )
-    head = model_num_classes(cfg)
-    if first is not None and head is not None and head[1] != len(first[2]):
-        raise ValueError(
-            f"{head[0]} is {head[1]}, but dataset '{first[1]}' (DATASETS.{first[0]}) has {len(first[2])} "
-            f"classes {first[2]}: set {head[0]} {len(first[2])}."
-        )
-
-
 def run_seed(cfg) -> int:
     """``SEED`` if set (>= 0), else one random seed shared by all processes."""
     return cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
@@ -131,13 +89,7 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with metadata-driven evaluators, configurable DDP, exact resume and safe checkpoints."""
 
     def __init__(self, cfg):
-        check_datasets_registered(cfg)
-        check_dataset_classes(cfg)
-        if not isinstance(cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP, int) or cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP < 0:
-            raise ValueError(
-                f"SOLVER.CHECKPOINT_MAX_TO_KEEP must be an integer >= 0 (0 keeps every periodic checkpoint), "
-                f"got {cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP!r}"
-            )
+        check_config(cfg)
         TrainerBase.__init__(self)
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):

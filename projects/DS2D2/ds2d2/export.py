@@ -4,13 +4,14 @@ The distiller keeps its student under ``student.`` and its adapters under ``adap
 amplifier head are never saved. The exported file holds only the student's tensors, prefix removed, and loads
 into ``build_model(student_config(cfg))`` with no missing or unexpected keys (checked before writing).
 """
-import os
 from typing import Dict
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from torch import Tensor
+
+from .checkpoint import atomic_write, load_state_strictly, read_checkpoint
 
 STUDENT_PREFIX = "student."
 AUTHOR = "ds2d2 export"
@@ -40,59 +41,17 @@ def export_student_state(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return state
 
 
-def check_student_state(cfg: CfgNode, state: Dict[str, Tensor]) -> None:
-    """Raise ValueError unless ``state`` loads into the plain student of ``cfg`` with no missing,
-    unexpected or mis-shaped tensors."""
-    plain_cfg = student_config(cfg)
-    plain_cfg.MODEL.DEVICE = "cpu"
-    expected = build_model(plain_cfg).state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mis_shaped = [
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = [
-        f"{len(names)} {what}, e.g. {names[:6]}"
-        for what, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
-        if names
-    ]
-    if problems:
-        raise ValueError(
-            f"the student weights do not fit the {plain_cfg.MODEL.META_ARCHITECTURE} built from the config: "
-            + "; ".join(problems)
-            + ". Is the config the one the checkpoint was trained with?"
-        )
-
-
-def read_weights_only(path: str) -> Dict:
-    """A .pth checkpoint dict read by weights-only unpickling (no arbitrary code runs), or a clear error."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, non-tensor pickled objects, ...
-        raise RuntimeError(
-            f"cannot read checkpoint '{path}' with weights-only loading ({type(e).__name__}: {e})."
-        ) from e
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-        raise ValueError(f"checkpoint '{path}' has no 'model' state dict; expected one from train_net.py.")
-    return checkpoint
-
-
 def export_student(cfg: CfgNode, checkpoint_path: str, output_path: str) -> Dict[str, Tensor]:
     """Read the distiller checkpoint, check that its student fits ``student_config(cfg)``, then write
     ``{"model": student state, "__author__": AUTHOR}`` to ``output_path`` atomically; return the state."""
-    checkpoint = read_weights_only(checkpoint_path)
+    checkpoint = read_checkpoint(checkpoint_path, "--checkpoint")
     try:
         state = export_student_state(checkpoint["model"])
-        check_student_state(cfg, state)
     except ValueError as e:
         raise ValueError(f"{checkpoint_path}: {e}") from e
-    folder = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = output_path + ".tmp"
-    torch.save({"model": state, "__author__": AUTHOR}, temporary)
-    os.replace(temporary, output_path)  # a crash never leaves a half-written OUT
+    plain_cfg = student_config(cfg)
+    plain_cfg.MODEL.DEVICE = "cpu"
+    load_state_strictly(build_model(plain_cfg), {"model": state}, "--checkpoint", checkpoint_path)
+    exported = {"model": state, "__author__": AUTHOR}
+    atomic_write(output_path, lambda f: torch.save(exported, f))  # a crash never leaves a half-written OUT
     return state

@@ -1,8 +1,5 @@
-"""Build frozen models from (config file, weights) with strict, loud loading.
-
-Detectron2's checkpointer loads non-strictly and only logs what did not match, which silently leaves a random
-teacher when a path or a depth is wrong. Everything DS2D2 loads into a frozen model goes through
-``load_state_strictly`` instead, which raises with the config key, the file and the offending tensor names.
+"""The teacher: the config it was trained with, its classes checked against the student's, and frozen
+detectors built from (config, weights) with strict loading (``checkpoint.load_state_strictly``).
 """
 import logging
 import os
@@ -13,24 +10,10 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from torch import nn
 
-from .checkpoint import CheckpointError, read_checkpoint_file
-from .compat import load_state_with_report
+from .checkpoint import load_state_strictly, read_checkpoint
+from .config import load_config
 
 logger = logging.getLogger(__name__)
-
-
-def load_config_file(path: str, key: str) -> CfgNode:
-    """A full Detectron2 + DS2D2 config read from ``path`` (named by config key ``key`` in errors); its
-    ``DATASETS.OWN`` entries are checked, not registered."""
-    from .data.own import load_config
-
-    if not path:
-        raise ValueError(f"{key} is empty: set it to the teacher's YAML config file.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{key}: config file '{path}' does not exist (paths are relative to {os.getcwd()})."
-        )
-    return load_config(path, register=False)
 
 
 RECORDED_CONFIG = "config.yaml"
@@ -59,7 +42,8 @@ def _log_model_differences(recorded: CfgNode, recorded_path: str, config_file: s
         return
     ignored = {"MODEL.WEIGHTS", "MODEL.DEVICE"}
     try:
-        theirs = _flat(load_config_file(config_file, "MODEL.DS2D2.TEACHER_CONFIG").MODEL, "MODEL.")
+        theirs_cfg = load_config(config_file, register=False, key="MODEL.DS2D2.TEACHER_CONFIG")
+        theirs = _flat(theirs_cfg.MODEL, "MODEL.")
     except (AssertionError, KeyError, OSError, ValueError) as e:
         logger.warning(f"MODEL.DS2D2.TEACHER_CONFIG '{config_file}' is not used, and does not load: {e}")
         return
@@ -99,7 +83,8 @@ def resolve_teacher_config(cfg: CfgNode) -> Tuple[CfgNode, str]:
     ds = cfg.MODEL.DS2D2
     recorded = os.path.join(os.path.dirname(ds.TEACHER_WEIGHTS), RECORDED_CONFIG)
     if ds.TEACHER_WEIGHTS and os.path.isfile(recorded):
-        teacher_cfg = load_config_file(recorded, f"the teacher's recorded config ({RECORDED_CONFIG})")
+        key = f"the teacher's recorded config ({RECORDED_CONFIG})"
+        teacher_cfg = load_config(recorded, register=False, key=key)
         source = recorded
         logger.info(
             f"Teacher config: {recorded}, recorded next to MODEL.DS2D2.TEACHER_WEIGHTS by the run that "
@@ -107,7 +92,7 @@ def resolve_teacher_config(cfg: CfgNode) -> Tuple[CfgNode, str]:
         )
         _log_model_differences(teacher_cfg, recorded, ds.TEACHER_CONFIG)
     else:
-        teacher_cfg = load_config_file(ds.TEACHER_CONFIG, "MODEL.DS2D2.TEACHER_CONFIG")
+        teacher_cfg = load_config(ds.TEACHER_CONFIG, register=False, key="MODEL.DS2D2.TEACHER_CONFIG")
         source = ds.TEACHER_CONFIG
         logger.info(
             f"Teacher config: MODEL.DS2D2.TEACHER_CONFIG '{source}' (no {RECORDED_CONFIG} next to "
@@ -115,52 +100,6 @@ def resolve_teacher_config(cfg: CfgNode) -> Tuple[CfgNode, str]:
         )
     check_teacher_classes(teacher_cfg, cfg, source)
     return teacher_cfg, source
-
-
-def read_checkpoint(path: str, key: str) -> Dict:
-    """The checkpoint dict of a .pth (weights only) or Detectron2 .pkl (arrays only) file; errors name
-    ``key``."""
-    if not path:
-        raise ValueError(f"{key} is empty: set it to a checkpoint file.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{key}: checkpoint '{path}' does not exist.")
-    try:
-        return read_checkpoint_file(path)
-    except CheckpointError as e:
-        raise RuntimeError(f"{key}: {e}") from e
-
-
-def load_state_strictly(model: nn.Module, checkpoint: Dict, key: str, path: str, prefix: str = "") -> None:
-    """Load the tensors of ``checkpoint['model']`` whose names start with ``prefix`` (prefix removed) into
-    ``model``; every model tensor must be present with its shape. Tensors outside ``prefix`` are ignored."""
-    state = checkpoint.get("model", checkpoint)
-    if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    ckpt = dict(checkpoint, model=state)
-    incompatible = load_state_with_report(model, ckpt)
-    problems = []
-    if incompatible.incorrect_shapes:
-        problems.append(
-            "shape mismatch: "
-            + ", ".join(
-                f"{k} (file {tuple(a)}, model {tuple(b)})" for k, a, b in incompatible.incorrect_shapes[:8]
-            )
-        )
-    missing = [k for k in incompatible.missing_keys if k not in {s[0] for s in incompatible.incorrect_shapes}]
-    if missing:
-        problems.append(f"{len(missing)} tensors missing from the file, e.g. {missing[:6]}")
-    if incompatible.unexpected_keys:
-        problems.append(
-            f"{len(incompatible.unexpected_keys)} unexpected tensors, e.g. {incompatible.unexpected_keys[:6]}"
-        )
-    if problems:
-        where = f" (under prefix '{prefix}')" if prefix else ""
-        raise ValueError(
-            f"{key}: weights in '{path}'{where} do not fit the model built from its config: "
-            + "; ".join(problems)
-            + ". Check that the config (depth, number of classes, head) is the one the weights were "
-            "trained with."
-        )
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -11,7 +11,7 @@ import os
 from .builtin import DIOR_CLASSES, register_all_dior
 from .coco import register_coco_detection
 from .dota import register_all_dota, register_dota
-from .own import load_config, register_own_datasets
+from .own import register_own_datasets
 from .voc import load_voc_detection, register_voc_detection
 
 _ROOT = os.environ.get("DETECTRON2_DATASETS", "datasets")
@@ -20,7 +20,6 @@ register_all_dota(_ROOT)
 
 __all__ = [
     "DIOR_CLASSES",
-    "load_config",
     "load_voc_detection",
     "register_all_dior",
     "register_all_dota",

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..checkpoint import atomic_write
 from .dota import (
     DOTA_V1_5_CLASSES,
     DOTA_V1_CLASSES,
@@ -166,11 +167,9 @@ def _patch_annotations(
     return kept
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def _write_cache_file(path: Path, data: bytes) -> None:
+    """Atomically, without syncing to disk: the patch cache can be rebuilt."""
+    atomic_write(str(path), lambda f: f.write(data), durable=False)
 
 
 def _dump_json(obj, indent: Optional[int] = None) -> bytes:
@@ -222,7 +221,7 @@ def _split_image(task: Tuple[str, str, Optional[List[DotaObject]], str, SplitSet
         seen = np.zeros(len(polys), dtype=bool)
         for left, up, patch in cut_patches(scaled, size, settings.gap):
             name = f"{stem}__{float(rate)}__{left}___{up}.png"
-            _atomic_write(dst / PATCHES_DIR / name, cv2.imencode(".png", patch)[1].tobytes())
+            _write_cache_file(dst / PATCHES_DIR / name, cv2.imencode(".png", patch)[1].tobytes())
             entry = {"file": name, "origin": [left / rate, up / rate], "scale": rate, "offset": [left, up]}
             if objects is not None:
                 window = (left, up, min(left + size, sw), min(up + size, sh))
@@ -240,7 +239,7 @@ def _split_image(task: Tuple[str, str, Optional[List[DotaObject]], str, SplitSet
             record["patches"].append(entry)
         if objects is not None:
             record["lost_objects"][str(float(rate))] = np.flatnonzero(~seen).tolist()
-    _atomic_write(dst / RECORDS_DIR / f"{stem}.json", _dump_json(record))
+    _write_cache_file(dst / RECORDS_DIR / f"{stem}.json", _dump_json(record))
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
@@ -281,7 +280,7 @@ def _write_or_check_info(dst: Path, info: dict) -> None:
                 f"(e.g. {changed[0]}: {old.get(changed[0])!r} "
                 f"then, {info[changed[0]]!r} now); use another destination or delete it"
             )
-    _atomic_write(path, _dump_json(info, indent=1))
+    _write_cache_file(path, _dump_json(info, indent=1))
 
 
 def split_dota(

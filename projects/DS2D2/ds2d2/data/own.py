@@ -4,8 +4,9 @@ Each entry gives a format and its paths; ``register_own_datasets(cfg)`` register
 ``DATASETS.TRAIN/TEST`` name with Detectron2 and records what they resolved to into the config (absolute
 paths, the class list, the DOTA patch cache): the ``config.yaml`` a run writes then says exactly what it
 trained on. Registering is idempotent (the same entry again is a no-op); a name taken by another dataset is
-an error naming both. ``load_config`` is how ds2d2's scripts build a config: the file, the command-line
-overrides (which may also add entries), then the registration, in every process.
+an error naming both. ``ds2d2.config.load_config`` is how ds2d2's scripts build a config: the file, the
+command-line overrides (which may also add entries, completed by ``complete_own_entries``), then the
+registration, in every process.
 
 Keys per format (defaults in brackets; relative paths are taken from ROOT, ROOT from the current directory):
 
@@ -29,11 +30,10 @@ import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..compat import decode_cfg_value
-from ..config import add_ds2d2_config
 from .coco import register_coco_detection
 from .dota import (
     DOTA_V1_5_CLASSES,
@@ -51,7 +51,7 @@ __all__ = [
     "check_own_yaml",
     "complete_own_entries",
     "dataset_classes",
-    "load_config",
+    "merge_config",
     "register_own_datasets",
 ]
 
@@ -184,14 +184,9 @@ def check_own_yaml(config_file: str) -> None:
         path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
 
 
-def load_config(config_file: str, opts: Sequence = (), *, register: bool = True) -> CfgNode:
-    """Detectron2 + DS2D2 config of ``config_file`` with the ``KEY VALUE`` overrides ``opts`` (not frozen).
-
-    ``DATASETS.OWN`` entries are checked and completed (overrides may add entries) and, with ``register``,
-    registered with what they resolve to recorded in the config (:func:`register_own_datasets`).
-    """
-    cfg = get_cfg()
-    add_ds2d2_config(cfg)
+def merge_config(cfg: CfgNode, config_file: str, opts: Sequence = ()) -> None:
+    """Merge ``config_file`` then the ``KEY VALUE`` overrides ``opts`` into ``cfg``, in place, checking and
+    completing its ``DATASETS.OWN`` entries (overrides may add entries); nothing is registered."""
     check_own_yaml(config_file)
     cfg.merge_from_file(config_file)
     complete_own_entries(cfg)
@@ -199,9 +194,6 @@ def load_config(config_file: str, opts: Sequence = (), *, register: bool = True)
     _add_entries_from_opts(cfg, opts)
     cfg.merge_from_list(opts)
     complete_own_entries(cfg)
-    if register:
-        register_own_datasets(cfg)
-    return cfg
 
 
 # ------------------------------------------------------------------------------------------------------------

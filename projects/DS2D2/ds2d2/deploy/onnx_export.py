@@ -11,7 +11,6 @@ model's metadata (``ds2d2_onnx.DeployInfo``). Input size:
   can differ slightly; for images whose padded size is H x W (e.g. all DIOR images at 800 x 800) they are
   Detectron2's. Fixed sizes let onnxruntime plan memory once and suit accelerators that need static shapes.
 """
-import os
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 
 from ds2d2_onnx.metadata import METADATA_KEY, DeployInfo
 
+from ..checkpoint import atomic_path
 from .graphs import FasterRCNNGraph, RetinaNetGraph
 from .student import class_names_for, detector_config, load_detector
 
@@ -87,10 +87,8 @@ def export_model(model: nn.Module, cfg: CfgNode, output: str, input_size: Option
         program = torch.onnx.export(graph.eval(), args, None, dynamo=True, dynamic_shapes=dims, verbose=False,
                                     input_names=input_names, output_names=output_names)
     program.model.metadata_props[METADATA_KEY] = info.to_json()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    temporary = output + ".tmp"
-    program.save(temporary, external_data=False)
-    os.replace(temporary, output)  # a failed export never leaves a half-written file
+    with atomic_path(output) as temporary:  # a failed export never leaves a half-written file
+        program.save(temporary, external_data=False)
     return info
 
 

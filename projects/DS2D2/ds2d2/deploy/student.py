@@ -8,8 +8,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from torch import nn
 
+from ..checkpoint import load_state_strictly, read_checkpoint
 from ..export import STUDENT_PREFIX, student_config
-from ..teacher import load_state_strictly, read_checkpoint
 
 DETECTORS = ("RetinaNet", "GeneralizedRCNN")
 DISTILLER = "DS2D2Distiller"

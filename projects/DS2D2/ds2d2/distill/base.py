@@ -14,7 +14,6 @@ Parts:
   the module tree as plain attributes, as the teacher is.
 - ``DISTILL_TERM_REGISTRY``: the terms by name; ``MODEL.DS2D2.TERMS`` lists those a distiller uses.
 """
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -27,16 +26,6 @@ from torch import Tensor, nn
 
 from ..amplifiers import DetectorFamily
 from ..wavelet import dwt
-
-
-def config_number(value: object, key: str, minimum: float = 0.0, strict: bool = False) -> float:
-    """``value`` as a float when it is a finite number >= ``minimum`` (> with ``strict``), else a ValueError
-    naming the config ``key``."""
-    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-    if bad or value < minimum or (strict and value == minimum):
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise ValueError(f"{key} must be a finite number {bound}, got {value!r}.")
-    return float(value)
 
 
 DISTILL_TERM_REGISTRY = Registry("DISTILL_TERM")

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from ..amplifiers import DenseFamily, RoIFamily
 from ..amplifiers.dense import per_anchor
 from ..losses import ROI_CLS_REDUCTIONS, dense_box_kd, dense_cls_kd, roi_box_kd, roi_cls_divisor, roi_cls_kd
-from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, config_number
+from ..config import config_number
+from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext
 
 QFL_BETA = 1.0  # the authors' quality-focal exponent (RetinaNet classification KD)
 ROI_TEMPERATURE = 3.0  # the authors' KL temperature (Faster R-CNN classification KD)

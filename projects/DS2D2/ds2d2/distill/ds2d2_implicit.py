@@ -8,11 +8,10 @@ from typing import Dict, Optional
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
-from ..teacher import freeze, load_state_strictly, read_checkpoint
+from ..checkpoint import load_state_strictly, read_checkpoint
+from ..teacher import freeze
 from ..wavelet import high_frequency, high_frequency_from_bands
 from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext
-
-IMPLICIT_INPUTS = ("raw", "adapted", "auto")  # MODEL.DS2D2.IMPLICIT_INPUT
 
 
 @DISTILL_TERM_REGISTRY.register()
@@ -32,8 +31,6 @@ class DS2D2Implicit(DistillTerm):
         self.family = context.family
         self.head_features = context.family.head_in_features()
         mode = ds.IMPLICIT_INPUT
-        if mode not in IMPLICIT_INPUTS:
-            raise ValueError(f"MODEL.DS2D2.IMPLICIT_INPUT must be one of {IMPLICIT_INPUTS}, got {mode!r}.")
         widths_differ = context.student_width != context.teacher_width
         if mode == "raw" and widths_differ:
             raise ValueError(

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
-from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, config_number, select_levels
+from ..config import config_number
+from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, select_levels
 
 logger = logging.getLogger(__name__)
 WEIGHT_KEYS = ("ALPHA", "BETA", "GAMMA", "LAMBDA")  # MODEL.DS2D2.FGD.<key>

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode
 from torch import Tensor
 
-from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, config_number
+from ..config import config_number
+from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext
 
 
 @DISTILL_TERM_REGISTRY.register()

@@ -11,7 +11,8 @@ import torch
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
-from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, config_number, select_levels
+from ..config import config_number
+from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, select_levels
 
 
 def random_mask(feature: Tensor, ratio: float) -> Tensor:

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode
 from torch import Tensor
 
-from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, config_number, select_levels
+from ..config import config_number
+from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, select_levels
 
 EPS = 1e-6  # added to each channel's standard deviation: a constant channel standardises to 0, not NaN
 

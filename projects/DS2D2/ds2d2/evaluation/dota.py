@@ -32,6 +32,7 @@ from ..data.dota import (
     read_split_info,
 )
 from .dota_merge import DEFAULT_NMS_THRESH, ImageDetections, merge_detections, patch_to_image
+from .voc import average_precision
 
 __all__ = [
     "GroundTruth",
@@ -64,15 +65,6 @@ def _iou_plus_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0] + 1.0) * (a[:, 3] - a[:, 1] + 1.0)
     area_b = (b[:, 2] - b[:, 0] + 1.0) * (b[:, 3] - b[:, 1] + 1.0)
     return inter / (area_a[:, None] + area_b[None, :] - inter)
-
-
-def _average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
-    if use_07_metric:
-        return float(np.mean([precision[recall >= k / 10].max(initial=0.0) for k in range(11)]))
-    mrec = np.concatenate([[0.0], recall, [1.0]])
-    mpre = np.maximum.accumulate(np.concatenate([[0.0], precision, [0.0]])[::-1])[::-1]
-    steps = np.flatnonzero(mrec[1:] != mrec[:-1])
-    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
 def _match_image(dets: ImageDetections, gt: GroundTruth, cls: int, iou_thresh: float):
@@ -125,7 +117,7 @@ def task2_average_precision(
         order = np.argsort(-scores, kind="stable")
         tp, fp = np.cumsum(tp[order]), np.cumsum(fp[order])
         precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-        aps[name] = _average_precision(tp / npos, precision, use_07_metric)
+        aps[name] = average_precision(tp / npos, precision, use_07_metric)
     return aps
 
 

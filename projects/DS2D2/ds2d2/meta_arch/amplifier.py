@@ -13,10 +13,10 @@ from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from torch import Tensor, nn
 
-from ..teacher import freeze, load_state_strictly, read_checkpoint
-from ..wavelet import high_frequency, validate_wavelet
-
-AMPLIFIER_INITS = ("teacher", "scratch")  # MODEL.DS2D2.AMPLIFIER_INIT
+from ..checkpoint import load_state_strictly, read_checkpoint
+from ..config import check_config
+from ..teacher import freeze
+from ..wavelet import high_frequency
 
 
 class HighFrequencyBackbone(Backbone):
@@ -52,15 +52,11 @@ class DS2D2Amplifier(nn.Module):
     def __init__(self, cfg: CfgNode):
         super().__init__()
         ds = cfg.MODEL.DS2D2
-        validate_wavelet(ds.WAVELET, "MODEL.DS2D2.WAVELET")
+        check_config(cfg, datasets=())
         detector_cfg = cfg.clone()
         detector_cfg.defrost()
         detector_cfg.MODEL.META_ARCHITECTURE = ds.DETECTOR
         self.detector = META_ARCH_REGISTRY.get(ds.DETECTOR)(detector_cfg)
-        if ds.AMPLIFIER_INIT not in AMPLIFIER_INITS:
-            raise ValueError(
-                f"MODEL.DS2D2.AMPLIFIER_INIT must be one of {AMPLIFIER_INITS}, got {ds.AMPLIFIER_INIT!r}."
-            )
         key = "MODEL.DS2D2.TEACHER_WEIGHTS"
         whole_teacher = ds.AMPLIFIER_INIT == "teacher"
         load_state_strictly(

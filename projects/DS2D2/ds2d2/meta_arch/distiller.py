@@ -26,28 +26,9 @@ from detectron2.structures import ImageList
 from torch import Tensor, nn
 
 from ..amplifiers import family_for
-from ..config import model_num_classes
+from ..config import LOSS_KEYS, check_config, model_num_classes
 from ..distill import DISTILL_TERM_REGISTRY, DistillStep, TermContext
-from ..distill.base import config_number
 from ..teacher import build_frozen_detector, resolve_teacher_config
-from ..wavelet import validate_wavelet
-
-LOSS_KEYS = ("EXPLICIT_LOW", "EXPLICIT_HIGH", "IMPLICIT_FULL", "IMPLICIT_HIGH")
-
-
-def check_loss_weights(cfg: CfgNode) -> Dict[str, float]:
-    """The four stream weights, each a finite number >= 0, or a ValueError naming the key."""
-    return {key: config_number(cfg.MODEL.DS2D2.LOSS[key], f"MODEL.DS2D2.LOSS.{key}") for key in LOSS_KEYS}
-
-
-def check_term_names(cfg: CfgNode) -> List[str]:
-    """``MODEL.DS2D2.TERMS``: registered, distinct term names, or a ValueError naming the key."""
-    names = list(cfg.MODEL.DS2D2.TERMS)
-    known = sorted(name for name, _ in DISTILL_TERM_REGISTRY)
-    unknown = [n for n in names if n not in known]
-    if unknown or len(set(names)) != len(names):
-        raise ValueError(f"MODEL.DS2D2.TERMS must list distinct terms out of {known}; got {names}.")
-    return names
 
 
 def _check_teacher_matches(student_cfg: CfgNode, teacher_cfg: CfgNode, teacher_cfg_path: str) -> None:
@@ -77,9 +58,10 @@ class DS2D2Distiller(nn.Module):
     def __init__(self, cfg: CfgNode):
         super().__init__()
         ds = cfg.MODEL.DS2D2
-        self.wave = validate_wavelet(ds.WAVELET, "MODEL.DS2D2.WAVELET")
-        self.loss_weights = check_loss_weights(cfg)
-        term_names = check_term_names(cfg)
+        check_config(cfg, datasets=())
+        self.wave = ds.WAVELET
+        self.loss_weights = {key: float(ds.LOSS[key]) for key in LOSS_KEYS}
+        term_names = list(ds.TERMS)
 
         student_cfg = cfg.clone()
         student_cfg.defrost()
