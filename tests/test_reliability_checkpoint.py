@@ -11,7 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from ds2d2.checkpoint import AtomicCheckpointer, CheckpointError, atomic_write, read_checkpoint
+from ds2d2.checkpoint import (
+    AtomicCheckpointer,
+    CheckpointError,
+    MissingCheckpointError,
+    atomic_path,
+    atomic_write,
+    load_state_strictly,
+    read_checkpoint,
+)
 
 
 def write_forever(path: str) -> None:
@@ -118,3 +126,49 @@ def test_detectron2_pkl_of_arrays_loads(tmp_path, protocol):
     AtomicCheckpointer(model).load(str(tmp_path / "zoo.pkl"))
     assert torch.equal(model.weight.detach(), torch.from_numpy(arrays["weight"]))
     assert torch.equal(model.bias.detach(), torch.tensor([1.0, 2.0]))
+
+
+def test_atomic_path_renames_only_a_finished_file(tmp_path):
+    target = tmp_path / "sub" / "model.onnx"
+    for durable in (True, False):
+        with atomic_path(str(target), durable=durable) as tmp:
+            assert not target.exists() or target.read_bytes() == b"first"
+            with open(tmp, "wb") as f:
+                f.write(b"first")
+        assert target.read_bytes() == b"first"
+    with pytest.raises(RuntimeError, match="export failed"):
+        with atomic_path(str(target)) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"half")
+            raise RuntimeError("export failed")
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.onnx"]  # no temporary file left
+
+
+def test_read_checkpoint_names_the_key(tmp_path):
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
+        read_checkpoint("", "MODEL.WEIGHTS")
+    missing = str(tmp_path / "absent.pth")
+    expected = r"--weights: checkpoint '.*absent.pth' does not exist"
+    with pytest.raises(MissingCheckpointError, match=expected) as e:
+        read_checkpoint(missing, "--weights")
+    assert isinstance(e.value, FileNotFoundError)
+    (tmp_path / "bad.pth").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match=r"^--weights: Checkpoint '.*bad.pth' cannot be read"):
+        read_checkpoint(str(tmp_path / "bad.pth"), "--weights")
+
+
+def test_load_state_strictly_names_missing_unexpected_and_mis_shaped_tensors():
+    model = nn.Linear(3, 2)
+    good = {"model": {"weight": torch.zeros(2, 3), "bias": torch.ones(2)}}
+    load_state_strictly(model, good, "--weights", "w.pth")
+    assert torch.equal(model.bias, torch.ones(2))
+    prefixed = {"model": {"student.weight": torch.zeros(2, 3), "student.bias": torch.ones(2),
+                          "teacher.x": torch.ones(1)}}
+    load_state_strictly(model, prefixed, "--weights", "w.pth", prefix="student.")
+    bad = {"model": {"weight": torch.zeros(2, 4), "extra": torch.ones(1)}}
+    expected = (r"--weights: weights in 'w.pth' do not fit the Linear .*shape mismatch: weight "
+                r"\(file \(2, 4\), model \(2, 3\)\).*1 tensors missing from the file, e.g. \['bias'\].*"
+                r"1 unexpected tensors, e.g. \['extra'\]")
+    with pytest.raises(ValueError, match=expected):
+        load_state_strictly(model, bad, "--weights", "w.pth")

@@ -4,6 +4,7 @@ in test_distiller.py; here: dataset names, SOLVER.CHECKPOINT_MAX_TO_KEEP, and th
 two bad configs."""
 import pytest
 
+from ds2d2.config import check_config, load_config
 from ds2d2.engine import Trainer
 from reliability_setup import (
     register_in_process,
@@ -71,3 +72,51 @@ def test_train_net_fails_before_the_first_iteration(data_root, tmp_path, flags, 
     assert proc.returncode != 0 and expected in output
     assert "Starting training" not in output and "Start inference" not in output
     assert not list(out.glob("*.pth")) and not (out / "metrics.json").exists()
+
+
+# ---- config.load_config / config.check_config, without a trainer ------------------------------------------
+SYNTHETIC_RETINANET = "configs/synthetic/retinanet_R50_to_R18.yaml"
+
+
+def test_load_config_names_the_key_of_an_empty_or_missing_file():
+    with pytest.raises(ValueError, match="MODEL.DS2D2.TEACHER_CONFIG is empty"):
+        load_config("", key="MODEL.DS2D2.TEACHER_CONFIG")
+    with pytest.raises(FileNotFoundError, match="--config-file: config file 'absent.yaml' does not exist"):
+        load_config("absent.yaml")
+
+
+def test_load_config_merges_the_file_then_the_overrides():
+    cfg = load_config(SYNTHETIC_RETINANET, ["MODEL.DS2D2.LOSS.EXPLICIT_LOW", "0.25"], register=False)
+    assert cfg.MODEL.META_ARCHITECTURE == "DS2D2Distiller" and cfg.MODEL.DS2D2.LOSS.EXPLICIT_LOW == 0.25
+
+
+@pytest.mark.parametrize(
+    "arch, key, value, message",
+    [
+        ("DS2D2Amplifier", "AMPLIFIER_INIT", "half", "MODEL.DS2D2.AMPLIFIER_INIT must be one of"),
+        ("DS2D2Distiller", "IMPLICIT_INPUT", "both", "MODEL.DS2D2.IMPLICIT_INPUT must be one of"),
+        ("DS2D2Distiller", "LOSS.ROI_CLS_REDUCTION", "avg", "LOSS.ROI_CLS_REDUCTION must be one of"),
+        ("DS2D2Distiller", "LOSS.EXPLICIT_HIGH", -1.0, "LOSS.EXPLICIT_HIGH must be a finite number"),
+        ("DS2D2Distiller", "TERMS", ["FitNet", "FitNet"], "MODEL.DS2D2.TERMS must list distinct terms"),
+        ("DS2D2Distiller", "TERMS", ["NoSuchKD"], "MODEL.DS2D2.TERMS must list distinct terms"),
+        ("DS2D2Distiller", "WAVELET", "no_such_wavelet", "MODEL.DS2D2.WAVELET: unknown wavelet"),
+    ],
+)
+def test_check_config_names_each_bad_ds2d2_key(arch, key, value, message):
+    cfg = load_config(SYNTHETIC_RETINANET, register=False)
+    cfg.MODEL.META_ARCHITECTURE = arch
+    node, _, leaf = f"MODEL.DS2D2.{key}".rpartition(".")
+    target = cfg
+    for part in node.split("."):
+        target = target[part]
+    target[leaf] = value
+    with pytest.raises(ValueError, match=message):
+        check_config(cfg, datasets=())
+
+
+def test_check_config_checks_datasets_only_when_asked():
+    cfg = load_config(SYNTHETIC_RETINANET, register=False)
+    cfg.DATASETS.TEST = ("no_such_set",)
+    check_config(cfg, datasets=())  # keys only
+    with pytest.raises(ValueError, match="DATASETS.TEST: dataset 'no_such_set' is not registered"):
+        check_config(cfg, datasets=["TEST"])
