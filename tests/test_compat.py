@@ -70,3 +70,41 @@ def test_checkpoint_load_reports_missing_unexpected_and_mis_shaped_tensors():
     assert [k for k, _, _ in report.incorrect_shapes] == ["0.weight"]
     assert set(report.missing_keys) >= {"1.weight", "1.bias"} and report.unexpected_keys == ["extra"]
     assert torch.equal(model[0].bias, torch.ones(3))  # NumPy arrays (.pkl files) are converted and loaded
+
+
+def test_checkpointers_read_files_through_the_hook_compat_overrides(tmp_path):
+    from fvcore.common.checkpoint import Checkpointer
+
+    assert uses(Checkpointer.load, "self._load_file("), (
+        "fvcore Checkpointer.load no longer reads files through self._load_file: "
+        "ds2d2.compat.with_file_reader (safe checkpoint reading) must follow"
+    )
+    seen = []
+
+    def read(checkpointer, filename, default):
+        seen.append(filename)
+        return default(filename)
+
+    reading = compat.with_file_reader(DetectionCheckpointer, read, "Reading")
+    model = nn.Linear(2, 1)
+    torch.save({"model": model.state_dict()}, tmp_path / "w.pth")
+    reading(nn.Linear(2, 1)).load(str(tmp_path / "w.pth"))
+    assert reading.__name__ == "Reading" and seen == [str(tmp_path / "w.pth")]
+
+
+def test_default_trainer_steps_and_checkpoints_through_the_trainer_compat_sets():
+    assert uses(DefaultTrainer.run_step, "self._trainer.run_step()"), (
+        "detectron2 DefaultTrainer.run_step no longer steps through self._trainer: "
+        "ds2d2.compat.set_step_trainer must follow"
+    )
+    assert "getattr(self._trainer, x)" in inspect.getsource(inspect.getmodule(DefaultTrainer)), (
+        "detectron2 DefaultTrainer's model/data_loader/optimizer no longer read self._trainer: "
+        "ds2d2.compat.set_step_trainer must follow"
+    )
+
+    class Holder:
+        pass
+
+    holder, inner = Holder(), object()
+    compat.set_step_trainer(holder, inner)
+    assert compat.step_trainer(holder) is inner

@@ -23,7 +23,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from .compat import load_state_with_report
+from .compat import load_state_with_report, with_file_reader
 
 __all__ = [
     "AtomicCheckpointer",
@@ -209,8 +209,8 @@ def load_state_strictly(model: nn.Module, checkpoint: Dict, key: str, path: str,
         )
 
 
-class AtomicCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer with atomic saves, safe loading and clear errors about bad files."""
+class _AtomicSaves(DetectionCheckpointer):
+    """DetectionCheckpointer with atomic saves and a named way out when ``last_checkpoint`` is stale."""
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -247,12 +247,19 @@ class AtomicCheckpointer(DetectionCheckpointer):
             "again, or start without --resume."
         )
 
-    def _load_file(self, filename: str) -> Dict:
-        if not filename.endswith((".pth", ".pkl")):
-            return super()._load_file(filename)  # other formats: Detectron2's own reader
-        try:
-            return read_checkpoint(filename)
-        except CheckpointError as e:
-            if os.path.dirname(os.path.abspath(filename)) != os.path.abspath(self.save_dir or "."):
-                raise
-            raise CheckpointError(f"{e} {self._other_checkpoints(filename)}") from e
+
+def _read_safely(checkpointer: _AtomicSaves, filename: str, default: Callable[[str], Dict]) -> Dict:
+    """.pth / .pkl files through ``read_checkpoint`` (other formats: Detectron2's reader); a bad file in the
+    run's own folder names the other checkpoints to resume from."""
+    if not filename.endswith((".pth", ".pkl")):
+        return default(filename)
+    try:
+        return read_checkpoint(filename)
+    except CheckpointError as e:
+        if os.path.dirname(os.path.abspath(filename)) != os.path.abspath(checkpointer.save_dir or "."):
+            raise
+        raise CheckpointError(f"{e} {checkpointer._other_checkpoints(filename)}") from e
+
+
+AtomicCheckpointer = with_file_reader(_AtomicSaves, _read_safely, "AtomicCheckpointer")
+AtomicCheckpointer.__doc__ = "DetectionCheckpointer: atomic saves, safe loading, errors naming bad files."

@@ -10,7 +10,8 @@ from typing import Callable, Dict, Optional, Type
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.engine import SimpleTrainer
+from detectron2.engine import DefaultTrainer, SimpleTrainer
+from fvcore.common.checkpoint import Checkpointer
 from detectron2.utils import comm
 from torch import nn
 
@@ -33,6 +34,35 @@ def with_metrics_writer(trainer_class: Type[SimpleTrainer], write: Callable) -> 
         write(loss_dict, data_time, prefix)
 
     return type(f"Checked{trainer_class.__name__}", (trainer_class,), {"_write_metrics": _write_metrics})
+
+
+def with_file_reader(
+    checkpointer_class: Type[Checkpointer], read: Callable, name: str
+) -> Type[Checkpointer]:
+    """A subclass ``name`` of ``checkpointer_class`` whose ``load()`` reads each file with
+    ``read(checkpointer, filename, default)``, ``default(filename)`` being the class's own reader.
+    Private: fvcore's ``Checkpointer._load_file``, the hook ``load()`` calls per file (its docstring
+    invites subclasses to override it for other formats; there is no public one)."""
+
+    def _load_file(self, filename: str) -> Dict:
+        return read(self, filename, super(checked, self)._load_file)
+
+    checked = type(name, (checkpointer_class,), {"_load_file": _load_file})
+    checked.__module__ = checkpointer_class.__module__
+    return checked
+
+
+def set_step_trainer(trainer: DefaultTrainer, step_trainer: SimpleTrainer) -> None:
+    """Make ``step_trainer`` (a SimpleTrainer / AMPTrainer) the one a DefaultTrainer runs each step with and
+    checkpoints the optimizer through. Private: ``DefaultTrainer._trainer``, which ``run_step`` and the
+    ``model`` / ``data_loader`` / ``optimizer`` properties read; ds2d2 builds its own (DDP options,
+    non-finite loss checks) and DefaultTrainer has no setter."""
+    trainer._trainer = step_trainer
+
+
+def step_trainer(trainer: DefaultTrainer) -> SimpleTrainer:
+    """The SimpleTrainer / AMPTrainer a DefaultTrainer steps with (see ``set_step_trainer``)."""
+    return trainer._trainer
 
 
 def last_eval_results(trainer) -> Optional[Dict]:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import AtomicCheckpointer
+from .compat import set_step_trainer, step_trainer
 from .config import check_config
 from .data.sampler import ResumableTrainLoader
 from .train_loop import CheckedAMPTrainer, CheckedSimpleTrainer, ReseedEachIteration
@@ -107,9 +108,8 @@ class Trainer(DefaultTrainer):
             find_unused_parameters=cfg.SOLVER.FIND_UNUSED_PARAMETERS,
             **({"device_ids": None} if on_cpu else {}),
         )
-        self._trainer = (CheckedAMPTrainer if cfg.SOLVER.AMP.ENABLED else CheckedSimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        step_class = CheckedAMPTrainer if cfg.SOLVER.AMP.ENABLED else CheckedSimpleTrainer
+        set_step_trainer(self, step_class(model, data_loader, optimizer))
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -144,7 +144,7 @@ class Trainer(DefaultTrainer):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["_trainer"] = self._trainer.state_dict()  # optimizer (+ AMP grad scaler)
+        state["_trainer"] = step_trainer(self).state_dict()  # optimizer (+ AMP grad scaler)
         state["seed"] = self.seed
         # RetinaNet/FCOS keep the EMA of their loss normaliser in a plain attribute, outside state_dict()
         state["loss_normalizers"] = {
@@ -158,7 +158,7 @@ class Trainer(DefaultTrainer):
         super().load_state_dict(state)
         if "_trainer" not in state:
             raise KeyError("checkpoint has no optimizer state ('_trainer'); ds2d2's Trainer did not write it")
-        self._trainer.load_state_dict(state["_trainer"])
+        step_trainer(self).load_state_dict(state["_trainer"])
         self.seed = state.get("seed", self.seed)
         detectors = self._dense_detectors()
         for name, value in state.get("loss_normalizers", {}).items():
