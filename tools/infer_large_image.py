@@ -29,7 +29,7 @@ from detectron2.modeling import build_model
 
 import ds2d2  # noqa: F401  (registers the builtin datasets, whose class names label the boxes)
 from ds2d2.checkpoint import load_state_strictly, read_checkpoint
-from ds2d2.config import load_config
+from ds2d2.config import load_config, model_num_classes
 from ds2d2.data.dota import read_image
 from ds2d2.data.dota_split import cut_patches, resize_by_rate
 from ds2d2.deploy import class_names_for
@@ -124,9 +124,7 @@ def load_model(args: argparse.Namespace) -> Tuple[torch.nn.Module, CfgNode, List
     weights = args.weights or cfg.MODEL.WEIGHTS
     model = build_model(cfg)
     load_state_strictly(model, read_checkpoint(weights, "--weights"), "--weights", weights)
-    retina = cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
-    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES if retina else cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    return model.eval(), cfg, class_names_for(cfg, args.dataset, num_classes)
+    return model.eval(), cfg, class_names_for(cfg, args.dataset, model_num_classes(cfg)[1])
 
 
 def load_onnx(args: argparse.Namespace) -> Tuple[OnnxDetector, List[str]]:

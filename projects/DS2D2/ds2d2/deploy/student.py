@@ -43,13 +43,6 @@ def load_detector(cfg: CfgNode, checkpoint: str) -> nn.Module:
     return model.eval()
 
 
-def num_classes_of(cfg: CfgNode) -> int:
-    """The number of object classes of the plain detector of ``cfg``."""
-    if detector_config(cfg).MODEL.META_ARCHITECTURE == "RetinaNet":
-        return cfg.MODEL.RETINANET.NUM_CLASSES
-    return cfg.MODEL.ROI_HEADS.NUM_CLASSES
-
-
 def class_names_for(cfg: CfgNode, dataset: Optional[str], num_classes: int) -> List[str]:
     """Class names from the metadata of ``dataset`` (default: the config's first test set, else its first
     training set), else class_<i>."""
