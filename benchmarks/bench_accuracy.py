@@ -131,10 +131,8 @@ def load_config(config: str, opts: Sequence[str]):
     cached: the plan is rebuilt after every run."""
     key = (config, tuple(opts))
     if key not in _CONFIGS:
-        try:
-            from ds2d2.config import load_config as loader
-        except ImportError:
-            from ds2d2.data.own import load_config as loader
+        from ds2d2.config import load_config as loader
+
         _CONFIGS[key] = loader(os.path.join(ROOT, config), list(opts), register=False)
     return _CONFIGS[key]
 
