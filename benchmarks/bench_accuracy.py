@@ -3,6 +3,7 @@
 
     python benchmarks/bench_accuracy.py --quick           # RetinaNet, seed 1, x1 only: alone vs full DS2D2
     python benchmarks/bench_accuracy.py --dry-run         # the runs the full table plans now; trains nothing
+    python benchmarks/bench_accuracy.py --tables          # the tables of the runs finished so far; trains nothing
     nohup python benchmarks/bench_accuracy.py > benchmarks/results/accuracy.log 2>&1 &    # the full table
 
 Per detector: an R-50 teacher (longer schedule) and its high-frequency amplifier are trained once; then R-18
@@ -72,6 +73,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="RetinaNet, one seed, alone vs full DS2D2, --grid 1")
     p.add_argument("--dry-run", action="store_true",
                    help="print the runs planned now (name, config, overrides) and those waiting; no training")
+    p.add_argument("--tables", action="store_true",
+                   help="rewrite the tables from the planned runs that have finished (e.g. while another "
+                        "process trains the rest); no training")
     p.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS))
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3],
@@ -513,8 +517,10 @@ def main(argv: Optional[List[str]] = None) -> str:
         text = describe(args)
         print(text, flush=True)
         return text
-    set_threads(args.threads)
     machine = machine_line()
+    if args.tables:
+        return report(args, [read_result(run) for run in full_plan(args)[0] if finished(run)], machine)
+    set_threads(args.threads)
     data_root = os.path.join(args.work, "datasets")
     from ds2d2.data.synthetic import write_synthetic_dior
 

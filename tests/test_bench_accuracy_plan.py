@@ -229,3 +229,24 @@ def test_main_is_resumable_at_any_point_and_reports_the_choice(tmp_path, monkeyp
     assert x1 in text  # the notes: the x1 weights read from the config
     with open(tmp_path / "res" / "accuracy.csv") as f:
         assert f.readline().startswith("detector,method,x,seeds,")
+
+
+def test_tables_reports_the_finished_runs_and_trains_nothing(tmp_path, monkeypatch):
+    def no_training(*args):
+        raise AssertionError("--tables trained a run")
+
+    monkeypatch.setattr(ba, "run_training", no_training)
+    argv = ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "res"), "--detectors", "faster_rcnn",
+            "--methods", "alone", "pkd", "--seeds", "1", "2"]
+    by_name = {r["name"]: r for r in ba.plan(ba.parse_args(argv), "faster_rcnn")}
+    fake_result(by_name["teacher_it6000"]["output"], 90.0, 91.0)
+    fake_result(by_name["alone_it1000_t6000_s1"]["output"], 50.0, 52.0)
+    fake_result(by_name["pkd_x10_it1000_t6000_s1"]["output"], 60.0, 61.0)  # a third of pkd's grid
+    text = ba.main(argv + ["--tables"])
+    assert "| faster_rcnn | teacher |  | 1 | 45.5 ± 0.0 | 91.0 ± 0.0 |" in text
+    assert "| faster_rcnn | alone |  | 1 |" in text
+    assert "| faster_rcnn | pkd |" not in text.split("Tuning grid")[0]  # no x chosen yet: not in the table
+    assert "| faster_rcnn | pkd | 10 | 60.0 |  |" in text  # but in the grid table, unchosen
+    assert not os.path.exists(tmp_path / "work" / "datasets")  # no data generated either
+    with open(tmp_path / "res" / "accuracy_runs.csv") as f:
+        assert len(f.readlines()) == 1 + 3
