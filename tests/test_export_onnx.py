@@ -300,6 +300,10 @@ def test_infer_large_image_onnx_equals_pytorch(trained, work, tmp_path):
                        np.array([d["category_id"] for d in r["detections"]])) for r in reports]
     assert len(dets[0]) > 0
     assert_same_detections(dets[0], dets[1], max(scene.shape[:2]))
+    # the distiller checkpoint itself: its student.* tensors, the same detections as the exported student
+    direct = ["--config-file", run.config_file, "--weights", run.checkpoint, *common]
+    assert infer.main([*direct, "--output", str(tmp_path / "direct"), *ALL_SCORES["RetinaNet"]]) == 0
+    assert json.loads((tmp_path / "direct" / "scene.json").read_text()) == reports[0]
     with pytest.raises(SystemExit):
         infer.main(["--onnx", run.onnx, "--config-file", run.config_file, *common, "--output", "x"])
     assert infer.main(["--onnx", run.onnx, "--dataset", "dota_v1_val_1024", *common, "--output", "x"]) == 1

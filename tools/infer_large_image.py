@@ -9,8 +9,8 @@ tile detections are mapped back and merged with class-wise NMS.
 
 Writes OUTPUT/<name>.json ({"image", "width", "height", "classes", "detections": [{"bbox": [x0, y0, x1, y1],
 "score", "category_id", "category"}]}, boxes in the image's pixels, best first) and OUTPUT/<name>_boxes.jpg.
---weights is a plain detector checkpoint; for a DS2D2 stage-3 config, give the student exported by
-tools/export_student.py (the model built is then MODEL.DS2D2.DETECTOR). --onnx runs an ONNX export
+--weights is a plain detector checkpoint, or, with a DS2D2 stage-3 config, a distiller checkpoint or the
+student exported by tools/export_student.py (the model built is then MODEL.DS2D2.DETECTOR, on MODEL.DEVICE). --onnx runs an ONNX export
 (tools/export_student.py --format onnx) through onnxruntime instead, one tile at a time; it needs no config
 (the file holds the test resize, thresholds and class names).
 """
@@ -25,14 +25,12 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.modeling import build_model
 
 import ds2d2  # noqa: F401  (registers the builtin datasets, whose class names label the boxes)
-from ds2d2.checkpoint import load_state_strictly, read_checkpoint
 from ds2d2.config import load_config, model_num_classes
 from ds2d2.data.dota import read_image
 from ds2d2.data.dota_split import cut_patches, resize_by_rate
-from ds2d2.deploy import class_names_for
+from ds2d2.deploy import class_names_for, detector_config, load_detector
 from ds2d2.evaluation.dota_merge import DEFAULT_NMS_THRESH, ImageDetections, merge_detections, patch_to_image
 from ds2d2_onnx import OnnxDetector, save_detections
 
@@ -117,14 +115,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_model(args: argparse.Namespace) -> Tuple[torch.nn.Module, CfgNode, List[str]]:
-    """The PyTorch detector of --config-file with --weights (eval mode), its config and class names."""
+    """The PyTorch detector of --config-file with --weights (eval mode, on MODEL.DEVICE), its plain
+    detector config and class names."""
     cfg = load_config(args.config_file, args.opts, register=False)
-    if cfg.MODEL.META_ARCHITECTURE in ("DS2D2Amplifier", "DS2D2Distiller"):
-        cfg.MODEL.META_ARCHITECTURE = cfg.MODEL.DS2D2.DETECTOR  # the student alone (tools/export_student.py)
-    weights = args.weights or cfg.MODEL.WEIGHTS
-    model = build_model(cfg)
-    load_state_strictly(model, read_checkpoint(weights, "--weights"), "--weights", weights)
-    return model.eval(), cfg, class_names_for(cfg, args.dataset, model_num_classes(cfg)[1])
+    plain = detector_config(cfg, cfg.MODEL.DEVICE)
+    model = load_detector(cfg, args.weights or cfg.MODEL.WEIGHTS, "--weights", cfg.MODEL.DEVICE)
+    return model, plain, class_names_for(plain, args.dataset, model_num_classes(plain)[1])
 
 
 def load_onnx(args: argparse.Namespace) -> Tuple[OnnxDetector, List[str]]:

@@ -15,8 +15,9 @@ DETECTORS = ("RetinaNet", "GeneralizedRCNN")
 DISTILLER = "DS2D2Distiller"
 
 
-def detector_config(cfg: CfgNode) -> CfgNode:
-    """The plain detector's config (on CPU): the student's for a distiller config, else the config itself."""
+def detector_config(cfg: CfgNode, device: str = "cpu") -> CfgNode:
+    """The plain detector's config on ``device``: the student's for a distiller config, else the config
+    itself (a copy)."""
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch == DISTILLER:
         plain = student_config(cfg)
@@ -28,18 +29,19 @@ def detector_config(cfg: CfgNode) -> CfgNode:
             f"MODEL.META_ARCHITECTURE is {arch!r}: give a detector ({DETECTORS}) or distiller "
             f"({DISTILLER!r}) config."
         )
-    plain.MODEL.DEVICE = "cpu"
+    plain.MODEL.DEVICE = device
     return plain
 
 
-def load_detector(cfg: CfgNode, checkpoint: str) -> nn.Module:
-    """``build_model(detector_config(cfg))`` in eval mode with the weights of ``checkpoint``: its
-    ``student.*`` tensors when it has any (a distiller's), else all of it; every tensor must fit."""
-    model = build_model(detector_config(cfg))
-    state = read_checkpoint(checkpoint, "--checkpoint")
+def load_detector(cfg: CfgNode, checkpoint: str, key: str = "--checkpoint", device: str = "cpu") -> nn.Module:
+    """``build_model(detector_config(cfg, device))`` in eval mode with the weights of ``checkpoint``: its
+    ``student.*`` tensors when it has any (a distiller's), else all of it; every tensor must fit. ``key``
+    (the flag or config key that named the file) is quoted in errors."""
+    model = build_model(detector_config(cfg, device))
+    state = read_checkpoint(checkpoint, key)
     names = state.get("model", state)
     prefix = STUDENT_PREFIX if any(k.startswith(STUDENT_PREFIX) for k in names) else ""
-    load_state_strictly(model, state, "--checkpoint", checkpoint, prefix)
+    load_state_strictly(model, state, key, checkpoint, prefix)
     return model.eval()
 
 
