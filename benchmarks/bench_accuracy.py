@@ -16,10 +16,13 @@ all of its loss weights (read from the run's own config: FGD's alpha, beta, gamm
 ...) by one multiplier x of --grid (default 0.1 1 10). The first seed trains at every x; the x with the best
 synthetic_dior_val AP50 is chosen (ties: the x closest to 1, on a log scale; test is never read for it), and
 the other seeds train at that x only. DS2D2 explicit only and implicit only use DS2D2's x (asked for without
-ds2d2, they still train its grid); the student alone has no weight. --fitnet-weight, --explicit-weight and
+ds2d2, they still train its grid). The student alone has no loss weight: its one knob, chosen the same way, is
+its learning rate, x of --alone-lr-grid (default 0.25 1) times its config's SOLVER.BASE_LR (the RetinaNet
+student alone trains at 4x the DS2D2 student's rate, as the authors'; x0.25 is the DS2D2 student's rate). --fitnet-weight, --explicit-weight and
 --implicit-weight replace a config's weight as the x1 value. Folder names: x1 keeps the untuned benchmark's
-(ds2d2_it1000_t6000_s1), another x adds _x<x> (ds2d2_x10_it1000_t6000_s1); FitNet's names carry its absolute
-weight (fitnet10_... is FitNet at weight 10, whichever base and x give it).
+(ds2d2_it1000_t6000_s1), another x adds _x<x> (ds2d2_x10_it1000_t6000_s1), _lr<x> for the student alone
+(alone_lr0.25_it1000_t6000_s1); FitNet's names carry its absolute weight (fitnet10_... is FitNet at weight 10,
+whichever base and x give it).
 
 Everything trains on synthetic_dior_train; the table reports synthetic_dior_test for the chosen runs, and val
 next to it. Each run is a ``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json
@@ -51,6 +54,7 @@ FOLLOW_DS2D2 = ("explicit", "implicit")
 DETECTORS = ("retinanet", "faster_rcnn")
 STAGES = ("R50_teacher", "R50_amplifier", "R18_student", "R50_to_R18")
 VAL, TEST = "synthetic_dior_val", "synthetic_dior_test"
+LR = "SOLVER.BASE_LR"  # the student alone's tuned value
 # The loss weights of each distillation term (MODEL.DS2D2.TERMS): a multiplier scales every one of them.
 TERM_WEIGHTS = {
     "DS2D2Explicit": ("MODEL.DS2D2.LOSS.EXPLICIT_LOW", "MODEL.DS2D2.LOSS.EXPLICIT_HIGH"),
@@ -82,6 +86,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="student seeds; the first one trains the tuning grid (teacher: seed 1)")
     p.add_argument("--grid", nargs="+", type=float, default=[0.1, 1.0, 10.0], metavar="X",
                    help="multipliers of a method's loss weights tried on the first seed (chosen on val AP50)")
+    p.add_argument("--alone-lr-grid", nargs="+", type=float, default=[0.25, 1.0], metavar="X",
+                   help="multipliers of the student alone's SOLVER.BASE_LR tried on the first seed (chosen on "
+                        "val AP50)")
     p.add_argument("--teacher-iters", type=int, default=6000,
                    help="RetinaNet teacher val AP50 25 / 44 / 55 after 1.5k / 3k / 4.5k of 6k iterations")
     p.add_argument("--amplifier-iters", type=int, default=1000)
@@ -109,12 +116,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} takes DETECTOR=W, DETECTOR in {DETECTORS}; "
                     f"got {getattr(args, flag)}")
         setattr(args, flag, {detector: float(weight) for detector, weight in pairs})
-    if any(not x > 0 or math.isinf(x) for x in args.grid):
-        p.error(f"--grid takes positive finite multipliers; got {args.grid}")
-    args.grid = sorted(set(args.grid))
+    for flag in ("grid", "alone_lr_grid"):
+        values = getattr(args, flag)
+        if any(not x > 0 or math.isinf(x) for x in values):
+            p.error(f"--{flag.replace('_', '-')} takes positive finite multipliers; got {values}")
+        setattr(args, flag, sorted(set(values)))
     if args.quick:
         args.detectors, args.methods, args.seeds = ["retinanet"], ["alone", "ds2d2"], args.seeds[:1]
-        args.grid = [1.0]
+        args.grid = args.alone_lr_grid = [1.0]
     return args
 
 
@@ -204,7 +213,10 @@ def variants(args: argparse.Namespace, detector: str) -> Dict[str, Tuple[str, Li
 
 def method_part(args: argparse.Namespace, detector: str, method: str, multiplier: float = 1.0) -> str:
     """The method's part of a run's folder name. x1 keeps the names of the untuned benchmark; another x adds
-    ``_x<x>``, except FitNet, whose name carries its absolute weight (fitnet10 = FitNet at weight 10)."""
+    ``_x<x>`` (``_lr<x>`` for the student alone, whose x scales its learning rate), except FitNet, whose name
+    carries its absolute weight (fitnet10 = FitNet at weight 10)."""
+    if method == "alone":
+        return "alone" + ("" if multiplier == 1 else f"_lr{multiplier:g}")
     if method == "fitnet":
         config, opts = variants(args, detector)["fitnet"]
         weight = base_weights(config, opts)["MODEL.DS2D2.FITNET.WEIGHT"] * multiplier
@@ -223,18 +235,20 @@ def run_names(args: argparse.Namespace, detector: str, multiplier: float = 1.0) 
     t, a, st = args.teacher_iters, args.amplifier_iters, args.student_iters
     names = {"teacher": f"teacher_it{t}", "amplifier": f"amplifier_it{a}_t{t}"}
     for method in METHODS:
-        x = 1.0 if method == "alone" else multiplier
-        names[method] = f"{method_part(args, detector, method, x)}_it{st}_t{t}"
+        names[method] = f"{method_part(args, detector, method, multiplier)}_it{st}_t{t}"
     return names
 
 
-def student_run(args: argparse.Namespace, detector: str, method: str, seed: int,
-                multiplier: Optional[float]) -> Dict:
-    """One student run; ``multiplier`` None for the student alone (no loss weight)."""
+def student_run(args: argparse.Namespace, detector: str, method: str, seed: int, multiplier: float) -> Dict:
+    """One student run: ``multiplier`` scales the method's loss weights (the student alone's learning rate)."""
     work = os.path.join(args.work, detector)
     config, opts = variants(args, detector)[method]
     run = dict(detector=detector, method=method, seed=seed, x=multiplier, config=config)
-    if method != "alone":
+    if method == "alone":
+        run["base_weights"] = {LR: float(load_config(config, opts).SOLVER.BASE_LR)}
+        run["weights"] = scale(run["base_weights"], multiplier)
+        opts = opts + [LR, weight_text(run["weights"][LR])]
+    else:
         t_weights = os.path.join(work, run_names(args, detector)["teacher"], "model_final.pth")
         a_weights = os.path.join(work, run_names(args, detector)["amplifier"], "model_final.pth")
         opts = ["MODEL.DS2D2.TEACHER_WEIGHTS", t_weights, "MODEL.DS2D2.AMPLIFIER_WEIGHTS", a_weights] + opts
@@ -243,7 +257,7 @@ def student_run(args: argparse.Namespace, detector: str, method: str, seed: int,
         for key, weight in run["weights"].items():
             opts = opts + [key, weight_text(weight)]
     run["opts"] = schedule(args.student_iters) + ["SEED", str(seed)] + opts
-    base = run_names(args, detector, 1.0 if multiplier is None else multiplier)[method]
+    base = run_names(args, detector, multiplier)[method]
     run["name"] = f"{base}_s{seed}"
     run["output"] = os.path.join(work, run["name"])
     return run
@@ -271,7 +285,8 @@ def choose(grid: Sequence[Dict]) -> Optional[float]:
 
 def plan(args: argparse.Namespace, detector: str, waiting: Optional[List[Tuple]] = None) -> List[Dict]:
     """The runs of one detector known now, in training order: teacher, amplifier, the first seed's grid (every
-    tuned method at every x, the student alone once), explicit/implicit of the first seed at DS2D2's x, then
+    tuned method at every x, the student alone at every learning rate), explicit/implicit of the first seed at
+    DS2D2's x, then
     the other seeds at each method's chosen x. A run whose x waits on an unfinished grid is left out (and,
     with ``waiting``, appended there as (detector, method, seed)); rebuild the plan once the grid has
     finished.
@@ -290,7 +305,7 @@ def plan(args: argparse.Namespace, detector: str, waiting: Optional[List[Tuple]]
     first = args.seeds[0]
     methods = list(dict.fromkeys(args.methods))
     # explicit/implicit need DS2D2's choice: its grid is trained (not shown in the summary) even if not asked
-    grid_methods = [m for m in methods if m in TUNED]
+    grid_methods = [m for m in methods if m in TUNED or m == "alone"]
     if "ds2d2" not in methods and any(m in FOLLOW_DS2D2 for m in methods):
         grid_methods.append("ds2d2")
     chosen: Dict[str, Optional[float]] = {}
@@ -301,11 +316,9 @@ def plan(args: argparse.Namespace, detector: str, waiting: Optional[List[Tuple]]
         runs.append(run)
 
     for method in methods + [m for m in grid_methods if m not in methods]:
-        if method == "alone":
-            add("alone", first, None, "seed")
-        elif method in grid_methods:
+        if method in grid_methods:
             start = len(runs)
-            for multiplier in args.grid:
+            for multiplier in args.alone_lr_grid if method == "alone" else args.grid:
                 add(method, first, multiplier, "grid")
             chosen[method] = choose(runs[start:])
             for run in runs[start:]:
@@ -315,9 +328,6 @@ def plan(args: argparse.Namespace, detector: str, waiting: Optional[List[Tuple]]
         for method in methods:
             if seed == first and method not in FOLLOW_DS2D2:
                 continue  # in the grid above
-            if method == "alone":
-                add("alone", seed, None, "seed")
-                continue
             multiplier = chosen["ds2d2" if method in FOLLOW_DS2D2 else method]
             if multiplier is None:
                 if waiting is not None:
@@ -345,8 +355,9 @@ def describe(args: argparse.Namespace) -> str:
                      f"({run['role']}, x {x_text(run['x']) or '-'}): {run['config']} {' '.join(run['opts'])}")
     for detector, method, seed in waiting:
         of = "ds2d2" if method in FOLLOW_DS2D2 else method
+        grid = args.alone_lr_grid if method == "alone" else args.grid
         lines.append(f"    [waiting] {detector} {method} seed {seed}: at the x chosen by {of}'s grid "
-                     f"(seed {args.seeds[0]}, x {' '.join(x_text(x) for x in args.grid)})")
+                     f"(seed {args.seeds[0]}, x {' '.join(x_text(x) for x in grid)})")
     todo = sum(not os.path.isfile(os.path.join(r["output"], "eval_results.json")) for r in runs)
     lines.append(f"{len(runs)} runs planned now ({todo} to train), {len(waiting)} waiting on a grid: "
                  f"{len(runs) + len(waiting)} in all")
@@ -387,7 +398,7 @@ def read_result(run: Dict) -> Optional[Dict]:
         results = json.load(f)
     test = results[TEST]["bbox"]
     row = {k: run[k] for k in ("detector", "method", "seed", "role", "chosen", "name")}
-    row["x"] = x_text(run["x"])
+    row["x"] = ("lr " if run["method"] == "alone" else "") + x_text(run["x"])
     row["picked"] = run.get("picked", False)
     row["base_weights"] = run.get("base_weights")
     row["weights"] = " ".join(f"{k.split('.')[-1]}={w:g}" for k, w in run.get("weights", {}).items())
@@ -488,7 +499,8 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
              f"s_per_it: median training seconds per iteration on this (shared) machine. x multiplies every "
              f"loss weight of the method; it is chosen per detector among {[float(x) for x in args.grid]} by "
              f"the best val AP50 of seed {first} (ties: the x closest to 1), never on test; explicit and "
-             f"implicit use DS2D2's x. Loss weights at x1 (the configs', with the weight flags given; zero "
+             f"implicit use DS2D2's x; for the student alone x (lr) multiplies SOLVER.BASE_LR, among "
+             f"{[float(x) for x in args.alone_lr_grid]}. Loss weights at x1 (the configs', with the weight flags given; zero "
              f"weights left out): {weights_note(rows) or '-'}. Teacher R-50 {args.teacher_iters} iterations, "
              f"amplifier {args.amplifier_iters}, students R-18 {args.student_iters}, batch {args.batch}, "
              f"128 px, {args.num_images} images. Command: python benchmarks/bench_accuracy.py {args.command}")

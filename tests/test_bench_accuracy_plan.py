@@ -66,8 +66,9 @@ def test_x1_keeps_the_names_of_the_untuned_benchmark():
         "implicit": "implicit_it1000_t6000", "ds2d2": "ds2d2_it1000_t6000",
     }
     x10 = ba.run_names(args, "faster_rcnn", 10.0)
-    assert (x10["ds2d2"], x10["fgd"], x10["alone"], x10["teacher"]) == (
-        "ds2d2_x10_it1000_t6000", "fgd_x10_it1000_t6000", "alone_it1000_t6000", "teacher_it6000")
+    assert (x10["ds2d2"], x10["fgd"], x10["teacher"]) == (
+        "ds2d2_x10_it1000_t6000", "fgd_x10_it1000_t6000", "teacher_it6000")
+    assert ba.run_names(args, "faster_rcnn", 0.25)["alone"] == "alone_lr0.25_it1000_t6000"
     assert ba.run_names(args, "retinanet", 0.1)["crosskd"] == "crosskd_x0.1_it1000_t6000"
     # FitNet's name carries its absolute weight: x10 of 1 is the folder of the old --fitnet-weight 10 runs
     assert x10["fitnet"] == "fitnet10_it1000_t6000"
@@ -96,6 +97,13 @@ def test_a_multiplier_scales_every_weight_of_the_method_from_its_config(detector
                 assert base is not None and base > 0, (method, key)
                 assert float(opts[key]) == pytest.approx(base * x, rel=1e-9), (detector, method, key, x)
                 assert "." in opts[key] or "e" in opts[key], "a float override, never an int"
+    # the student alone: x scales its learning rate (x0.25 of the RetinaNet student alone's is DS2D2's rate)
+    alone = ba.student_run(args, detector, "alone", 2, 0.25)
+    lr = yaml_value(configs["alone"][0], "SOLVER.BASE_LR")
+    assert float(overrides(alone)["SOLVER.BASE_LR"]) == pytest.approx(0.25 * lr)
+    assert alone["name"] == "alone_lr0.25_it1000_t6000_s2"
+    if detector == "retinanet":
+        assert 0.25 * lr == yaml_value(configs["ds2d2"][0], "SOLVER.BASE_LR")
     # the ablations scale DS2D2's weights and keep the other stream at 0
     explicit = overrides(ba.student_run(args, detector, "explicit", 1, 10.0))
     assert float(explicit["MODEL.DS2D2.LOSS.IMPLICIT_FULL"]) == 0.0
@@ -145,10 +153,11 @@ def test_other_seeds_only_once_the_grid_has_finished(tmp_path):
     runs = ba.plan(args, "retinanet", waiting)
     assert {r["seed"] for r in runs if r["method"] not in ("alone", "teacher", "amplifier")} == {1}
     assert {(r["method"], r["x"]) for r in runs if r["role"] == "grid"} == {
-        (m, x) for m in ba.TUNED for x in (0.1, 1.0, 10.0)}
+        (m, x) for m in ba.TUNED for x in (0.1, 1.0, 10.0)} | {("alone", 0.25), ("alone", 1.0)}
     assert not any(r["chosen"] for r in runs if r["role"] == "grid")
     assert ("retinanet", "explicit", 1) in waiting and ("retinanet", "fgd", 2) in waiting
-    assert len(runs) + len(waiting) == 2 + 1 + 6 * 3 + 2 + 9 * 2
+    assert {r["x"] for r in runs if r["method"] == "alone"} == {0.25, 1.0}  # its learning rates
+    assert len(runs) + len(waiting) == 2 + 2 + 6 * 3 + 2 + 9 * 2
 
     by_name = {r["name"]: r for r in runs}
     for x, val in ((0.1, 30.0), (1.0, 20.0)):  # fitnet's grid two thirds done: still waiting
@@ -173,8 +182,8 @@ def test_other_seeds_only_once_the_grid_has_finished(tmp_path):
     assert follow == sorted(f"{m}_x10_it1000_t6000_s{s}" for m in ("explicit", "implicit", "ds2d2")
                             for s in (1, 2, 3))
     # a grid of one value (--quick) plans every seed at once
-    args = ba.parse_args(["--work", str(tmp_path / "q"), "--grid", "1", "--seeds", "1", "2", "--detectors",
-                          "faster_rcnn", "--methods", "alone", "explicit"])
+    args = ba.parse_args(["--work", str(tmp_path / "q"), "--grid", "1", "--alone-lr-grid", "1", "--seeds", "1",
+                          "2", "--detectors", "faster_rcnn", "--methods", "alone", "explicit"])
     waiting = []
     runs = ba.plan(args, "faster_rcnn", waiting)
     assert not waiting
@@ -189,7 +198,8 @@ def test_main_is_resumable_at_any_point_and_reports_the_choice(tmp_path, monkeyp
     import ds2d2.data.synthetic
 
     trained = []
-    val = {"fitnet": {0.1: 50.0, 1.0: 60.0, 10.0: 60.0}, "ds2d2": {0.1: 70.0, 1.0: 65.0, 10.0: 10.0}}
+    val = {"fitnet": {0.1: 50.0, 1.0: 60.0, 10.0: 60.0}, "ds2d2": {0.1: 70.0, 1.0: 65.0, 10.0: 10.0},
+           "alone": {0.25: 30.0, 1.0: 20.0}}
 
     def fake_training(args, run, data_root):
         if len(trained) == stop_after[0]:
@@ -215,14 +225,16 @@ def test_main_is_resumable_at_any_point_and_reports_the_choice(tmp_path, monkeyp
             pass
         kept.append(capsys.readouterr().out.count("already done, kept"))
     assert kept == [0, 3, 9]  # each call keeps what the calls before trained, and only that
-    # 2 + alone x2 + fitnet 3 + 1 + ds2d2 3 + 1 + implicit x2; each trained exactly once
-    assert len(trained) == len(set(trained)) == 2 + 2 + 4 + 4 + 2
+    # 2 + alone 2 + 1 + fitnet 3 + 1 + ds2d2 3 + 1 + implicit x2; each trained exactly once
+    assert len(trained) == len(set(trained)) == 2 + 3 + 4 + 4 + 2
+    assert "alone_lr0.25_it1000_t6000_s2" in trained and "alone_it1000_t6000_s2" not in trained
     assert trained.index("fitnet1_it1000_t6000_s2") > trained.index("fitnet10_it1000_t6000_s1")
     assert "implicit_x0.1_it1000_t6000_s1" in trained and "ds2d2_x0.1_it1000_t6000_s2" in trained
     text = ba.main(argv)
     assert capsys.readouterr().out.count("already done, kept") == len(trained)
     assert "| detector | method | x | seeds |" in text
     assert "| retinanet | fitnet | 1 | 2 |" in text  # tie 60 = 60: x1 over x10
+    assert "| retinanet | alone | lr 0.25 | 2 |" in text
     assert "| retinanet | ds2d2 | 0.1 | 2 |" in text and "| retinanet | implicit | 0.1 | 2 |" in text
     assert "| retinanet | ds2d2 | 10 | 10.0 |  | EXPLICIT_LOW=0.0001 " in text  # the grid table, val only
     x1 = "retinanet ds2d2: EXPLICIT_LOW 1e-05, EXPLICIT_HIGH 1e-05, IMPLICIT_FULL 1, IMPLICIT_HIGH 1"
@@ -241,12 +253,13 @@ def test_tables_reports_the_finished_runs_and_trains_nothing(tmp_path, monkeypat
     by_name = {r["name"]: r for r in ba.plan(ba.parse_args(argv), "faster_rcnn")}
     fake_result(by_name["teacher_it6000"]["output"], 90.0, 91.0)
     fake_result(by_name["alone_it1000_t6000_s1"]["output"], 50.0, 52.0)
+    fake_result(by_name["alone_lr0.25_it1000_t6000_s1"]["output"], 55.0, 51.0)
     fake_result(by_name["pkd_x10_it1000_t6000_s1"]["output"], 60.0, 61.0)  # a third of pkd's grid
     text = ba.main(argv + ["--tables"])
     assert "| faster_rcnn | teacher |  | 1 | 45.5 ± 0.0 | 91.0 ± 0.0 |" in text
-    assert "| faster_rcnn | alone |  | 1 |" in text
+    assert "| faster_rcnn | alone | lr 0.25 | 1 | 25.5 ± 0.0 | 51.0 ± 0.0 |" in text  # the better val
     assert "| faster_rcnn | pkd |" not in text.split("Tuning grid")[0]  # no x chosen yet: not in the table
     assert "| faster_rcnn | pkd | 10 | 60.0 |  |" in text  # but in the grid table, unchosen
     assert not os.path.exists(tmp_path / "work" / "datasets")  # no data generated either
     with open(tmp_path / "res" / "accuracy_runs.csv") as f:
-        assert len(f.readlines()) == 1 + 3
+        assert len(f.readlines()) == 1 + 4
