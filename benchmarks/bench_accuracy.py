@@ -3,7 +3,7 @@
 
     python benchmarks/bench_accuracy.py --quick           # RetinaNet, seed 1, x1 only: alone vs full DS2D2
     python benchmarks/bench_accuracy.py --dry-run         # the runs the full table plans now; trains nothing
-    python benchmarks/bench_accuracy.py --tables          # the tables of the runs finished so far; trains nothing
+    python benchmarks/bench_accuracy.py --tables          # the tables of the finished runs; trains nothing
     nohup python benchmarks/bench_accuracy.py > benchmarks/results/accuracy.log 2>&1 &    # the full table
 
 Per detector: an R-50 teacher (longer schedule) and its high-frequency amplifier are trained once; then R-18
@@ -18,11 +18,11 @@ synthetic_dior_val AP50 is chosen (ties: the x closest to 1, on a log scale; tes
 the other seeds train at that x only. DS2D2 explicit only and implicit only use DS2D2's x (asked for without
 ds2d2, they still train its grid). The student alone has no loss weight: its one knob, chosen the same way, is
 its learning rate, x of --alone-lr-grid (default 0.25 1) times its config's SOLVER.BASE_LR (the RetinaNet
-student alone trains at 4x the DS2D2 student's rate, as the authors'; x0.25 is the DS2D2 student's rate). --fitnet-weight, --explicit-weight and
---implicit-weight replace a config's weight as the x1 value. Folder names: x1 keeps the untuned benchmark's
-(ds2d2_it1000_t6000_s1), another x adds _x<x> (ds2d2_x10_it1000_t6000_s1), _lr<x> for the student alone
-(alone_lr0.25_it1000_t6000_s1); FitNet's names carry its absolute weight (fitnet10_... is FitNet at weight 10,
-whichever base and x give it).
+student alone trains at 4x the DS2D2 student's rate, as the authors'; x0.25 is the DS2D2 student's rate).
+--fitnet-weight, --explicit-weight and --implicit-weight replace a config's weight as the x1 value. Folder
+names: x1 keeps the untuned benchmark's (ds2d2_it1000_t6000_s1), another x adds _x<x>
+(ds2d2_x10_it1000_t6000_s1), _lr<x> for the student alone (alone_lr0.25_it1000_t6000_s1); FitNet's names carry
+its absolute weight (fitnet10_... is FitNet at weight 10, whichever base and x give it).
 
 Everything trains on synthetic_dior_train; the table reports synthetic_dior_test for the chosen runs, and val
 next to it. Each run is a ``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json
@@ -87,8 +87,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--grid", nargs="+", type=float, default=[0.1, 1.0, 10.0], metavar="X",
                    help="multipliers of a method's loss weights tried on the first seed (chosen on val AP50)")
     p.add_argument("--alone-lr-grid", nargs="+", type=float, default=[0.25, 1.0], metavar="X",
-                   help="multipliers of the student alone's SOLVER.BASE_LR tried on the first seed (chosen on "
-                        "val AP50)")
+                   help="multipliers of the student alone's SOLVER.BASE_LR tried on the first seed "
+                        "(chosen on val AP50)")
     p.add_argument("--teacher-iters", type=int, default=6000,
                    help="RetinaNet teacher val AP50 25 / 44 / 55 after 1.5k / 3k / 4.5k of 6k iterations")
     p.add_argument("--amplifier-iters", type=int, default=1000)
@@ -240,7 +240,7 @@ def run_names(args: argparse.Namespace, detector: str, multiplier: float = 1.0) 
 
 
 def student_run(args: argparse.Namespace, detector: str, method: str, seed: int, multiplier: float) -> Dict:
-    """One student run: ``multiplier`` scales the method's loss weights (the student alone's learning rate)."""
+    """One student run: ``multiplier`` scales the method's loss weights (the student alone's: its LR)."""
     work = os.path.join(args.work, detector)
     config, opts = variants(args, detector)[method]
     run = dict(detector=detector, method=method, seed=seed, x=multiplier, config=config)
@@ -500,7 +500,8 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
              f"loss weight of the method; it is chosen per detector among {[float(x) for x in args.grid]} by "
              f"the best val AP50 of seed {first} (ties: the x closest to 1), never on test; explicit and "
              f"implicit use DS2D2's x; for the student alone x (lr) multiplies SOLVER.BASE_LR, among "
-             f"{[float(x) for x in args.alone_lr_grid]}. Loss weights at x1 (the configs', with the weight flags given; zero "
+             f"{[float(x) for x in args.alone_lr_grid]}. Loss weights at x1 (the configs', with the weight "
+             f"flags given; zero "
              f"weights left out): {weights_note(rows) or '-'}. Teacher R-50 {args.teacher_iters} iterations, "
              f"amplifier {args.amplifier_iters}, students R-18 {args.student_iters}, batch {args.batch}, "
              f"128 px, {args.num_images} images. Command: python benchmarks/bench_accuracy.py {args.command}")

@@ -182,8 +182,8 @@ def test_other_seeds_only_once_the_grid_has_finished(tmp_path):
     assert follow == sorted(f"{m}_x10_it1000_t6000_s{s}" for m in ("explicit", "implicit", "ds2d2")
                             for s in (1, 2, 3))
     # a grid of one value (--quick) plans every seed at once
-    args = ba.parse_args(["--work", str(tmp_path / "q"), "--grid", "1", "--alone-lr-grid", "1", "--seeds", "1",
-                          "2", "--detectors", "faster_rcnn", "--methods", "alone", "explicit"])
+    args = ba.parse_args(["--work", str(tmp_path / "q"), "--grid", "1", "--alone-lr-grid", "1", "--seeds",
+                          "1", "2", "--detectors", "faster_rcnn", "--methods", "alone", "explicit"])
     waiting = []
     runs = ba.plan(args, "faster_rcnn", waiting)
     assert not waiting
@@ -248,8 +248,8 @@ def test_tables_reports_the_finished_runs_and_trains_nothing(tmp_path, monkeypat
         raise AssertionError("--tables trained a run")
 
     monkeypatch.setattr(ba, "run_training", no_training)
-    argv = ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "res"), "--detectors", "faster_rcnn",
-            "--methods", "alone", "pkd", "--seeds", "1", "2"]
+    argv = ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "res"), "--detectors",
+            "faster_rcnn", "--methods", "alone", "pkd", "--seeds", "1", "2"]
     by_name = {r["name"]: r for r in ba.plan(ba.parse_args(argv), "faster_rcnn")}
     fake_result(by_name["teacher_it6000"]["output"], 90.0, 91.0)
     fake_result(by_name["alone_it1000_t6000_s1"]["output"], 50.0, 52.0)

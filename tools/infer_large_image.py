@@ -10,9 +10,9 @@ tile detections are mapped back and merged with class-wise NMS.
 Writes OUTPUT/<name>.json ({"image", "width", "height", "classes", "detections": [{"bbox": [x0, y0, x1, y1],
 "score", "category_id", "category"}]}, boxes in the image's pixels, best first) and OUTPUT/<name>_boxes.jpg.
 --weights is a plain detector checkpoint, or, with a DS2D2 stage-3 config, a distiller checkpoint or the
-student exported by tools/export_student.py (the model built is then MODEL.DS2D2.DETECTOR, on MODEL.DEVICE). --onnx runs an ONNX export
-(tools/export_student.py --format onnx) through onnxruntime instead, one tile at a time; it needs no config
-(the file holds the test resize, thresholds and class names).
+student exported by tools/export_student.py (the model built is then MODEL.DS2D2.DETECTOR, on MODEL.DEVICE).
+--onnx runs an ONNX export (tools/export_student.py --format onnx) through onnxruntime instead, one tile at a
+time; it needs no config (the file holds the test resize, thresholds and class names).
 """
 
 import argparse
