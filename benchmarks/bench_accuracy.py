@@ -109,7 +109,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="folder of the runs and the generated data")
     p.add_argument("--results", default=RESULTS, help="where the Markdown/CSV/PNG tables go")
     args = p.parse_args(argv)
-    args.command = command_line(argv)
+    # the command that trains what the tables show (--tables only rewrites them)
+    args.command = " ".join(a for a in command_line(argv).split(" ") if a != "--tables")
     for flag in ("explicit_weight", "implicit_weight"):
         pairs = [item.split("=", 1) for item in getattr(args, flag)]
         if any(len(pair) != 2 or pair[0] not in DETECTORS for pair in pairs):

@@ -261,5 +261,6 @@ def test_tables_reports_the_finished_runs_and_trains_nothing(tmp_path, monkeypat
     assert "| faster_rcnn | pkd |" not in text.split("Tuning grid")[0]  # no x chosen yet: not in the table
     assert "| faster_rcnn | pkd | 10 | 60.0 |  |" in text  # but in the grid table, unchosen
     assert not os.path.exists(tmp_path / "work" / "datasets")  # no data generated either
+    assert f"Command: python benchmarks/bench_accuracy.py {' '.join(argv)}\n" in text  # how to train it
     with open(tmp_path / "res" / "accuracy_runs.csv") as f:
         assert len(f.readlines()) == 1 + 4
