@@ -273,6 +273,12 @@ def val_ap50(output: str) -> Optional[float]:
         return float(json.load(f)[VAL]["bbox"]["AP50"])
 
 
+def grid_of(args: argparse.Namespace, method: str) -> List[float]:
+    """The multipliers the first seed tries for ``method``: of its learning rate for the student alone, else
+    of its loss weights."""
+    return args.alone_lr_grid if method == "alone" else args.grid
+
+
 def choose(grid: Sequence[Dict]) -> Optional[float]:
     """The multiplier of the grid run with the best val AP50 (ties: the one closest to x1 on a log scale, then
     the smaller); None while a grid run is unfinished. A one-value grid needs no result."""
@@ -319,7 +325,7 @@ def plan(args: argparse.Namespace, detector: str, waiting: Optional[List[Tuple]]
     for method in methods + [m for m in grid_methods if m not in methods]:
         if method in grid_methods:
             start = len(runs)
-            for multiplier in args.alone_lr_grid if method == "alone" else args.grid:
+            for multiplier in grid_of(args, method):
                 add(method, first, multiplier, "grid")
             chosen[method] = choose(runs[start:])
             for run in runs[start:]:
@@ -356,9 +362,8 @@ def describe(args: argparse.Namespace) -> str:
                      f"({run['role']}, x {x_text(run['x']) or '-'}): {run['config']} {' '.join(run['opts'])}")
     for detector, method, seed in waiting:
         of = "ds2d2" if method in FOLLOW_DS2D2 else method
-        grid = args.alone_lr_grid if method == "alone" else args.grid
         lines.append(f"    [waiting] {detector} {method} seed {seed}: at the x chosen by {of}'s grid "
-                     f"(seed {args.seeds[0]}, x {' '.join(x_text(x) for x in grid)})")
+                     f"(seed {args.seeds[0]}, x {' '.join(x_text(x) for x in grid_of(args, of))})")
     todo = sum(not os.path.isfile(os.path.join(r["output"], "eval_results.json")) for r in runs)
     lines.append(f"{len(runs)} runs planned now ({todo} to train), {len(waiting)} waiting on a grid: "
                  f"{len(runs) + len(waiting)} in all")
@@ -502,9 +507,8 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
              f"the best val AP50 of seed {first} (ties: the x closest to 1), never on test; explicit and "
              f"implicit use DS2D2's x; for the student alone x (lr) multiplies SOLVER.BASE_LR, among "
              f"{[float(x) for x in args.alone_lr_grid]}. Loss weights at x1 (the configs', with the weight "
-             f"flags given; zero "
-             f"weights left out): {weights_note(rows) or '-'}. Teacher R-50 {args.teacher_iters} iterations, "
-             f"amplifier {args.amplifier_iters}, students R-18 {args.student_iters}, batch {args.batch}, "
+             f"flags given; zero weights left out): {weights_note(rows) or '-'}. Teacher R-50 "
+             f"{args.teacher_iters} iterations, amplifier {args.amplifier_iters}, students R-18 {args.student_iters}, batch {args.batch}, "
              f"128 px, {args.num_images} images. Command: python benchmarks/bench_accuracy.py {args.command}")
     text = write_report(os.path.join(args.results, f"{name}.md"), "Accuracy on synthetic DIOR", machine,
                         table, notes)
