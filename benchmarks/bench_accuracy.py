@@ -509,7 +509,8 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
              f"{[float(x) for x in args.alone_lr_grid]}. Loss weights at x1 (the configs', with the weight "
              f"flags given; zero weights left out): {weights_note(rows) or '-'}. Teacher R-50 "
              f"{args.teacher_iters} iterations, amplifier {args.amplifier_iters}, students R-18 "
-             f"{args.student_iters}, batch {args.batch}, 128 px, {args.num_images} images. Command: python benchmarks/bench_accuracy.py {args.command}")
+             f"{args.student_iters}, batch {args.batch}, 128 px, {args.num_images} images. Command: python "
+             f"benchmarks/bench_accuracy.py {args.command}")
     text = write_report(os.path.join(args.results, f"{name}.md"), "Accuracy on synthetic DIOR", machine,
                         table, notes)
     students = [e for e in summary if e["method"] not in ("amplifier",)]
