@@ -440,7 +440,8 @@ def training_log(folder: str, last: int = 3) -> Dict[str, float]:
 
 def summarise(rows: List[Dict]) -> List[Dict]:
     """Mean and spread (population std over seeds) per (detector, method) of the chosen runs; dAP50: AP50 gain
-    over the student alone; x: the method's chosen multiplier."""
+    over the student alone; x: the method's chosen multiplier; s_per_it: the fastest seed's median seconds per
+    iteration (other jobs on the machine only ever slow a run down)."""
     groups: Dict[tuple, List[Dict]] = {}
     for row in rows:
         if row.get("chosen", True):
@@ -454,7 +455,7 @@ def summarise(rows: List[Dict]) -> List[Dict]:
             entry[f"{m}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
         speeds = [r["s_per_it"] for r in members if "s_per_it" in r]
         if speeds:
-            entry["s_per_it"] = statistics.mean(speeds)
+            entry["s_per_it"] = min(speeds)
         summary.append(entry)
     order = ("teacher", "amplifier") + METHODS  # per detector, in the order of the runs' first appearance
     detectors = list(dict.fromkeys(e["detector"] for e in summary))
@@ -502,15 +503,15 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
                   + markdown_table(grid, grid_cols))
     notes = (f"COCO-style box AP on synthetic_dior_test (mean ± std over seeds {args.seeds}) of each method "
              f"at its chosen x; val_AP50 on synthetic_dior_val; dAP50 = AP50 gain over the student alone; "
-             f"s_per_it: median training seconds per iteration on this (shared) machine. x multiplies every "
-             f"loss weight of the method; it is chosen per detector among {[float(x) for x in args.grid]} by "
-             f"the best val AP50 of seed {first} (ties: the x closest to 1), never on test; explicit and "
-             f"implicit use DS2D2's x; for the student alone x (lr) multiplies SOLVER.BASE_LR, among "
-             f"{[float(x) for x in args.alone_lr_grid]}. Loss weights at x1 (the configs', with the weight "
-             f"flags given; zero weights left out): {weights_note(rows) or '-'}. Teacher R-50 "
-             f"{args.teacher_iters} iterations, amplifier {args.amplifier_iters}, students R-18 "
-             f"{args.student_iters}, batch {args.batch}, 128 px, {args.num_images} images. Command: python "
-             f"benchmarks/bench_accuracy.py {args.command}")
+             f"s_per_it: median training seconds per iteration on this (shared) machine, of the fastest "
+             f"seed. x multiplies every loss weight of the method; it is chosen per detector among "
+             f"{[float(x) for x in args.grid]} by the best val AP50 of seed {first} (ties: the x closest to "
+             f"1), never on test; explicit and implicit use DS2D2's x; for the student alone x (lr) "
+             f"multiplies SOLVER.BASE_LR, among {[float(x) for x in args.alone_lr_grid]}. Loss weights at x1 "
+             f"(the configs', with the weight flags given; zero weights left out): "
+             f"{weights_note(rows) or '-'}. Teacher R-50 {args.teacher_iters} iterations, amplifier "
+             f"{args.amplifier_iters}, students R-18 {args.student_iters}, batch {args.batch}, 128 px, "
+             f"{args.num_images} images. Command: python benchmarks/bench_accuracy.py {args.command}")
     text = write_report(os.path.join(args.results, f"{name}.md"), "Accuracy on synthetic DIOR", machine,
                         table, notes)
     students = [e for e in summary if e["method"] not in ("amplifier",)]

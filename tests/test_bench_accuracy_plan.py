@@ -264,3 +264,19 @@ def test_tables_reports_the_finished_runs_and_trains_nothing(tmp_path, monkeypat
     assert f"Command: python benchmarks/bench_accuracy.py {' '.join(argv)}\n" in text  # how to train it
     with open(tmp_path / "res" / "accuracy_runs.csv") as f:
         assert len(f.readlines()) == 1 + 4
+
+
+def test_summary_gives_mean_spread_gain_and_the_fastest_seeds_speed():
+    def row(method, seed, ap50, s_per_it):
+        return {"detector": "retinanet", "method": method, "x": 1.0, "seed": seed, "chosen": True,
+                "AP": ap50 / 2, "AP50": ap50, "AP75": 0.0, "APs": 0.0, "val_AP50": ap50, "s_per_it": s_per_it}
+
+    rows = [row("alone", 1, 20.0, 0.4), row("alone", 2, 24.0, 0.5),
+            row("ds2d2", 1, 50.0, 1.5), row("ds2d2", 2, 54.0, 0.6), row("ds2d2", 3, 58.0, 1.4),
+            dict(row("ds2d2", 1, 99.0, 0.1), chosen=False)]  # a grid run at another x: left out
+    alone, ds2d2 = ba.summarise(rows)
+    assert (alone["method"], alone["seeds"], alone["AP50"], alone["AP50_std"]) == ("alone", 2, 22.0, 2.0)
+    assert ds2d2["seeds"] == 3 and ds2d2["AP50"] == pytest.approx(54.0)
+    assert ds2d2["AP50_std"] == pytest.approx((32 / 3) ** 0.5)
+    assert ds2d2["dAP50"] == pytest.approx(32.0)
+    assert ds2d2["s_per_it"] == 0.6  # seeds slowed by other jobs do not count
