@@ -1,4 +1,4 @@
-"""Helpers for the tests of the feature-distillation baselines (test_pkd.py, test_mgd.py): a TermContext
+"""Helpers for the tests of the feature-distillation baselines (test_pkd.py, test_mgd.py, ...): a TermContext
 without models, and 2 iterations of a synthetic baseline config through train_net.py with a tiny random
 teacher, whose checkpoint must hold no teacher tensor and whose student tools/export_student.py exports."""
 import json
@@ -48,10 +48,12 @@ def write_tiny_teacher(folder: Path, detector: str) -> List[str]:
 
 
 def train_two_iterations(
-    data_root: Path, folder: Path, config: str, detector: str, student_width: int, term: str
+    data_root: Path, folder: Path, config: str, detector: str, student_width: int, term: str,
+    shared: Sequence[str] = (),
 ) -> Dict[str, Tensor]:
     """Train ``config`` (tiny student, ``student_width`` FPN) for 2 iterations with train_net.py, check the
-    checkpoint (student and ``terms.<term>.`` tensors only) and the student export; return its state dict."""
+    checkpoint (student, ``terms.<term>.`` and the distiller's ``shared`` prefixes, e.g. ``adapters.``, only)
+    and the student export; return its state dict."""
     out = folder / "out"
     opts: Sequence = [
         *TINY[detector], NUM_CLASSES_KEY[detector], SYNTHETIC_CLASSES,
@@ -70,7 +72,7 @@ def train_two_iterations(
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert any(f"loss_{term.lower()}" in m for m in metrics), (metrics, log)  # the term was trained
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
-    assert all(k.startswith(("student.", f"terms.{term}.")) for k in state), sorted(state)
+    assert all(k.startswith(("student.", f"terms.{term}.", *shared)) for k in state), sorted(state)
     assert not any("teacher" in k for k in state)
 
     tool = load_script(REPO / "tools" / "export_student.py", "export_student_tool")

@@ -1,5 +1,5 @@
-"""The distillation framework (ds2d2.distill): term selection from MODEL.DS2D2.TERMS, the shared step, and the
-FitNet term against a direct computation (tiny models)."""
+"""The distillation framework (ds2d2.distill): term selection from MODEL.DS2D2.TERMS, the shared step, and
+the FitNet term against a direct computation (tiny models), its configs, and 2 train_net.py iterations."""
 from typing import List
 
 import pytest
@@ -7,8 +7,10 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from conftest import losses_then_shared_step, random_batch, tiny_stages
+from conftest import REPO, losses_then_shared_step, random_batch, tiny_stages
+from ds2d2.config import load_config
 from ds2d2.distill import DISTILL_TERM_REGISTRY
+from kd_baseline_support import train_two_iterations
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 FITNET = ["MODEL.DS2D2.TERMS", "['FitNet']"]
@@ -74,3 +76,28 @@ def test_teacher_bands_are_computed_once_per_step(tmp_path, monkeypatch):
         model(random_batch())
     levels = set(model.in_features) | set(model.family.head_in_features())
     assert len(calls) == len(levels)  # shared by the explicit and the high-frequency implicit streams
+
+
+FITNET_CONFIGS = [
+    f"configs/{d}/baselines/{det}_R101_to_R18_fitnet.yaml" for d in ("DIOR", "DOTA")
+    for det in ("retinanet", "faster_rcnn")
+] + [f"configs/synthetic/baselines/{det}_R50_to_R18_fitnet.yaml" for det in ("retinanet", "faster_rcnn")]
+
+
+@pytest.mark.parametrize("path", FITNET_CONFIGS)
+def test_fitnet_configs_run_fitnet_alone_at_the_terms_default(path):
+    cfg = load_config(str(REPO / path), register=False)
+    assert list(cfg.MODEL.DS2D2.TERMS) == ["FitNet"]
+    assert cfg.MODEL.DS2D2.FITNET.WEIGHT == 1.0
+    assert cfg.OUTPUT_DIR == "output/" + path[len("configs/"):-len(".yaml")]
+
+
+@pytest.mark.parametrize("detector, config", [
+    ("RetinaNet", "configs/synthetic/baselines/retinanet_R50_to_R18_fitnet.yaml"),
+    ("GeneralizedRCNN", "configs/synthetic/baselines/faster_rcnn_R50_to_R18_fitnet.yaml"),
+])
+def test_train_net_runs_fitnet_and_exports_the_student(small_dior_root, tmp_path, detector, config):
+    # student FPN 32 wide, teacher 64: the shared adapter is trained and saved beside the student
+    state = train_two_iterations(small_dior_root, tmp_path, config, detector, student_width=32, term="FitNet",
+                                 shared=("adapters.",))
+    assert any(k.startswith("adapters.") for k in state)
