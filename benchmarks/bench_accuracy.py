@@ -7,9 +7,9 @@
     nohup python benchmarks/bench_accuracy.py > benchmarks/results/accuracy.log 2>&1 &    # the full table
 
 Per detector: an R-50 teacher (longer schedule) and its high-frequency amplifier are trained once; then R-18
-students with one schedule: alone, FitNet (feature MSE, the FitNet term), the baselines FGD, PKD, MGD, CrossKD
-(configs/synthetic/baselines/, their published weights), DS2D2 explicit only, implicit only, full DS2D2
-(configs/synthetic/<detector>_R50_to_R18.yaml).
+students with one schedule: alone, the baselines FitNet, FGD, PKD, MGD, CrossKD
+(configs/synthetic/baselines/, their published weights; FitNet, which has none, the term's default 1),
+DS2D2 explicit only, implicit only, full DS2D2 (configs/synthetic/<detector>_R50_to_R18.yaml).
 
 Tuning, the same small budget for every method: each of FitNet, FGD, PKD, MGD, CrossKD and DS2D2 multiplies
 all of its loss weights (read from the run's own config: FGD's alpha, beta, gamma, lambda; DS2D2's l1..l4;
@@ -47,7 +47,7 @@ from benchmarks.common import command_line, write_csv, write_report  # noqa: E40
 METRICS = ("AP", "AP50", "AP75", "APs")
 METHODS = ("alone", "fitnet", "fgd", "pkd", "mgd", "crosskd", "explicit", "implicit", "ds2d2")
 # their configs: configs/synthetic/baselines/<detector>_R50_to_R18_<method>.yaml
-BASELINES = ("fgd", "pkd", "mgd", "crosskd")
+BASELINES = ("fitnet", "fgd", "pkd", "mgd", "crosskd")
 # methods with their own multiplier, chosen on val; explicit and implicit (DS2D2's ablations) use DS2D2's
 TUNED = ("fitnet", "fgd", "pkd", "mgd", "crosskd", "ds2d2")
 FOLLOW_DS2D2 = ("explicit", "implicit")
@@ -197,18 +197,16 @@ def variants(args: argparse.Namespace, detector: str) -> Dict[str, Tuple[str, Li
     if detector in args.implicit_weight:
         weight = weight_text(args.implicit_weight[detector])
         implicit = ["MODEL.DS2D2.LOSS.IMPLICIT_FULL", weight, "MODEL.DS2D2.LOSS.IMPLICIT_HIGH", weight]
-    fitnet = []
-    if args.fitnet_weight is not None:
-        fitnet = ["MODEL.DS2D2.FITNET.WEIGHT", weight_text(args.fitnet_weight)]
     found = {
         "alone": (student, []),
-        "fitnet": (distiller, ["MODEL.DS2D2.TERMS", "['FitNet']"] + fitnet),
         "explicit": (distiller, ZERO_IMPLICIT + explicit),
         "implicit": (distiller, ZERO_EXPLICIT + implicit),
         "ds2d2": (distiller, explicit + implicit),
     }
     for method in BASELINES:
         found[method] = (f"configs/synthetic/baselines/{detector}_R50_to_R18_{method}.yaml", [])
+    if args.fitnet_weight is not None:
+        found["fitnet"][1].extend(["MODEL.DS2D2.FITNET.WEIGHT", weight_text(args.fitnet_weight)])
     return found
 
 

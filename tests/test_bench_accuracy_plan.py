@@ -91,9 +91,7 @@ def test_a_multiplier_scales_every_weight_of_the_method_from_its_config(detector
             opts = overrides(run)
             assert set(run["weights"]) == set(keys), method
             for key in keys:
-                # the YAML's value, else the project default (FitNet's weight is set in no synthetic YAML)
-                base = yaml_value(configs[method][0], key)
-                base = 1.0 if base is None and method == "fitnet" else base
+                base = yaml_value(configs[method][0], key)  # the value in the method's own YAML
                 assert base is not None and base > 0, (method, key)
                 assert float(opts[key]) == pytest.approx(base * x, rel=1e-9), (detector, method, key, x)
                 assert "." in opts[key] or "e" in opts[key], "a float override, never an int"
