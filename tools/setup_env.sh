@@ -29,8 +29,9 @@ pip install -q "$SETUPTOOLS" wheel
 "$VPY" tools/install_detectron2.py
 # pytorch-wavelets does not declare PyWavelets. dotadevkit's own requirements name the GUI build of
 # opencv-contrib; the headless build provides the same cv2 without libGL, so its deps are installed by hand.
+# defusedxml: XML annotations are parsed with entity expansion and external entities refused.
 pip install -q PyWavelets pytorch-wavelets "fvcore>=0.1.5,<0.1.6" pycocotools opencv-contrib-python-headless \
-  shapely click Cython matplotlib pytest "$SETUPTOOLS"
+  shapely click Cython matplotlib pytest "defusedxml==0.7.1" "$SETUPTOOLS"
 # ONNX export and inference (tools/export_student.py --format onnx, ds2d2_onnx): torch 2.14's exporter
 # (torch.onnx.export(dynamo=True)) translates through onnxscript; onnxruntime runs the files.
 pip install -q onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0 "$SETUPTOOLS"
