@@ -1,0 +1,188 @@
+"""The one image reader of the project (training data, DOTA splitting, the inference tools), torch-free so the
+deployment copy of ``ds2d2_onnx`` has it too; ``ds2d2`` imports it from here.
+
+    image = read_image("scene.png")                   # (H, W, 3) uint8 BGR, as cv2.imread(path, IMREAD_COLOR)
+    width, height = image_size("scene.png")           # the same shape, from the file's header only
+    read_image("huge.png", max_pixels=30000 ** 2)     # a larger limit for a genuine larger image
+
+The API (stable, for ds2d2's data code and the tools): ``read_image(path, max_pixels=DEFAULT_MAX_PIXELS)``,
+``image_size(path, max_pixels=DEFAULT_MAX_PIXELS) -> (width, height)``, ``ImageReadError(ValueError)``,
+``DEFAULT_MAX_PIXELS``; ``path`` a str or ``os.PathLike``.
+
+Formats: JPEG, PNG, TIFF and BMP (told apart by their first bytes, not by the file name). The pixels are
+OpenCV's (``cv2.imdecode`` of the file's bytes: exactly what ``cv2.imread(path, cv2.IMREAD_COLOR)`` gives,
+EXIF orientation applied). Every refusal is one ``ImageReadError`` naming the file:
+
+- a missing or unopenable file, a file that is none of the four formats, an unreadable header;
+- an image of more than ``max_pixels`` pixels (width x height), refused from the header before any pixel
+  buffer exists, so a small file declaring a huge image costs nothing. The default, ``DEFAULT_MAX_PIXELS``
+  (25000 x 25000), fits the largest DOTA scenes (about 20000 x 20000); raise it with ``--max-pixels`` of the
+  tools or ``INPUT.MAX_PIXELS`` in a training config. Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``)
+  plays no part and is left as it is: headers are read by Pillow's format plugins, not ``Image.open``;
+- a truncated JPEG: OpenCV fills the missing part grey without an error, so the JPEG's marker structure is
+  walked first and must reach its end-of-image marker. Truncated PNG, TIFF and BMP files make OpenCV's
+  decoders fail, which is refused as undecodable;
+- anything OpenCV refuses to decode (including its own size cap, ``OPENCV_IO_MAX_IMAGE_PIXELS``).
+"""
+import os
+from typing import Tuple, Type, Union
+
+import cv2
+import numpy as np
+from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageReadError", "image_size", "read_image"]
+
+DEFAULT_MAX_PIXELS = 25000 * 25000
+PathLike = Union[str, "os.PathLike[str]"]
+
+ORIENTATION_TAG = 0x0112  # EXIF Orientation; 5 to 8 turn the image a quarter: width and height swap
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+# JPEG markers that have no length field (TEM and the restart markers RST0-RST7)
+JPEG_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
+JPEG_EOI, JPEG_SOS = 0xD9, 0xDA
+
+
+class ImageReadError(ValueError):
+    """An image file that is missing, not a supported image, truncated, corrupt or over the pixel limit."""
+
+
+def _format_of(head: bytes) -> Tuple[str, Type[Image.Image]]:
+    """(format name, Pillow plugin class) from a file's first 16 bytes; KeyError if none fits."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG", JpegImagePlugin.JpegImageFile
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG", PngImagePlugin.PngImageFile
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF", TiffImagePlugin.TiffImageFile
+    if head.startswith(b"BM"):
+        return "BMP", BmpImagePlugin.BmpImageFile
+    raise KeyError(head)
+
+
+def _orientation(header: Image.Image, fmt: str) -> int:
+    """The EXIF orientation (1 to 8) the header declares; 1 when it declares none."""
+    if fmt == "TIFF":
+        return int(header.tag_v2.get(ORIENTATION_TAG, 1))
+    exif = header.info.get("exif")  # JPEG's APP1, PNG's eXIf chunk (when it comes before the pixels)
+    if not exif:
+        return 1
+    tags = Image.Exif()
+    tags.load(exif)
+    return int(tags.get(ORIENTATION_TAG, 1))
+
+
+def _header(stream, path: PathLike, max_pixels: int) -> Tuple[str, int, int]:
+    """(format, width, height) of the image in ``stream`` as OpenCV returns it (EXIF orientation applied),
+    read from its header; ImageReadError unless it is a supported image of at most ``max_pixels`` pixels."""
+    head = stream.read(16)
+    try:
+        fmt, plugin = _format_of(head)
+    except KeyError:
+        raise ImageReadError(
+            f"'{path}' is not a JPEG, PNG, TIFF or BMP image (it starts with {head[:8]!r}): "
+            "convert it to PNG or JPEG."
+        ) from None
+    stream.seek(0)
+    try:
+        header = plugin(stream)  # a format plugin reads the header only (no pixels, no decompression check)
+        if fmt == "TIFF":  # Pillow swaps a TIFF's size by its orientation; these tags are the stored size
+            stored_width = header.tag_v2[TiffImagePlugin.IMAGEWIDTH]
+            stored_height = header.tag_v2[TiffImagePlugin.IMAGELENGTH]
+        else:
+            stored_width, stored_height = header.size
+        orientation = _orientation(header, fmt)
+    except Exception as e:  # Pillow's plugins raise SyntaxError, OSError, ValueError, KeyError... on bad data
+        raise ImageReadError(f"'{path}': unreadable {fmt} header ({type(e).__name__}: {e}).") from e
+    pixels = int(stored_width) * int(stored_height)
+    if pixels > max_pixels:
+        raise ImageReadError(
+            f"'{path}' is {stored_width} x {stored_height} = {pixels} pixels, more than the limit of "
+            f"{max_pixels} pixels. If the image is genuine, raise the limit: --max-pixels of the tools, "
+            "INPUT.MAX_PIXELS in a training config (max_pixels= of ds2d2_onnx.image_io.read_image)."
+        )
+    if orientation in TRANSPOSING_ORIENTATIONS:
+        return fmt, int(stored_height), int(stored_width)
+    return fmt, int(stored_width), int(stored_height)
+
+
+def _open(path: PathLike):
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise ImageReadError(f"image '{path}' does not exist.") from None
+    except OSError as e:
+        raise ImageReadError(f"cannot open image '{path}': {e}") from e
+
+
+def image_size(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[int, int]:
+    """(width, height) in pixels of the array ``read_image(path)`` returns (EXIF orientation applied), from
+    the file's header only: the pixels are not decoded, so a truncated file is not noticed here.
+    ImageReadError naming the file for a missing, unsupported or unreadable file, or one over
+    ``max_pixels``."""
+    with _open(path) as stream:
+        _, width, height = _header(stream, path, max_pixels)
+    return width, height
+
+
+def _jpeg_reaches_end(data: bytes) -> bool:
+    """True when the marker structure of the JPEG ``data`` (segments, entropy-coded scans) reaches the
+    end-of-image marker within ``data``; False for a file cut short."""
+    array = np.frombuffer(data, dtype=np.uint8)
+    follower = array[1:]
+    # a marker: 0xFF followed by a code that is not a stuffed zero, a fill byte or a restart marker
+    starts = np.flatnonzero((array[:-1] == 0xFF) & (follower != 0x00) & (follower != 0xFF)
+                            & ((follower < 0xD0) | (follower > 0xD7)))
+
+    def next_marker(pos: int) -> int:
+        i = np.searchsorted(starts, pos)
+        return int(starts[i]) if i < len(starts) else len(data)
+
+    pos = 2  # after SOI
+    while pos < len(data):
+        if data[pos] != 0xFF:  # garbage between segments, which libjpeg skips with a warning
+            pos = next_marker(pos)
+            continue
+        while pos < len(data) and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= len(data):
+            return False
+        code = data[pos]
+        pos += 1
+        if code == JPEG_EOI:
+            return True
+        if code in JPEG_STANDALONE_MARKERS:
+            continue
+        if pos + 2 > len(data):
+            return False
+        pos += int.from_bytes(data[pos:pos + 2], "big")  # the length counts its own two bytes
+        if code == JPEG_SOS:  # the scan's entropy-coded data runs up to the next marker
+            pos = next_marker(pos)
+    return False
+
+
+def read_image(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The image at ``path`` as a (H, W, 3) uint8 BGR array, the pixels of ``cv2.imread(path,
+    cv2.IMREAD_COLOR)`` (EXIF orientation applied). ImageReadError naming the file for a missing,
+    unsupported, truncated or undecodable file, or one of more than ``max_pixels`` pixels (refused from its
+    header, before any pixel buffer is allocated)."""
+    with _open(path) as stream:
+        fmt, width, height = _header(stream, path, max_pixels)
+        stream.seek(0)
+        data = stream.read()
+    if fmt == "JPEG" and not _jpeg_reaches_end(data):
+        raise ImageReadError(
+            f"'{path}' is a truncated JPEG (its data ends before the end-of-image marker): copy or download "
+            "it again."
+        )
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:  # OpenCV 5 raises where 4.x returned None (e.g. above OPENCV_IO_MAX_IMAGE_PIXELS)
+        raise ImageReadError(
+            f"OpenCV cannot decode '{path}' ({fmt}, {width} x {height}): {str(e).strip()}"
+        ) from e
+    if image is None:
+        raise ImageReadError(
+            f"OpenCV cannot decode '{path}' ({fmt}, {width} x {height}): the file is truncated or corrupt."
+        )
+    return image
