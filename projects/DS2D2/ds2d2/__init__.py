@@ -2,10 +2,11 @@
 (Detectron2 project).
 
 Importing ``ds2d2`` registers its meta-architectures (DS2D2Amplifier, DS2D2Distiller), its RetinaNet backbone
-(build_ds2d2_retinanet_resnet_fpn_backbone) and builtin datasets (dior_*, synthetic_dior_*, dota_*) with
-Detectron2, and exposes the reusable building blocks below.
+(build_ds2d2_retinanet_resnet_fpn_backbone), its RPN with a minimum IoU for low-quality matches (DS2D2RPN)
+and builtin datasets (dior_*, synthetic_dior_*, dota_*) with Detectron2, and exposes the reusable building
+blocks below.
 """
-from . import backbone, data, meta_arch  # noqa: F401  (registration only)
+from . import backbone, data, meta_arch, rpn  # noqa: F401  (registration only)
 from .config import add_ds2d2_config
 from .disw import disw_map, disw_maps
 from .losses import (

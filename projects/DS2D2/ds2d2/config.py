@@ -151,6 +151,11 @@ def add_ds2d2_config(cfg: CN) -> None:
     # VOC-style AP: False = area under the interpolated PR curve (VOC2010+), True = 11-point (VOC2007).
     _C.TEST.VOC_USE_07_METRIC = False
 
+    # Faster R-CNN's RPN (PROPOSAL_GENERATOR.NAME "DS2D2RPN", ds2d2/rpn.py): an object's best anchor becomes a
+    # low-quality positive only if its IoU is >= this; 0.0 = Detectron2's RPN (any IoU), 0.3 = MMDetection's
+    # (the authors' min_pos_iou). Read only by DS2D2RPN.
+    _C.MODEL.RPN.LOW_QUALITY_MIN_IOU = 0.0
+
     # ---- Your own datasets, declared in the config (ds2d2/data/own.py, docs/own_data.md) ----
     # One entry per dataset name, usable in DATASETS.TRAIN/TEST: DATASETS.OWN.<name>.FORMAT is "voc", "coco"
     # or "dota", and the other keys are that format's (paths, CLASSES, DOTA patch settings); e.g.
