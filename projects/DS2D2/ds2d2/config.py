@@ -150,6 +150,10 @@ def add_ds2d2_config(cfg: CN) -> None:
     _C.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
     # VOC-style AP: False = area under the interpolated PR curve (VOC2010+), True = 11-point (VOC2007).
     _C.TEST.VOC_USE_07_METRIC = False
+    # DOTA patch datasets: True = also merge the patches' detections into full images and score Task 2 (or
+    # write the submission files of an unlabelled split); False = COCO AP on the patches only, the authors'
+    # metric (with TEST.DETECTIONS_PER_IMAGE 100, docs/method.md).
+    _C.TEST.DOTA_TASK2 = True
 
     # Faster R-CNN's RPN (PROPOSAL_GENERATOR.NAME "DS2D2RPN", ds2d2/rpn.py): an object's best anchor becomes a
     # low-quality positive only if its IoU is >= this; 0.0 = Detectron2's RPN (any IoU), 0.3 = MMDetection's

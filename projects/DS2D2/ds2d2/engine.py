@@ -50,7 +50,8 @@ def build_evaluators(cfg, dataset_name: str, output_folder: Optional[str] = None
 
     ``voc_detection``: COCO AP/AP50/AP75/APs/m/l + VOC per-class AP50 (what DIOR papers report).
     ``coco``: COCO AP against the dataset's JSON (``register_coco_detection``, ``register_coco_instances``).
-    ``dota_patches``: COCO AP on patches (if the split has labels) + DOTA Task-2 mAP on merged full images.
+    ``dota_patches``: COCO AP on patches (if the split has labels) + DOTA Task-2 mAP on merged full images
+    (or the submission files of an unlabelled split); ``TEST.DOTA_TASK2 False`` keeps the patch AP only.
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
@@ -68,7 +69,13 @@ def build_evaluators(cfg, dataset_name: str, output_folder: Optional[str] = None
         from .evaluation.dota import DOTAFullImageEvaluator
 
         evaluators = [coco] if meta.get("has_labels", True) else []
-        evaluators.append(DOTAFullImageEvaluator(dataset_name, output_folder))
+        if cfg.TEST.DOTA_TASK2:
+            evaluators.append(DOTAFullImageEvaluator(dataset_name, output_folder))
+        elif not evaluators:
+            raise ValueError(
+                f"TEST.DOTA_TASK2 is False, but dataset '{dataset_name}' has no labels: there is no patch AP "
+                "to compute. Set TEST.DOTA_TASK2 True to write its Task-2 submission files."
+            )
     else:
         raise ValueError(
             f"Dataset '{dataset_name}' has evaluator_type={kind!r}; ds2d2 knows 'voc_detection' "
