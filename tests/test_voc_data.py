@@ -149,7 +149,6 @@ def test_boxes_clipped_and_empty_ones_dropped_and_counted(tmp_path, caplog):
     objects = [
         obj("ship", (-9, 5, 20, 200)),  # partly outside: clipped to (0, 4, 20, 80)
         obj("ship", (150, 10, 190, 20)),  # entirely right of the 100-px image: empty after clipping
-        obj("ship", (30, 30, 20, 40)),  # xmax < xmin: empty
         obj("ship", (5, 5, 5, 5)),  # one pixel (1-based inclusive): kept as (4, 4, 5, 5)
     ]
     img, ann = make_voc(tmp_path, {"a": xml(objects), "b": xml([obj("ship", (0, 0, 101, 10))])})
@@ -157,8 +156,15 @@ def test_boxes_clipped_and_empty_ones_dropped_and_counted(tmp_path, caplog):
         a, b = load_voc_detection(img, ann, CLASSES)
     assert [o["bbox"] for o in a["annotations"]] == [[0.0, 4.0, 20.0, 80.0], [4.0, 4.0, 5.0, 5.0]]
     assert b["annotations"][0]["bbox"] == [0.0, 0.0, 100.0, 10.0]
-    (line,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
-    assert "clipped 2 boxes" in line and "dropped 2 boxes" in line and ann in line
+    messages = [r.getMessage() for r in caplog.records]
+    (total,) = [m for m in messages if m.startswith("Loaded")]
+    assert "clipped 2 boxes" in total and "dropped 1 boxes" in total and ann in total
+    assert "(in 2 XML files)" in total
+    per_file = [m for m in messages if m.startswith(os.path.join(ann, ""))]
+    assert per_file == [
+        f"{os.path.join(ann, 'a.xml')}: clipped 1 boxes to the image, dropped 1 boxes empty after clipping",
+        f"{os.path.join(ann, 'b.xml')}: clipped 1 boxes to the image, dropped 0 boxes empty after clipping",
+    ]
 
 
 def test_missing_directories_fail_at_registration(tmp_path):

@@ -2,12 +2,15 @@
 
 What Detectron2's ``register_coco_instances(name, metadata, json_file, image_root)`` registers (the
 metadata json_file, image_root, evaluator_type "coco"; dicts from ``load_coco_json``; classes = the categories
-sorted by id), with three differences: the JSON is checked when the dataset is registered, so a file that is
-not COCO, annotations of unknown images or categories, duplicate ids or missing image files fail at once with
-the entry named (not with a KeyError or an assertion while training); ``thing_classes`` is known from
-registration on; and boxes are handled as the VOC loader does: clipped to their image, and dropped (and
-counted) when empty after clipping. Evaluation (COCOEvaluator) reads the ground truth from the JSON itself, as
-for any COCO dataset.
+sorted by id), with these differences: the JSON is checked when the dataset is registered, so a file that
+is not COCO (or not UTF-8, or nested too deeply to parse), annotations of unknown images or categories,
+duplicate ids, malformed boxes (negative width or height) or missing image files fail at once with the
+entry named (not with a KeyError or an assertion while training); an image ``file_name`` that leads
+outside the image folder (``../``, an absolute path, a symbolic link to elsewhere) is refused unless
+explicitly allowed; ``thing_classes`` is known from registration on; and valid boxes are handled as the
+VOC loader does: clipped to their image, and dropped when empty after clipping (or of zero width or height
+in the file), both counted in the log line naming the JSON. Evaluation (COCOEvaluator) reads the ground
+truth from the JSON itself, as for any COCO dataset.
 """
 
 import json
@@ -17,12 +20,18 @@ import os
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
 from .voc import register_dataset
 
-__all__ = ["check_coco_json", "load_coco_detection", "register_coco_detection"]
+__all__ = [
+    "check_coco_json",
+    "load_coco_detection",
+    "refuse_training_without_boxes",
+    "register_coco_detection",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +49,22 @@ def _is_number(value) -> bool:
 def _read_json(json_file: str) -> dict:
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"COCO annotation file {json_file!r} does not exist")
-    with open(json_file, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{json_file}: not valid JSON ({e})") from None
+    with open(json_file, "rb") as f:
+        raw = f.read()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{json_file}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); JSON files are "
+            "UTF-8: re-save it as UTF-8"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{json_file}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(
+            f"{json_file}: nested too deeply to parse (lists or objects inside each other thousands of "
+            "times); a COCO file nests a few levels"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(
             f"{json_file}: not a COCO detection file: its top level is a {type(data).__name__} (a results "
@@ -80,8 +100,23 @@ def _check_categories(json_file: str, categories: list) -> List[str]:
     return classes
 
 
-def _check_images(json_file: str, images: list, image_root: str) -> set:
-    """Image ids; every entry needs id, file_name, width, height, and its file in ``image_root``."""
+def _check_inside(where: str, file_name: str, image_root: str) -> None:
+    """Refuse a ``file_name`` that leads outside ``image_root``: an absolute path, ``../`` or a symbolic link
+    (of the file or a folder on its way) to elsewhere; the paths are compared after resolving links."""
+    root = os.path.realpath(image_root)
+    target = os.path.realpath(os.path.join(image_root, file_name))
+    if os.path.isabs(file_name) or os.path.commonpath([root, target]) != root:
+        raise ValueError(
+            f"{where}: file_name {file_name!r} leads outside the image folder {image_root!r} (to "
+            f"{target!r}); move the image into the folder, or allow images outside it explicitly "
+            "(DATASETS.OWN.<name>.ALLOW_OUTSIDE_IMAGES True, or register_coco_detection(..., "
+            "allow_outside_images=True))"
+        )
+
+
+def _check_images(json_file: str, images: list, image_root: str, allow_outside: bool) -> set:
+    """Image ids; every entry needs id, file_name, width, height, and its file in ``image_root`` (below it
+    unless ``allow_outside``)."""
     ids = set()
     missing = []
     for i, img in enumerate(images):
@@ -98,6 +133,8 @@ def _check_images(json_file: str, images: list, image_root: str) -> set:
                     f"{where} (id {img['id']!r}) needs a positive integer {key!r}, got {img.get(key)!r}"
                 )
         ids.add(img["id"])
+        if not allow_outside:
+            _check_inside(f"{where} (id {img['id']!r})", img["file_name"], image_root)
         if not os.path.isfile(os.path.join(image_root, img["file_name"])):
             missing.append(img["file_name"])
     if missing:
@@ -129,6 +166,11 @@ def _check_annotations(json_file: str, annotations: list, image_ids: set, catego
         box = ann.get("bbox")
         if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
             raise ValueError(f"{where}: 'bbox' must be [x, y, width, height] (finite numbers), got {box!r}")
+        if box[2] < 0 or box[3] < 0:
+            raise ValueError(
+                f"{where}: 'bbox' {box!r} has a negative width or height; COCO boxes are [x, y, width, "
+                "height] (a box given as [x0, y0, x1, y1]?)"
+            )
         if not _is_number(ann.get("area")):
             raise ValueError(
                 f"{where}: needs a numeric 'area' (COCO's evaluation reads it; for boxes, width * height)"
@@ -137,25 +179,30 @@ def _check_annotations(json_file: str, annotations: list, image_ids: set, catego
             raise ValueError(f"{where}: 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
 
 
-def check_coco_json(json_file: str, image_root: str) -> Tuple[List[str], Dict[int, int]]:
-    """Check a COCO detection JSON and its images; return (class names by category id, {category id: index}).
+def check_coco_json(
+    json_file: str, image_root: str, allow_outside_images: bool = False
+) -> Tuple[List[str], Dict[int, int], int]:
+    """Check a COCO detection JSON and its images; return (class names by category id, {category id: index},
+    number of annotations).
 
     Raises FileNotFoundError / ValueError naming the file and the offending entry (``images[3]``,
-    ``annotations[12] (id 40)``, ...).
+    ``annotations[12] (id 40)``, ...). An image ``file_name`` leading outside ``image_root`` is an error
+    unless ``allow_outside_images``.
     """
     if not os.path.isdir(image_root):
         raise FileNotFoundError(f"COCO image folder {image_root!r} does not exist")
     data = _read_json(json_file)
     classes = _check_categories(json_file, data["categories"])
     category_ids = sorted(c["id"] for c in data["categories"])
-    image_ids = _check_images(json_file, data["images"], image_root)
+    image_ids = _check_images(json_file, data["images"], image_root, allow_outside_images)
     _check_annotations(json_file, data["annotations"], image_ids, set(category_ids))
-    return classes, {cat_id: i for i, cat_id in enumerate(category_ids)}
+    return classes, {cat_id: i for i, cat_id in enumerate(category_ids)}, len(data["annotations"])
 
 
 def load_coco_detection(json_file: str, image_root: str, dataset_name: str) -> List[dict]:
     """``load_coco_json`` dicts with every box in XYXY_ABS clipped to its image; boxes empty after clipping
-    are dropped, and both are counted in one log line."""
+    (or of zero width or height in the file) are dropped, and both are counted in one log line naming
+    ``json_file``."""
     dicts = load_coco_json(json_file, image_root, dataset_name)
     clipped = dropped = kept = 0
     for record in dicts:
@@ -174,21 +221,28 @@ def load_coco_detection(json_file: str, image_root: str, dataset_name: str) -> L
         record["annotations"] = annotations
     logger.info(
         f"Loaded {len(dicts)} images with {kept} boxes from {json_file}; clipped {clipped} boxes to their "
-        f"image, dropped {dropped} boxes empty after clipping."
+        f"image, dropped {dropped} boxes empty after clipping (or of zero size in the file)."
     )
     return dicts
 
 
 def register_coco_detection(
-    name: str, json_file: str, image_root: str, classes: Optional[Sequence[str]] = None
+    name: str,
+    json_file: str,
+    image_root: str,
+    classes: Optional[Sequence[str]] = None,
+    *,
+    allow_outside_images: bool = False,
 ) -> List[str]:
     """Register a COCO detection JSON as dataset ``name`` (checked now, see :func:`check_coco_json`); returns
     the class names (the categories in id order; ``classes``, if given, must equal them).
 
     Metadata: json_file, image_root, evaluator_type "coco", thing_classes and
-    thing_dataset_id_to_contiguous_id (what ``load_coco_json`` sets). Registering the same again is a no-op.
+    thing_dataset_id_to_contiguous_id (what ``load_coco_json`` sets), and num_annotations (0: an images-only
+    file, which :func:`refuse_training_without_boxes` keeps out of training). Registering the same again is a
+    no-op. ``allow_outside_images``: accept image file_names that lead outside ``image_root``.
     """
-    found, id_map = check_coco_json(json_file, image_root)
+    found, id_map, num_annotations = check_coco_json(json_file, image_root, allow_outside_images)
     if classes is not None and list(classes) != found:
         raise ValueError(
             f"classes {list(classes)} differ from the categories of {json_file} (by id): {found}"
@@ -199,6 +253,20 @@ def register_coco_detection(
         "evaluator_type": "coco",
         "thing_classes": found,
         "thing_dataset_id_to_contiguous_id": id_map,
+        "num_annotations": num_annotations,
     }
     register_dataset(name, partial(load_coco_detection, json_file, image_root, name), metadata, replace=False)
     return found
+
+
+def refuse_training_without_boxes(dataset_names: Sequence[str]) -> None:
+    """ValueError naming the JSON of a COCO dataset among ``dataset_names`` (DATASETS.TRAIN) whose
+    'annotations' list is empty: such a file can serve as a test set, but there is nothing to train on
+    (Detectron2 would stop with a bare "No valid data found" assertion)."""
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name)
+        if meta.get("num_annotations", None) == 0:
+            raise ValueError(
+                f"DATASETS.TRAIN: dataset {name!r} comes from {meta.json_file}, whose 'annotations' list is "
+                "empty: nothing to train on (an images-only COCO file can be used in DATASETS.TEST only)"
+            )

@@ -13,7 +13,9 @@ Keys per format (defaults in brackets; relative paths are taken from ROOT, ROOT 
 - ``voc``: ROOT, IMAGES ["JPEGImages"], ANNOTATIONS ["Annotations"], SPLIT_FILE ["": every XML], CLASSES
   [[]: every object name in the XMLs of ANNOTATIONS, sorted]. Evaluated with COCO AP + VOC per-class AP50.
 - ``coco``: ROOT, JSON, IMAGES ["": ROOT], CLASSES [[]: the JSON's categories in id order; if given, they must
-  be equal]. Evaluated with COCO AP.
+  be equal], ALLOW_OUTSIDE_IMAGES [False: an image file_name leading outside IMAGES (``../``, an absolute
+  path, a symbolic link to elsewhere) is an error naming the JSON entry; True accepts it]. Evaluated with
+  COCO AP.
 - ``dota``: ROOT (a DOTA-format split folder: images/, labelTxt/), CLASSES [[]: DOTA v1.0's, or v1.5's, if
   they hold every label category, else the categories sorted], CACHE ["": $DETECTRON2_DATASETS/ds2d2_cache/
   <name>-<hash of ROOT and settings>], PATCH_SIZE [1024], GAP [200], RATES [[1.0]], MIN_INSIDE [0.7]. Split
@@ -62,7 +64,7 @@ FORMATS: Dict[str, Dict[str, object]] = {
     "voc": {
         "ROOT": "", "IMAGES": "JPEGImages", "ANNOTATIONS": "Annotations", "SPLIT_FILE": "", "CLASSES": [],
     },
-    "coco": {"ROOT": "", "JSON": "", "IMAGES": "", "CLASSES": []},
+    "coco": {"ROOT": "", "JSON": "", "IMAGES": "", "CLASSES": [], "ALLOW_OUTSIDE_IMAGES": False},
     "dota": {
         "ROOT": "", "CLASSES": [], "CACHE": "", "PATCH_SIZE": 1024, "GAP": 200, "RATES": [1.0],
         "MIN_INSIDE": 0.7,
@@ -280,14 +282,22 @@ def _resolve_coco(entry: CfgNode, key: str) -> Tuple[dict, Callable[[str, List[s
         "ROOT": root,
         "JSON": _path(entry, key, "JSON", root, "file"),
         "IMAGES": _path(entry, key, "IMAGES", root, "folder") or root,
+        "ALLOW_OUTSIDE_IMAGES": entry["ALLOW_OUTSIDE_IMAGES"],
     }
+    if not isinstance(spec["ALLOW_OUTSIDE_IMAGES"], bool):
+        raise ValueError(
+            f"{key}.ALLOW_OUTSIDE_IMAGES must be True or False, got {spec['ALLOW_OUTSIDE_IMAGES']!r}"
+        )
     if not spec["JSON"]:
         raise ValueError(f"{key}.JSON is empty: set it to the COCO annotation file")
     if not spec["IMAGES"]:
         raise ValueError(f"{key}.IMAGES is empty: set it (or ROOT) to the folder of the images")
 
     def register(name: str, classes: List[str]) -> List[str]:
-        return register_coco_detection(name, spec["JSON"], spec["IMAGES"], classes or None)
+        return register_coco_detection(
+            name, spec["JSON"], spec["IMAGES"], classes or None,
+            allow_outside_images=spec["ALLOW_OUTSIDE_IMAGES"],
+        )
 
     return spec, register
 

@@ -3,7 +3,13 @@
 One XML per image (``<size>`` with width/height, ``<object>`` with ``<name>``, optional ``<difficult>`` and
 ``<bndbox>`` in 1-based inclusive pixel indices). Boxes are converted to Detectron2's continuous XYXY_ABS
 coordinates the way ``detectron2.data.datasets.pascal_voc`` does: ``(xmin - 1, ymin - 1, xmax, ymax)``, so a
-box covering a whole W x H image is ``(0, 0, W, H)``.
+box covering a whole W x H image is ``(0, 0, W, H)`` and ``xmin == xmax`` is a box one pixel wide.
+
+A box with reversed corners (``xmin > xmax`` or ``ymin > ymax``) or a coordinate that is not a finite number
+is an error naming the XML and the object. Valid boxes partly outside the image are clipped to it; those left
+empty (wholly outside) are dropped; both are counted in the log, per XML and in total. XML is parsed with
+``defusedxml``: entity declarations (entity expansion, "billion laughs") and external references are refused
+with the file named.
 """
 
 import logging
@@ -13,6 +19,8 @@ import xml.etree.ElementTree as ET
 from functools import partial
 from typing import Callable, Dict, List, Sequence, Tuple, Union
 
+import defusedxml
+import defusedxml.ElementTree
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
@@ -21,6 +29,7 @@ __all__ = [
     "check_voc_paths",
     "collect_voc_classes",
     "load_voc_detection",
+    "parse_xml",
     "register_dataset",
     "register_voc_detection",
 ]
@@ -31,6 +40,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 """Image file extensions (compared lower-case) of every reader here: VOC image folders, DOTA ``images/``."""
 
 SplitFiles = Union[str, Sequence[str], None]
+
+_LOGGED_FILES = 10  # XMLs whose clipped / dropped boxes get a log line of their own; the rest are counted
 
 
 def _as_list(split_file: SplitFiles) -> List[str]:
@@ -61,9 +72,12 @@ def _read_split_ids(split_files: List[str], xml_names: set, images: Dict[str, Li
     ids: List[str] = []
     seen: Dict[str, str] = {}
     for split_file in split_files:
-        with open(split_file) as f:
-            for line_no, line in enumerate(f, start=1):
-                image_id = line.strip()
+        with open(split_file, "rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    image_id = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    raise ValueError(f"{split_file}:{line_no}: not UTF-8 text ({raw[:40]!r})") from None
                 if not image_id:
                     continue
                 where = f"{split_file}:{line_no}"
@@ -91,6 +105,21 @@ def _index_images(image_dir: str) -> Dict[str, List[str]]:
     return index
 
 
+def parse_xml(xml_file: str) -> ET.Element:
+    """Root element of an XML file, parsed with entity declarations and external references refused
+    (defusedxml); ValueError naming the file for those and for malformed XML (undecodable bytes included)."""
+    try:
+        return defusedxml.ElementTree.parse(xml_file, forbid_dtd=False, forbid_entities=True,
+                                            forbid_external=True).getroot()
+    except (ET.ParseError, LookupError) as e:  # LookupError: an unknown encoding="..." declaration
+        raise ValueError(f"{xml_file}: not valid XML ({e})") from None
+    except defusedxml.DefusedXmlException as e:
+        raise ValueError(
+            f"{xml_file}: refused: the XML declares entities or refers to external files ({e!r}); annotation "
+            "XMLs need neither (entity expansion can blow up memory, external entities read other files)"
+        ) from None
+
+
 def _text(element: ET.Element, tag: str, where: str) -> str:
     child = element.find(tag)
     if child is None or child.text is None or not child.text.strip():
@@ -115,8 +144,9 @@ def _parse_size(root: ET.Element, xml_file: str) -> Tuple[int, int]:
     return dims[0], dims[1]
 
 
-def _parse_box(obj: ET.Element, where: str) -> List[float]:
-    """VOC <bndbox> (1-based inclusive) -> continuous [x0, y0, x1, y1], unclipped."""
+def _parse_box(obj: ET.Element, where: str, name: str) -> List[float]:
+    """VOC <bndbox> (1-based inclusive) -> continuous [x0, y0, x1, y1], unclipped; reversed corners are an
+    error."""
     bndbox = obj.find("bndbox")
     if bndbox is None:
         raise ValueError(f"{where}: no <bndbox>")
@@ -131,6 +161,12 @@ def _parse_box(obj: ET.Element, where: str) -> List[float]:
             raise ValueError(f"{where}: <{tag}> is not finite: {text!r}")
         coords.append(value)
     xmin, ymin, xmax, ymax = coords
+    for low, high, axis in ((xmin, xmax, "x"), (ymin, ymax, "y")):
+        if low > high:
+            raise ValueError(
+                f"{where} ({name}): reversed box: <{axis}min> {low:g} > <{axis}max> {high:g} (VOC boxes are "
+                f"1-based and inclusive: {axis}min <= {axis}max, equal for a box one pixel wide)"
+            )
     return [xmin - 1.0, ymin - 1.0, xmax, ymax]
 
 
@@ -148,10 +184,7 @@ def _parse_annotation(
     xml_file: str, image_file: str, image_id: str, class_to_id: Dict[str, int]
 ) -> Tuple[dict, int, int]:
     """One VOC XML -> (Detectron2 dataset dict, number of clipped boxes, number of boxes dropped as empty)."""
-    try:
-        root = ET.parse(xml_file).getroot()
-    except ET.ParseError as e:
-        raise ValueError(f"{xml_file}: not valid XML ({e})") from None
+    root = parse_xml(xml_file)
     width, height = _parse_size(root, xml_file)
     annotations = []
     clipped = dropped = 0
@@ -160,7 +193,7 @@ def _parse_annotation(
         name = _text(obj, "name", where)
         if name not in class_to_id:
             raise ValueError(f"{where}: unknown class {name!r}; known classes: {list(class_to_id)}")
-        box = _parse_box(obj, where)
+        box = _parse_box(obj, where, name)
         difficult = _parse_difficult(obj, where)
         x0, y0, x1, y1 = (
             min(max(box[0], 0.0), width),
@@ -200,10 +233,7 @@ def collect_voc_classes(annotation_dir: str) -> List[str]:
     xml_files = sorted(name for name in os.listdir(annotation_dir) if name.endswith(".xml"))
     for xml_name in xml_files:
         xml_file = os.path.join(annotation_dir, xml_name)
-        try:
-            root = ET.parse(xml_file).getroot()
-        except ET.ParseError as e:
-            raise ValueError(f"{xml_file}: not valid XML ({e})") from None
+        root = parse_xml(xml_file)
         for index, obj in enumerate(root.findall("object")):
             names.add(_text(obj, "name", f"{xml_file} object #{index}"))
     if not names:
@@ -239,7 +269,7 @@ def load_voc_detection(
         One dict per image: file_name, image_id (the id / XML stem), height, width (pixels, from the XML) and
         annotations: [{bbox [x0, y0, x1, y1] (float, continuous pixel coords), bbox_mode XYXY_ABS,
         category_id, difficult (0/1)}]. Boxes are clipped to the image; boxes empty after clipping are
-        dropped and counted in one log line.
+        dropped; both are counted in one log line per XML concerned (the first few) and in a total.
 
     Raises:
         FileNotFoundError / ValueError naming the file (and line or object) for any bad input.
@@ -257,7 +287,7 @@ def load_voc_detection(
         _log_unused_images(images, xml_names, image_dir)
 
     dicts = []
-    clipped = dropped = 0
+    clipped = dropped = files_concerned = 0
     for image_id in ids:
         xml_file = os.path.join(annotation_dir, image_id + ".xml")
         candidates = images.get(image_id, [])
@@ -268,10 +298,18 @@ def load_voc_detection(
         dicts.append(record)
         clipped += n_clipped
         dropped += n_dropped
+        if n_clipped or n_dropped:
+            files_concerned += 1
+            if files_concerned <= _LOGGED_FILES:
+                logger.info(
+                    f"{xml_file}: clipped {n_clipped} boxes to the image, dropped {n_dropped} boxes empty "
+                    "after clipping"
+                )
     source = annotation_dir if not split_files else ", ".join(split_files)
     logger.info(
         f"Loaded {len(dicts)} images with {sum(len(d['annotations']) for d in dicts)} boxes from {source}; "
-        f"clipped {clipped} boxes to their image, dropped {dropped} boxes empty after clipping."
+        f"clipped {clipped} boxes to their image, dropped {dropped} boxes empty after clipping "
+        f"(in {files_concerned} XML files)."
     )
     return dicts
 
