@@ -6,46 +6,98 @@ onnxruntime: no torch, no Detectron2, no config file (needs onnxruntime, NumPy, 
 
 Writes, per image, OUTPUT/<name>_boxes.jpg (boxes scoring at least --draw-score, labelled) and
 OUTPUT/<name>.json ({"image", "width", "height", "classes", "detections": [{"bbox": [x0, y0, x1, y1],
-"score", "category_id", "category"}]}, boxes in the image's pixels, best first). For images far larger than
-the model's training images (a whole DOTA scene), use tools/infer_large_image.py --onnx, which tiles them.
+"score", "category_id", "category"}]}, boxes in the image's pixels, best first), <name> being the image's
+file name without its extension. Two inputs with the same <name> (a/x.jpg and b/x.jpg, or x.jpg and x.png)
+would overwrite each other's outputs: they are refused before anything is written; run them into
+different --output folders. Every input's header is checked before the model runs (images are read by
+ds2d2_onnx.image_io: one of more than --max-pixels pixels is refused from its header, a truncated or
+undecodable one by name). For images far larger than the model's training images (a whole DOTA scene),
+use tools/infer_large_image.py --onnx, which tiles them.
 """
 import argparse
+import math
 import sys
+from collections import defaultdict
 from pathlib import Path
-from typing import List, Optional
-
-import cv2
+from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "projects" / "DS2D2"))  # works uninstalled too
 
-from ds2d2_onnx import DeployFileError, OnnxDetector, save_detections  # noqa: E402
+from ds2d2_onnx import (  # noqa: E402
+    DEFAULT_MAX_PIXELS, DeployFileError, ImageReadError, OnnxDetector, image_size, read_image, save_detections
+)
+
+
+def fraction(text: str) -> float:
+    """A score threshold: a finite number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}")
+    return value
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--onnx", required=True, help="the exported model (.onnx)")
-    p.add_argument("--input", required=True, nargs="+", help="image file(s)")
+    p.add_argument("--input", required=True, nargs="+", help="image file(s), with distinct file names")
     p.add_argument("--output", required=True, help="folder for <name>_boxes.jpg and <name>.json")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
-    p.add_argument("--score-thresh", type=float, default=None, help="override the exported score threshold")
-    p.add_argument("--draw-score", type=float, default=0.3, help="draw boxes scoring at least this")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="onnxruntime threads, at least 1 (default: all cores)")
+    p.add_argument("--score-thresh", type=fraction, default=None,
+                   help="override the exported score threshold (a number in [0, 1])")
+    p.add_argument("--draw-score", type=fraction, default=0.3,
+                   help="draw boxes scoring at least this (a number in [0, 1])")
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse images of more pixels than this (width x height; default "
+                   f"{DEFAULT_MAX_PIXELS}: 25000 x 25000)")
     return p.parse_args(argv)
+
+
+def same_names(inputs: List[str]) -> List[List[str]]:
+    """The groups of ``inputs`` whose outputs would have the same name (their file stem)."""
+    by_name: Dict[str, List[str]] = defaultdict(list)
+    for path in inputs:
+        by_name[Path(path).stem].append(path)
+    return [paths for paths in by_name.values() if len(paths) > 1]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    clashes = same_names(args.input)
+    if clashes:
+        shown = "; ".join(" and ".join(paths) for paths in clashes)
+        print(f"predict_onnx: error: inputs with the same file name would overwrite each other's outputs in "
+              f"{args.output}: {shown}. Run them into different --output folders.", file=sys.stderr)
+        return 1
     try:
+        for path in args.input:  # headers first: a bad input stops the run before anything is written
+            image_size(path, args.max_pixels)
         detector = OnnxDetector(args.onnx, threads=args.threads, score_thresh=args.score_thresh)
-    except DeployFileError as e:
+    except (DeployFileError, ImageReadError) as e:
         print(f"predict_onnx: error: {e}", file=sys.stderr)
         return 1
     names = detector.info.class_names
     for path in args.input:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            print(f"predict_onnx: error: cannot read image '{path}'", file=sys.stderr)
+        try:
+            image = read_image(path, args.max_pixels)
+            dets = detector(image)
+        except (DeployFileError, ImageReadError) as e:
+            print(f"predict_onnx: error: {e}", file=sys.stderr)
             return 1
-        dets = detector(image)
         picture = save_detections(Path(args.output), path, image, dets, names, args.draw_score)
         print(f"{path}: {len(dets)} detections -> {picture}")
     return 0

@@ -2,18 +2,24 @@
 
 Needs onnxruntime, NumPy and Pillow only (no torch, no Detectron2). Per image: channel order as the model was
 trained (INPUT.FORMAT), ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST), padding with PIXEL_MEAN
-(``preprocess``), the graph, then ``postprocess`` (NMS etc.) and rescaling to the original size.
+(``preprocess``), the graph, then ``postprocess`` (NMS etc.) and rescaling to the original size. A corrupt
+file is refused (``integrity``): NaN or infinite weights at load (where ``onnx`` is installed), NaN or
+infinite raw outputs on the first image.
+
+    from ds2d2_onnx import OnnxDetector, read_image
 
     detector = OnnxDetector("student.onnx", threads=2)
-    dets = detector(cv2.imread("scene.jpg"))  # boxes [N, 4] (x0 y0 x1 y1), scores [N], classes [N]
+    dets = detector(read_image("scene.jpg"))  # boxes [N, 4] (x0 y0 x1 y1), scores [N], classes [N]
     names = [detector.info.class_names[c] for c in dets.classes]
 """
+import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnxruntime as ort
 
+from .integrity import check_finite_outputs, check_finite_weights
 from .metadata import DeployFileError, DeployInfo
 from .postprocess import Detections, dense_detections, rescale, roi_detections
 from .preprocess import resize, to_input
@@ -26,9 +32,10 @@ def _last_dim(shape: Sequence) -> Optional[int]:
 
 
 class OnnxDetector:
-    """Run a ds2d2 export. ``threads``: onnxruntime intra-op threads (None: its default, all cores);
-    ``providers``: onnxruntime execution providers (default CPU); ``num_classes``: if given, the model must
-    predict that many classes; ``score_thresh``: overrides the exported test score threshold."""
+    """Run a ds2d2 export. ``threads``: onnxruntime intra-op threads, at least 1 (None: its default, all
+    cores); ``providers``: onnxruntime execution providers (default CPU); ``num_classes``: if given, the model
+    must predict that many classes; ``score_thresh``: overrides the exported test score threshold (a number
+    in [0, 1])."""
 
     def __init__(
         self,
@@ -39,6 +46,10 @@ class OnnxDetector:
         score_thresh: Optional[float] = None,
     ):
         self.path = path
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}.")
+        if score_thresh is not None and not (math.isfinite(score_thresh) and 0 <= score_thresh <= 1):
+            raise ValueError(f"score_thresh must be a number in [0, 1], got {score_thresh}.")
         if not os.path.isfile(path):
             raise DeployFileError(f"model file '{path}' does not exist.")
         options = ort.SessionOptions()
@@ -60,7 +71,9 @@ class OnnxDetector:
                 f"'{path}' predicts {self.info.num_classes} classes, {num_classes} were expected: is it the "
                 "model of another dataset?"
             )
+        check_finite_weights(path)
         self.score_thresh = self.info.score_thresh if score_thresh is None else float(score_thresh)
+        self._outputs_checked = False
 
     def _check_graph(self) -> None:
         """DeployFileError unless the graph's inputs and outputs are those of ``info.family`` with
@@ -104,6 +117,9 @@ class OnnxDetector:
         feed, size = self.preprocess(image)
         names = [o.name for o in self.session.get_outputs()]
         out = dict(zip(names, self.session.run(names, feed)))
+        if not self._outputs_checked:
+            check_finite_outputs(self.path, out)
+            self._outputs_checked = True
         info = self.info
         if info.family == "RetinaNet":
             levels = [n[len("scores_"):] for n in names if n.startswith("scores_")]
