@@ -33,6 +33,7 @@ from .checkpoint import AtomicCheckpointer
 from .compat import set_step_trainer, step_trainer
 from .config import check_config
 from .data.sampler import ResumableTrainLoader
+from .solver import build_optimizer
 from .train_loop import CheckedAMPTrainer, CheckedSimpleTrainer, ReseedEachIteration
 
 
@@ -171,6 +172,11 @@ class Trainer(DefaultTrainer):
         for name, value in state.get("loss_normalizers", {}).items():
             if name in detectors:
                 detectors[name].loss_normalizer = value
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's, plus SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model" (MMDetection's clipping)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg) -> ResumableTrainLoader:
