@@ -1,6 +1,7 @@
-"""FGD (ds2d2.distill.fgd): masks and attentions against loops, each loss part against a direct computation,
-zero for identical features, config checks, gradients and inheritance in a tiny distiller, and 2 iterations
-through train_net.py (checkpoint without teacher tensors, student export) for each family."""
+"""FGD (ds2d2.distill.fgd): masks (boxes at the border included) and attentions against loops, each loss
+part against a direct computation, zero for identical features, config checks, gradients and the default
+levels in a tiny distiller, and 2 iterations through train_net.py (the teacher's neck and head inherited,
+checkpoint without teacher tensors, student export) for each family."""
 import math
 import os
 import subprocess
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from conftest import REPO, TINY, load_script, random_batch, tiny_cfg, tiny_stages
 from ds2d2 import add_ds2d2_config
 from ds2d2.distill import DISTILL_TERM_REGISTRY, DistillStep, TermContext
-from ds2d2.distill.fgd import FGD, fgd_attention, focal_masks, inherit_teacher_neck_head
+from ds2d2.distill.fgd import FGD, fgd_attention, focal_masks
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 KEYS = {"loss_fgd_fea", "loss_fgd_att", "loss_fgd_global"}
@@ -32,17 +33,19 @@ WEIGHTS = ["MODEL.DS2D2.FGD.ALPHA", 0.3, "MODEL.DS2D2.FGD.BETA", 0.2, "MODEL.DS2
 
 # ---- direct computations, independent of ds2d2.distill.fgd -------------------------------------------------
 def loop_masks(boxes: Sequence[Tensor], image_size, map_size) -> Tuple[Tensor, Tensor]:
-    """[B, 1, h, w] float64 foreground (max of 1/area over covering boxes) and background (1/N_bg) masks."""
+    """[B, 1, h, w] float64 foreground (max over covering boxes of 1 / the area of the box's unclamped cell
+    span, as the authors' code) and background (1/N_bg) masks."""
     (in_h, in_w), (h, w) = image_size, map_size
     fg = torch.zeros(len(boxes), 1, h, w, dtype=torch.float64)
     bg = torch.zeros_like(fg)
     for i, image_boxes in enumerate(boxes):
         for x0, y0, x1, y1 in image_boxes.tolist():
-            c0, c1 = max(0, math.floor(x0 * w / in_w)), min(w - 1, math.ceil(x1 * w / in_w))
-            r0, r1 = max(0, math.floor(y0 * h / in_h)), min(h - 1, math.ceil(y1 * h / in_h))
-            for r in range(r0, r1 + 1):
-                for c in range(c0, c1 + 1):
-                    fg[i, 0, r, c] = max(fg[i, 0, r, c].item(), 1.0 / ((c1 - c0 + 1) * (r1 - r0 + 1)))
+            c0, c1 = math.floor(x0 * w / in_w), math.ceil(x1 * w / in_w)
+            r0, r1 = math.floor(y0 * h / in_h), math.ceil(y1 * h / in_h)
+            area = (c1 - c0 + 1) * (r1 - r0 + 1)
+            for r in range(max(0, r0), min(h - 1, r1) + 1):
+                for c in range(max(0, c0), min(w - 1, c1) + 1):
+                    fg[i, 0, r, c] = max(fg[i, 0, r, c].item(), 1.0 / area)
         free = [(r, c) for r in range(h) for c in range(w) if fg[i, 0, r, c] == 0]
         for r, c in free:
             bg[i, 0, r, c] = 1.0 / len(free)
@@ -147,6 +150,24 @@ def test_masks_match_a_loop(map_size):
     assert bg[1].sum().item() == pytest.approx(1.0) and bg[2].sum() == 0 and fg[1].sum() == 0
 
 
+@pytest.mark.parametrize("map_size", [(8, 12), (5, 7), (1, 1)])
+def test_boxes_at_the_border_weigh_by_their_unclamped_span(map_size):
+    """Boxes touching the right / bottom border (or past it): their span runs one cell past the grid."""
+    boxes = [torch.tensor([[80.0, 40.0, 96.0, 64.0], [0.0, 0.0, 96.0, 64.0]]),
+             torch.tensor([[50.0, 3.0, 96.0, 17.0], [90.0, 60.0, 100.0, 70.0]])]
+    fg, _ = focal_masks(boxes, INPUT, map_size)
+    expected, _ = loop_masks(boxes, INPUT, map_size)
+    torch.testing.assert_close(fg.double(), expected, rtol=1e-6, atol=0.0)
+
+
+def test_a_box_reaching_the_corner_has_the_authors_cell_weight():
+    """On the 8 x 12 grid of a 64 x 96 input, [80, 40, 96, 64] spans columns 10..12 and rows 5..8: area 12
+    (the authors' ceil), though it covers only the 2 x 3 cells inside the grid (its mask sums to 1/2)."""
+    fg, bg = focal_masks([torch.tensor([[80.0, 40.0, 96.0, 64.0]])], INPUT, (8, 12))
+    assert torch.all(fg[0, 0, 5:, 10:] == 1 / 12) and fg.sum().item() == pytest.approx(0.5)
+    assert bg[0, 0, 5:, 10:].sum() == 0 and bg.sum().item() == pytest.approx(1.0)
+
+
 def test_attentions_match_a_loop():
     x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
     spatial, channel = fgd_attention(x, 0.5)
@@ -204,10 +225,9 @@ def test_a_zero_weight_drops_its_part(zeroed, keys):
     assert bool(len(term.gc_s)) == ("loss_fgd_global" in keys)
 
 
-def test_all_zero_weights_disable_the_term_unless_it_inherits():
+def test_all_zero_weights_disable_the_term():
     zero = [v for k in ("ALPHA", "BETA", "GAMMA", "LAMBDA") for v in (f"MODEL.DS2D2.FGD.{k}", 0.0)]
     assert FGD.enabled(fgd_cfg()) and not FGD.enabled(fgd_cfg(zero))
-    assert FGD.enabled(fgd_cfg([*zero, "MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD", True]))
 
 
 @pytest.mark.parametrize(
@@ -242,7 +262,7 @@ def distiller(folder: Path, detector: str, opts: Sequence, teacher_opts: Sequenc
 def test_gradients_reach_only_the_student_and_the_terms_helpers(tmp_path, detector):
     model = distiller(tmp_path, detector, WEIGHTS)  # teacher FPN width 64, student 32: an align conv
     term = model.terms["FGD"]
-    assert list(term.align) == model.in_features and isinstance(term.align[model.in_features[0]], nn.Conv2d)
+    assert list(term.align) == term.in_features and isinstance(term.align[term.in_features[0]], nn.Conv2d)
     teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     with EventStorage():
@@ -251,7 +271,7 @@ def test_gradients_reach_only_the_student_and_the_terms_helpers(tmp_path, detect
     sum(losses[k] for k in KEYS).backward()
     assert all(p.grad is None for p in model.teacher.parameters())
     assert all(p.grad is not None for p in term.parameters())  # every helper is used (DDP needs no unused)
-    assert all(term.gc_t[f].transform[-1].weight.grad.abs().sum() > 0 for f in model.in_features)
+    assert all(term.gc_t[f].transform[-1].weight.grad.abs().sum() > 0 for f in term.in_features)
     assert model.student.backbone.bottom_up.stem.conv1.weight.grad.abs().sum() > 0
     optimizer.step()
     teacher_after = model.teacher.state_dict()
@@ -259,32 +279,14 @@ def test_gradients_reach_only_the_student_and_the_terms_helpers(tmp_path, detect
     assert all(k.startswith(("student.", "terms.FGD.")) for k in model.state_dict())
 
 
-def test_inherit_copies_the_teachers_fpn_and_head(tmp_path):
-    inherit = ["MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD", True]
-    model = distiller(tmp_path, "RetinaNet", inherit, teacher_opts=["MODEL.FPN.OUT_CHANNELS", 32])
-    teacher, student = model.teacher.state_dict(), model.student.state_dict()
-    neck_head = [k for k in teacher if not k.startswith("backbone.bottom_up.")]
-    assert any(k.startswith("head.") for k in neck_head)
-    assert any(k.startswith("backbone.fpn") for k in neck_head)
-    assert all(torch.equal(student[k], teacher[k]) for k in neck_head)
-    stem = "backbone.bottom_up.stem.conv1.weight"
-    assert not torch.equal(student[stem], teacher[stem])  # the trunk is the student's own
-
-
-def detector_like(head: nn.Module, fpn: bool = True) -> nn.Module:
-    model = nn.Module()
-    model.backbone = nn.Module()
-    if fpn:
-        model.backbone.bottom_up = nn.Linear(2, 2)
-    model.head = head
-    return model
-
-
-def test_inherit_fails_when_nothing_fits():
-    with pytest.raises(ValueError, match="MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD: no tensor"):
-        inherit_teacher_neck_head(detector_like(nn.Linear(3, 4)), detector_like(nn.Linear(5, 6)))
-    with pytest.raises(ValueError, match="MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD needs FPN backbones"):
-        inherit_teacher_neck_head(detector_like(nn.Linear(3, 4), fpn=False), detector_like(nn.Linear(3, 4)))
+@pytest.mark.parametrize("detector, levels", [
+    ("RetinaNet", ["p3", "p4", "p5", "p6", "p7"]), ("GeneralizedRCNN", ["p2", "p3", "p4", "p5"]),
+])
+def test_default_levels_are_the_fpn_convs_outputs(tmp_path, detector, levels):
+    """As the authors' hooks on neck.fpn_convs: Faster R-CNN's P6, a max-pool of P5, is not distilled."""
+    model = distiller(tmp_path, detector, WEIGHTS)
+    assert list(model.student.backbone.output_shape()) == sorted({*levels, "p6"})
+    assert model.terms["FGD"].in_features == levels
 
 
 # ---- through train_net.py ----------------------------------------------------------------------------------
@@ -305,7 +307,8 @@ def tiny_opts(detector: str) -> List[str]:
      ("GeneralizedRCNN", "configs/synthetic/baselines/faster_rcnn_R50_to_R18_fgd.yaml")],
 )
 def test_train_net_runs_fgd_and_exports_the_student(small_dior_root, tmp_path, detector, config):
-    teacher_cfg = tiny_cfg(detector, [*tiny_opts(detector), "MODEL.FPN.OUT_CHANNELS", 64])
+    # the student's FPN width (32), so the config's inheritance has weights to take: no align conv
+    teacher_cfg = tiny_cfg(detector, [*tiny_opts(detector), "MODEL.FPN.OUT_CHANNELS", 32])
     (tmp_path / "teacher.yaml").write_text(teacher_cfg.dump())
     torch.save({"model": build_model(teacher_cfg).state_dict()}, tmp_path / "teacher.pth")
     out = tmp_path / "out"
@@ -323,10 +326,11 @@ def test_train_net_runs_fgd_and_exports_the_student(small_dior_root, tmp_path, d
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "loss_fgd_fea" in (out / "metrics.json").read_text()
+    assert "MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD: the student inherits" in done.stdout + done.stderr
 
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
     assert all(k.startswith(("student.", "terms.FGD.")) for k in state), sorted(state)
-    assert any(k.startswith("terms.FGD.gc_t.") for k in state) and any(".align." in k for k in state)
+    assert any(k.startswith("terms.FGD.gc_t.") for k in state) and not any(".align." in k for k in state)
 
     tool = load_script(REPO / "tools" / "export_student.py", "export_student_tool")
     exported = tmp_path / "student.pth"

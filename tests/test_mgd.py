@@ -1,6 +1,6 @@
 """MGD (ds2d2.distill.mgd): the loss against a direct computation with the same random masks, the masks, a
-zero, the config checks, gradients in a tiny distiller, and 2 iterations through train_net.py for each
-family."""
+zero, the config checks, gradients and the default levels in a tiny distiller, and 2 iterations through
+train_net.py for each family (RetinaNet's config inheriting the teacher's neck and head)."""
 from typing import Dict
 
 import pytest
@@ -16,6 +16,8 @@ from kd_baseline_support import fake_context, train_two_iterations
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 STRIDES = {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}  # RetinaNet's levels
+# The authors' (their hooks on neck.fpn_convs): Faster R-CNN's P6, a max-pool of P5, is not distilled.
+DEFAULT_LEVELS = {"RetinaNet": ["p3", "p4", "p5", "p6", "p7"], "GeneralizedRCNN": ["p2", "p3", "p4", "p5"]}
 SIZES = {"p3": 6, "p4": 5, "p5": 4, "p6": 3, "p7": 2}  # H = W per level
 RATIO_MESSAGE = r"MODEL.DS2D2.MGD.MASK_RATIO must be a number in \[0, 1\)"
 
@@ -122,7 +124,7 @@ def test_mgd_in_the_distiller_trains_only_the_student_and_its_generators(tmp_pat
     losses, detection, step = losses_then_shared_step(model, batch)
     assert set(losses) == set(detection) | {"loss_mgd"}
     term = model.terms["MGD"]
-    assert term.in_features == list(model.student.backbone.output_shape())
+    assert term.in_features == DEFAULT_LEVELS[detector]
     expected = expected_mgd(term, step.student_feats, step.teacher_feats, 1e-3, 0.65)
     torch.testing.assert_close(losses["loss_mgd"].double(), expected, rtol=1e-5, atol=0.0)
 
@@ -140,8 +142,11 @@ def test_mgd_in_the_distiller_trains_only_the_student_and_its_generators(tmp_pat
     ("GeneralizedRCNN", "configs/synthetic/baselines/faster_rcnn_R50_to_R18_mgd.yaml"),
 ])
 def test_train_net_runs_mgd_and_exports_the_student(small_dior_root, tmp_path, detector, config):
-    state = train_two_iterations(small_dior_root, tmp_path, config, detector, student_width=32, term="MGD")
-    levels = ["p3", "p4", "p5", "p6", "p7"] if detector == "RetinaNet" else ["p2", "p3", "p4", "p5", "p6"]
-    convs = [f"align.{f}" for f in levels] + [f"generators.{f}.{i}" for f in levels for i in (0, 2)]
+    # RetinaNet's config inherits the teacher's FPN and head: the teacher's FPN width (64), no align convs
+    width = 64 if detector == "RetinaNet" else 32
+    state = train_two_iterations(small_dior_root, tmp_path, config, detector, student_width=width, term="MGD")
+    levels = DEFAULT_LEVELS[detector]
+    convs = [f"generators.{f}.{i}" for f in levels for i in (0, 2)]
+    convs += [f"align.{f}" for f in levels if width == 32]
     expected = {f"terms.MGD.{conv}.{p}" for conv in convs for p in ("weight", "bias")}
     assert {k for k in state if k.startswith("terms.")} == expected

@@ -48,6 +48,16 @@ def add_ds2d2_config(cfg: CN) -> None:
     # Features fed to the amplifiers on the student side: "raw" (the authors' choice), "adapted" (after the
     # 1x1 adapter) or "auto" (raw when the student's FPN width equals the teacher's, adapted otherwise).
     _C.MODEL.DS2D2.IMPLICIT_INPUT = "auto"
+    # True: when the distiller is built, copy every teacher tensor outside its ResNet trunk (the FPN and the
+    # heads) into the student tensor of the same name and shape, the others keeping their own init (logged by
+    # name), as FGD's and MGD's official recipes (init_student); an error if no weight fits (e.g. a narrower
+    # FPN). MODEL.WEIGHTS (the ImageNet trunk) is loaded afterwards and holds no FPN or head tensor; a
+    # --resume checkpoint replaces everything. Any method may use it (ds2d2/meta_arch/inherit.py).
+    _C.MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD = False
+    _C.register_renamed_key(
+        "MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD", "MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD",
+        message="inheriting the teacher's neck and head is a distiller option for every method now",
+    )
 
     # Distillation terms the distiller adds to the student's detection losses (names registered in
     # ds2d2.distill, one file per method; each reads its own keys). DS2D2 = its explicit + implicit streams.
@@ -86,14 +96,9 @@ def add_ds2d2_config(cfg: CN) -> None:
     _C.MODEL.DS2D2.FGD.GAMMA = 5e-4  # gamma: loss_fgd_att (student attentions imitate the teacher's)
     _C.MODEL.DS2D2.FGD.LAMBDA = 5e-6  # lambda: loss_fgd_global (GCNet relation of the features)
     _C.MODEL.DS2D2.FGD.TEMPERATURE = 0.5  # T of the attention softmaxes (the authors' value), > 0
-    # Levels distilled (empty: MODEL.DS2D2.IN_FEATURES, by default every student level: RetinaNet P3-P7,
-    # Faster R-CNN P2-P6, as the authors).
+    # Levels distilled (empty: those of MODEL.DS2D2.IN_FEATURES, by default every student level, that an FPN
+    # conv computes: RetinaNet P3-P7, Faster R-CNN P2-P5, its max-pooled P6 left out, as the authors).
     _C.MODEL.DS2D2.FGD.IN_FEATURES = []
-    # True: when the distiller is built, copy the teacher's FPN and head tensors (everything outside the
-    # bottom-up ResNet) into the student where name and shape match, as the authors' recipe ("inheriting
-    # strategy"); an error if none matches. MODEL.WEIGHTS (the ImageNet ResNet) is loaded afterwards and holds
-    # no FPN or head tensor; a --resume checkpoint replaces everything.
-    _C.MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD = False
     # PKD term ("PKD" in TERMS; Cao et al., NeurIPS 2022): WEIGHT * sum_l mean((z(S_l) - z(T_l))^2) / 2, z
     # each channel standardised over (images of this process, H, W), = 1 - the mean Pearson correlation per
     # level. No adapter: the student's MODEL.FPN.OUT_CHANNELS must equal the teacher's.
@@ -112,7 +117,7 @@ def add_ds2d2_config(cfg: CN) -> None:
     _C.MODEL.DS2D2.MGD.WEIGHT = 2e-5
     # Fraction of positions zeroed in the student's feature (RetinaNet 0.65, Faster R-CNN 0.45), in [0, 1).
     _C.MODEL.DS2D2.MGD.MASK_RATIO = 0.65
-    # Levels distilled (empty: every level of the student's FPN, as the authors).
+    # Levels distilled (empty: as FGD's, RetinaNet P3-P7, Faster R-CNN P2-P5, as the authors).
     _C.MODEL.DS2D2.MGD.IN_FEATURES = []
 
     # Loss weights l1..l4 of the paper:

@@ -11,10 +11,10 @@ With T the teacher's level [B, C, H, W], S the student's after a 1x1 align conv 
   + sum|A_c^T - A_c^S|) / N;
 - global: a GCNet context block per side (trainable) adds each feature's global relation to it:
   ``loss_fgd_global`` = LAMBDA * sum((GC_t(T) - GC_s(S))^2) / N.
-Each part is summed over the levels; a part whose weights are 0 is not computed and has no key.
-``INHERIT_TEACHER_NECK_HEAD`` copies the teacher's FPN and heads into the student when the term is built.
+Each part is summed over the levels; a part whose weights are 0 is not computed and has no key. The
+authors' recipe also starts the student's FPN and heads from the teacher's: the distiller-level
+``MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD`` (``ds2d2.meta_arch.inherit``), on in the FGD configs.
 """
-import logging
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -24,10 +24,9 @@ from torch import Tensor, nn
 
 from ..config import config_number
 from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, select_levels
+from .fpn_levels import conv_levels
 
-logger = logging.getLogger(__name__)
 WEIGHT_KEYS = ("ALPHA", "BETA", "GAMMA", "LAMBDA")  # MODEL.DS2D2.FGD.<key>
-INHERIT_KEY = "MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD"
 MASK_CHUNK = 1 << 22  # at most this many (box, cell) pairs are compared at once when building the masks
 
 
@@ -52,10 +51,11 @@ def focal_masks(
     """Foreground and background masks of one grid, each [B, 1, h, w] float32 on the boxes' device.
 
     ``boxes``: per image [N_i, 4] xyxy in the pixels of the padded input ``image_size`` (H_in, W_in). A box
-    covers, as DISW (docs/method.md), the columns max(0, floor(x0*w/W_in)) .. min(w-1, ceil(x1*w/W_in)) and
-    the rows likewise (inclusive). Foreground: on each covered cell, the max over the boxes covering it of
-    1 / (the box's area in cells); 0 elsewhere. Background: 1 / N_bg on the N_bg cells no box covers (all 0
-    when every cell is covered).
+    spans the columns floor(x0*w/W_in) .. ceil(x1*w/W_in) and the rows likewise (inclusive); its area in cells
+    counts that whole span, as the authors' code, while it covers only the span's cells inside the grid (as
+    DISW, docs/method.md), so a box reaching the right or bottom border weighs less per cell than its clamped
+    area would give. Foreground: on each covered cell, the max over the boxes covering it of 1 / (the box's
+    area); 0 elsewhere. Background: 1 / N_bg on the N_bg cells no box covers (all 0 when every cell is).
     """
     in_h, in_w = int(image_size[0]), int(image_size[1])
     h, w = int(map_size[0]), int(map_size[1])
@@ -66,9 +66,10 @@ def focal_masks(
     foreground = []
     for image_boxes in boxes:
         x0, y0, x1, y1 = image_boxes.to(torch.float64).unbind(dim=1)  # each [N]
-        c0, r0 = torch.floor(x0 * w / in_w).clamp(min=0), torch.floor(y0 * h / in_h).clamp(min=0)
-        c1, r1 = torch.ceil(x1 * w / in_w).clamp(max=w - 1), torch.ceil(y1 * h / in_h).clamp(max=h - 1)
-        value = 1.0 / ((c1 - c0 + 1) * (r1 - r0 + 1)).clamp(min=1)  # boxes covering no cell are never used
+        c0, r0 = torch.floor(x0 * w / in_w), torch.floor(y0 * h / in_h)
+        c1, r1 = torch.ceil(x1 * w / in_w), torch.ceil(y1 * h / in_h)
+        value = 1.0 / ((c1 - c0 + 1) * (r1 - r0 + 1)).clamp(min=1)  # the unclamped span's area
+        c0, r0, c1, r1 = c0.clamp(min=0), r0.clamp(min=0), c1.clamp(max=w - 1), r1.clamp(max=h - 1)
         mask = torch.zeros(h, w, dtype=torch.float64, device=device)
         for i in range(0, value.shape[0], chunk):
             part = slice(i, i + chunk)
@@ -109,35 +110,6 @@ class GlobalContextBlock(nn.Module):
         return x + self.transform(context)
 
 
-def inherit_teacher_neck_head(student: nn.Module, teacher: nn.Module) -> List[str]:
-    """Copy every teacher tensor outside its backbone's bottom-up network (the FPN and the heads) into the
-    student tensor of the same name and shape; return the names copied (a ValueError naming
-    ``INHERIT_KEY`` when none fits)."""
-    if not all(hasattr(m.backbone, "bottom_up") for m in (student, teacher)):
-        raise ValueError(f"{INHERIT_KEY} needs FPN backbones (a 'bottom_up' network under an FPN neck).")
-    target = student.state_dict()
-    copied, skipped = [], []
-    with torch.no_grad():
-        for name, value in teacher.state_dict().items():
-            if name.startswith("backbone.bottom_up."):
-                continue
-            if name in target and target[name].shape == value.shape:
-                target[name].copy_(value)
-                copied.append(name)
-            else:
-                skipped.append(name)
-    if not copied:
-        raise ValueError(
-            f"{INHERIT_KEY}: no tensor of the teacher's FPN and head has the name and shape of one of the "
-            f"student's (e.g. {skipped[:3]}); give them the same FPN width (MODEL.FPN.OUT_CHANNELS) and head."
-        )
-    logger.info(
-        f"FGD: the student inherits {len(copied)} FPN/head tensors of the teacher; {len(skipped)} do not fit "
-        f"(name or shape), e.g. {skipped[:3]}"
-    )
-    return copied
-
-
 @DISTILL_TERM_REGISTRY.register()
 class FGD(DistillTerm):
     """``loss_fgd_fea`` (ALPHA, BETA), ``loss_fgd_att`` (GAMMA), ``loss_fgd_global`` (LAMBDA); see the module
@@ -147,7 +119,7 @@ class FGD(DistillTerm):
 
     @staticmethod
     def enabled(cfg: CfgNode) -> bool:
-        return any(w > 0 for w in fgd_weights(cfg).values()) or cfg.MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD
+        return any(w > 0 for w in fgd_weights(cfg).values())
 
     def __init__(self, cfg: CfgNode, context: TermContext):
         super().__init__()
@@ -155,20 +127,15 @@ class FGD(DistillTerm):
         self.alpha, self.beta, self.gamma, self.lam = fgd_weights(cfg).values()
         self.temperature = config_number(fgd.TEMPERATURE, "MODEL.DS2D2.FGD.TEMPERATURE", strict=True)
         self.in_features = select_levels(
-            fgd.IN_FEATURES or context.in_features, "MODEL.DS2D2.FGD.IN_FEATURES", context, None
+            fgd.IN_FEATURES or conv_levels(context), "MODEL.DS2D2.FGD.IN_FEATURES", context, None
         )
-        if not isinstance(fgd.INHERIT_TEACHER_NECK_HEAD, bool):
-            raise ValueError(f"{INHERIT_KEY} must be True or False, got {fgd.INHERIT_TEACHER_NECK_HEAD!r}.")
-        if fgd.INHERIT_TEACHER_NECK_HEAD:
-            inherit_teacher_neck_head(context.family.student, context.teacher)
-
         s_width, t_width = context.student_width, context.teacher_width
-        active = self.in_features if any(w > 0 for w in (self.alpha, self.beta, self.gamma, self.lam)) else []
         same_width = s_width == t_width
-        self.align = nn.ModuleDict(
-            {f: nn.Identity() if same_width else nn.Conv2d(s_width, t_width, kernel_size=1) for f in active}
-        )
-        global_levels = active if self.lam > 0 else []
+        self.align = nn.ModuleDict({
+            f: nn.Identity() if same_width else nn.Conv2d(s_width, t_width, kernel_size=1)
+            for f in self.in_features
+        })
+        global_levels = self.in_features if self.lam > 0 else []
         self.gc_s = nn.ModuleDict({f: GlobalContextBlock(t_width) for f in global_levels})
         self.gc_t = nn.ModuleDict({f: GlobalContextBlock(t_width) for f in global_levels})
 

@@ -2,8 +2,10 @@
 (through a 1x1 align conv when its width differs from the teacher's) has random positions zeroed, and a small
 generator (3x3 conv, ReLU, 3x3 conv) must rebuild the teacher's whole feature from what is left; the student
 learns features from which the teacher's can be generated. One align conv and one generator per level, as the
-paper; they are trainable submodules of the term (saved with the student, dropped by the export). Keys
-``MODEL.DS2D2.MGD.{WEIGHT, MASK_RATIO, IN_FEATURES}`` (docs/baselines.md)."""
+paper; they are trainable submodules of the term (saved with the student, dropped by the export). Levels:
+by default those an FPN conv computes (RetinaNet P3-P7, Faster R-CNN P2-P5), as the authors'. Keys
+``MODEL.DS2D2.MGD.{WEIGHT, MASK_RATIO, IN_FEATURES}`` (docs/baselines.md); the authors' RetinaNet recipe
+also inherits the teacher's FPN and head (``MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD``)."""
 import math
 from typing import Dict, Optional
 
@@ -13,6 +15,7 @@ from torch import Tensor, nn
 
 from ..config import config_number
 from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, select_levels
+from .fpn_levels import conv_levels
 
 
 def random_mask(feature: Tensor, ratio: float) -> Tensor:
@@ -47,7 +50,9 @@ class MGD(DistillTerm):
                 or not 0 <= ratio < 1:
             raise ValueError(f"MODEL.DS2D2.MGD.MASK_RATIO must be a number in [0, 1), got {ratio!r}.")
         self.mask_ratio = float(ratio)
-        self.in_features = select_levels(mgd.IN_FEATURES, "MODEL.DS2D2.MGD.IN_FEATURES", context, None)
+        self.in_features = select_levels(
+            mgd.IN_FEATURES or conv_levels(context), "MODEL.DS2D2.MGD.IN_FEATURES", context, None
+        )
         s_width, t_width = context.student_width, context.teacher_width
         self.align: Optional[nn.ModuleDict] = None
         if s_width != t_width:

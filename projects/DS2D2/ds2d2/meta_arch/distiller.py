@@ -13,6 +13,8 @@ Parts:
   through ``_apply``.
 - a family adapter (``ds2d2.amplifiers``) that knows how RetinaNet or Faster R-CNN compute their losses once
   and how their heads produce predictions to compare.
+- with ``MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD``, the student's FPN and heads start from the teacher's where
+  shapes fit (``inherit.py``), before the trainer loads ``MODEL.WEIGHTS`` (the trunk).
 
 The training step reads top to bottom in ``forward``: the shared work once (``shared_step``: student losses
 with their matching/sampling, teacher trunk), then every term on it (teacher bands computed once on demand).
@@ -29,6 +31,7 @@ from ..amplifiers import family_for
 from ..config import LOSS_KEYS, check_config, model_num_classes
 from ..distill import DISTILL_TERM_REGISTRY, DistillStep, TermContext
 from ..teacher import build_frozen_detector, resolve_teacher_config
+from .inherit import INHERIT_KEY, inherit_teacher_neck_head
 
 
 def _check_teacher_matches(student_cfg: CfgNode, teacher_cfg: CfgNode, teacher_cfg_path: str) -> None:
@@ -78,6 +81,10 @@ class DS2D2Distiller(nn.Module):
         # Plain attribute, not a submodule: out of parameters(), state_dict(), DDP and train()/eval().
         self._frozen = {"teacher": teacher}
         self._flip_teacher_channels = teacher_cfg.INPUT.FORMAT != student_cfg.INPUT.FORMAT
+        if not isinstance(ds.INHERIT_TEACHER_NECK_HEAD, bool):
+            raise ValueError(f"{INHERIT_KEY} must be True or False, got {ds.INHERIT_TEACHER_NECK_HEAD!r}.")
+        if ds.INHERIT_TEACHER_NECK_HEAD:
+            inherit_teacher_neck_head(self.student, teacher)
 
         s_shapes = self.student.backbone.output_shape()
         t_shapes = teacher.backbone.output_shape()
