@@ -61,13 +61,13 @@ RETINANET_BACKBONE = {
 }
 
 
-def base_lr(detector: str, stage: str, depth: int) -> float:
+def base_lr(detector: str, stage: str, depth: int, dataset: str) -> float:
     if detector == "faster_rcnn":
         return 0.02  # teacher, students alone, amplifier and DS2D2 students
-    if stage == "student":
-        # The R-18 student alone at 0.02; no published value for R-34/R-50 alone: the base 0.005.
+    if stage == "student" and dataset == "DIOR":
+        # The DIOR R-18 student alone at 0.02; no published value for R-34/R-50 alone: the base 0.005.
         return 0.02 if depth == 18 else 0.005
-    return 0.005  # teacher R-101, amplifier, DS2D2 students
+    return 0.005  # teacher R-101, amplifier, DS2D2 students, every DOTA student alone (retinanet_r*_2x_dota)
 
 
 class Role(NamedTuple):
@@ -109,7 +109,7 @@ def expected(role: Role) -> Dict[str, object]:
             role.stage, META_ARCHITECTURE[role.detector]),
         "MODEL.RESNETS.DEPTH": role.depth,
         "MODEL.WEIGHTS": "" if role.stage == "amplifier" else f"pretrained/torchvision-R-{role.depth}.pkl",
-        "SOLVER.BASE_LR": base_lr(role.detector, role.stage, role.depth),
+        "SOLVER.BASE_LR": base_lr(role.detector, role.stage, role.depth, role.dataset),
         **SCHEDULE,
         **TORCHVISION_BACKBONE,
     }
@@ -203,6 +203,7 @@ def test_retinanet_backbone_p7_from_p6_with_or_without_relu():
         torch.testing.assert_close(relu["p7"], backbones[True].top_block.p7(F.relu(relu["p6"])))
     torch.testing.assert_close(linear["p6"], relu["p6"])
     assert not torch.allclose(linear["p7"], relu["p7"])
+
 
 # ---- The baselines' recipes as their official code trains them (docs/baselines.md, fidelity table) -------
 BASELINES = sorted(p for d in (*DATASETS, "synthetic") for p in (CONFIGS / d / "baselines").glob("*.yaml"))
