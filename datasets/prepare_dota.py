@@ -11,8 +11,9 @@ Re-running the same command finishes an interrupted split (finished images are s
 import argparse
 import sys
 
-from ds2d2.data.dota import DOTA_V1_5_CLASSES, DOTA_V1_CLASSES
+from ds2d2.data.dota import DOTA_V1_5_CLASSES, DOTA_V1_CLASSES, parse_max_pixels
 from ds2d2.data.dota_split import SplitSettings, split_dota
+from ds2d2_onnx.image_io import DEFAULT_MAX_PIXELS
 
 CLASS_LISTS = {"v1.0": DOTA_V1_CLASSES, "v1.5": DOTA_V1_5_CLASSES}
 
@@ -42,6 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument(
+        "--max-pixels",
+        type=parse_max_pixels,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse images of more pixels (width x height) than this, from their header (default "
+        f"{DEFAULT_MAX_PIXELS})",
+    )
+    p.add_argument(
         "--skip-invalid",
         action="store_true",
         help="leave out bad label lines (each one is reported, with the count) instead of stopping at the "
@@ -61,7 +69,9 @@ def main(argv=None) -> int:
         print(f"prepare_dota: error: {e}", file=sys.stderr)
         return 1
     try:
-        report = split_dota(args.src, args.dst, classes, settings, args.workers, args.skip_invalid)
+        report = split_dota(
+            args.src, args.dst, classes, settings, args.workers, args.skip_invalid, max_pixels=args.max_pixels
+        )
     except (OSError, ValueError) as e:
         print(f"prepare_dota: error: {e}", file=sys.stderr)
         return 1

@@ -12,7 +12,9 @@ Writes OUTPUT/<name>.json ({"image", "width", "height", "classes", "detections":
 --weights is a plain detector checkpoint, or, with a DS2D2 stage-3 config, a distiller checkpoint or the
 student exported by tools/export_student.py (the model built is then MODEL.DS2D2.DETECTOR, on MODEL.DEVICE).
 --onnx runs an ONNX export (tools/export_student.py --format onnx) through onnxruntime instead, one tile at a
-time; it needs no config (the file holds the test resize, thresholds and class names).
+time; it needs no config (the file holds the test resize, thresholds and class names). The image is read
+by ds2d2_onnx.image_io: one of more than --max-pixels pixels (default 25000 x 25000) is refused from its
+header, a truncated or undecodable one with its path named.
 """
 
 import argparse
@@ -28,11 +30,12 @@ from detectron2.data import transforms as T
 
 import ds2d2  # noqa: F401  (registers the builtin datasets, whose class names label the boxes)
 from ds2d2.config import load_config, model_num_classes
-from ds2d2.data.dota import read_image
+from ds2d2.data.dota import parse_max_pixels, read_image
 from ds2d2.data.dota_split import cut_patches, resize_by_rate
 from ds2d2.deploy import class_names_for, detector_config, load_detector
 from ds2d2.evaluation.dota_merge import DEFAULT_NMS_THRESH, ImageDetections, merge_detections, patch_to_image
 from ds2d2_onnx import OnnxDetector, save_detections
+from ds2d2_onnx.image_io import DEFAULT_MAX_PIXELS
 
 Tile = Tuple[np.ndarray, Tuple[float, float], float]  # pixels, origin in the image, rate
 
@@ -107,6 +110,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (PyTorch)")
     p.add_argument("--dataset", default=None, help="dataset whose class names label the boxes")
     p.add_argument("--draw-score", type=float, default=0.3, help="draw boxes scoring at least this")
+    p.add_argument(
+        "--max-pixels", type=parse_max_pixels, default=DEFAULT_MAX_PIXELS,
+        help=f"refuse an image of more pixels (width x height) than this, from its header "
+        f"(default {DEFAULT_MAX_PIXELS})",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
     args = p.parse_args(argv)
     if (args.config_file is None) == (args.onnx is None):
@@ -137,7 +145,7 @@ def load_onnx(args: argparse.Namespace) -> Tuple[OnnxDetector, List[str]]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        image = read_image(args.input)
+        image = read_image(args.input, args.max_pixels)
         if args.onnx:
             detector, names = load_onnx(args)
         else:

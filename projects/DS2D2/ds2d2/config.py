@@ -13,6 +13,8 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ds2d2_onnx.image_io import DEFAULT_MAX_PIXELS
+
 AMPLIFIER_INITS = ("teacher", "scratch")  # MODEL.DS2D2.AMPLIFIER_INIT
 IMPLICIT_INPUTS = ("raw", "adapted", "auto")  # MODEL.DS2D2.IMPLICIT_INPUT
 LOSS_KEYS = ("EXPLICIT_LOW", "EXPLICIT_HIGH", "IMPLICIT_FULL", "IMPLICIT_HIGH")  # MODEL.DS2D2.LOSS weights
@@ -159,6 +161,10 @@ def add_ds2d2_config(cfg: CN) -> None:
     # write the submission files of an unlabelled split); False = COCO AP on the patches only, the authors'
     # metric (with TEST.DETECTIONS_PER_IMAGE 100, docs/method.md).
     _C.TEST.DOTA_TASK2 = True
+    # Training and test images (ds2d2/data/mapper.py, read by ds2d2_onnx.image_io): one of more pixels (width
+    # x height) than this is refused from its header, with its path named, before any pixel buffer exists
+    # (a small file declaring a huge image). Default 25000 x 25000; raise it for genuinely larger images.
+    _C.INPUT.MAX_PIXELS = DEFAULT_MAX_PIXELS
 
     # Faster R-CNN's RPN (PROPOSAL_GENERATOR.NAME "DS2D2RPN", ds2d2/rpn.py): an object's best anchor becomes a
     # low-quality positive only if its IoU is >= this; 0.0 = Detectron2's RPN (any IoU), 0.3 = MMDetection's

@@ -18,7 +18,7 @@ import os
 import weakref
 from typing import List, Optional
 
-from detectron2.data import DatasetMapper, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data import MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data.common import DatasetFromList
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
@@ -32,6 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoint import AtomicCheckpointer
 from .compat import set_step_trainer, step_trainer
 from .config import check_config
+from .data.coco import refuse_training_without_boxes
+from .data.mapper import CheckedDatasetMapper
 from .data.sampler import ResumableTrainLoader
 from .solver import build_optimizer
 from .train_loop import CheckedAMPTrainer, CheckedSimpleTrainer, ReseedEachIteration
@@ -181,7 +183,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg) -> ResumableTrainLoader:
         """Detectron2's training data (datasets, DatasetMapper, sampler and aspect-ratio grouping settings) in
-        a resumable order seeded by ``run_seed(cfg)``."""
+        a resumable order seeded by ``run_seed(cfg)``; images read by ``CheckedDatasetMapper``."""
+        refuse_training_without_boxes(cfg.DATASETS.TRAIN)
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
@@ -205,7 +208,7 @@ class Trainer(DefaultTrainer):
             group_ids = [0 if d["width"] > d["height"] else 1 for d in dataset]
         return ResumableTrainLoader(
             DatasetFromList(dataset, copy=False),
-            DatasetMapper(cfg, True),
+            CheckedDatasetMapper(cfg, True),
             total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
             seed=run_seed(cfg),
             num_workers=cfg.DATALOADER.NUM_WORKERS,
@@ -214,6 +217,11 @@ class Trainer(DefaultTrainer):
             group_ids=group_ids,
             repeat_factors=repeat_factors,
         )
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader with images read by ``CheckedDatasetMapper`` (INPUT.MAX_PIXELS)."""
+        return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

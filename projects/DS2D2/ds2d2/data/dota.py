@@ -12,6 +12,7 @@ its origin, scale and boxes) and ``images/*.png`` (the patches). ``register_dota
 else.
 """
 
+import argparse
 import json
 import os
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 from detectron2.structures import BoxMode
+
+from ds2d2_onnx import image_io
+from ds2d2_onnx.image_io import DEFAULT_MAX_PIXELS, ImageReadError
 
 from .voc import IMAGE_EXTENSIONS, register_dataset
 
@@ -34,6 +37,8 @@ __all__ = [
     "find_dota_images",
     "pair_dota_files",
     "read_image",
+    "read_image_size",
+    "parse_max_pixels",
     "read_split_info",
     "read_image_records",
     "load_dota_patches",
@@ -115,12 +120,18 @@ def parse_dota_labels(
 
     Header lines (``imagesource:``, ``gsd:``) and blank lines are not objects. A bad line raises
     :class:`DotaFormatError` naming ``path:line``, unless ``skipped`` is a list: then the message is appended
-    to it and the line is left out (the caller reports them). ``classes=None`` accepts any category.
+    to it and the line is left out (the caller reports them). ``classes=None`` accepts any category. A line
+    that is not UTF-8 is always an error (the file is not a label file).
     """
     objects = []
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
-            text = raw.strip()
+            try:
+                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8").strip()
+            except UnicodeDecodeError:
+                raise DotaFormatError(
+                    f"{path}:{line_no}: not UTF-8 text ({raw[:40]!r}); DOTA label files are ASCII/UTF-8"
+                ) from None
             if not text or text.startswith(HEADER_PREFIXES):
                 continue
             try:
@@ -177,12 +188,34 @@ def pair_dota_files(src: Union[str, Path]) -> List[Tuple[str, Path, Optional[Pat
     return [(stem, path, labels[stem]) for stem, path in images.items()]
 
 
-def read_image(path: Union[str, Path]) -> np.ndarray:
-    """An image as a uint8 BGR array of shape (H, W, 3); an undecodable file is an error naming it."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DotaFormatError(f"{path}: cannot decode this image")
-    return image
+def read_image(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An image as a uint8 BGR array of shape (H, W, 3), through the project's one reader
+    (``ds2d2_onnx.image_io``); a missing, undecodable or truncated file, or one of more than ``max_pixels``
+    pixels (refused from its header), is a DotaFormatError naming it."""
+    try:
+        return image_io.read_image(path, max_pixels)
+    except ImageReadError as e:
+        raise DotaFormatError(str(e)) from None
+
+
+def parse_max_pixels(text: str) -> int:
+    """``--max-pixels`` of the tools that read images through :func:`read_image`: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer number of pixels, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (a number of pixels), got {value}")
+    return value
+
+
+def read_image_size(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[int, int]:
+    """(width, height) of an image from its header only; DotaFormatError naming the file for what
+    :func:`read_image` would refuse from the header (unsupported, unreadable, more than ``max_pixels``)."""
+    try:
+        return image_io.image_size(path, max_pixels)
+    except ImageReadError as e:
+        raise DotaFormatError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------------------------

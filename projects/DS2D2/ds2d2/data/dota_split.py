@@ -31,6 +31,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ds2d2_onnx.image_io import DEFAULT_MAX_PIXELS
+
 from ..checkpoint import atomic_write
 from .dota import (
     DOTA_V1_5_CLASSES,
@@ -41,6 +43,7 @@ from .dota import (
     SPLIT_INFO_FILE,
     DotaFormatError,
     DotaObject,
+    read_image_size,
     pair_dota_files,
     parse_dota_labels,
     read_image,
@@ -197,11 +200,11 @@ def cut_patches(image: np.ndarray, patch_size: int, gap: int) -> Iterator[Tuple[
             yield left, up, patch
 
 
-def _split_image(task: Tuple[str, str, Optional[List[DotaObject]], str, SplitSettings]) -> None:
+def _split_image(task: Tuple[str, str, Optional[List[DotaObject]], str, SplitSettings, int]) -> None:
     """Worker: write the patches of one image, then its record (last, atomically)."""
-    stem, image_path, objects, dst, settings = task
+    stem, image_path, objects, dst, settings, max_pixels = task
     dst = Path(dst)
-    image = read_image(image_path)
+    image = read_image(image_path, max_pixels)
     height, width = image.shape[:2]
     size = settings.patch_size
     record = {"image": stem, "source_file": Path(image_path).name, "width": width, "height": height}
@@ -291,12 +294,14 @@ def split_dota(
     num_workers: Optional[int] = None,
     skip_invalid: bool = False,
     progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> SplitReport:
     """Split the release-layout folder ``src`` (images/, optional labelTxt/) into a patch set in ``dst``.
 
-    classes: the label categories (None: DOTA v1.0's, or v1.5's if needed). All label files are read and
-    checked before any image is cut. Images whose record already exists in ``dst`` are skipped (resume after
-    an interruption); ``num_workers`` processes (default: all cores) cut the rest.
+    classes: the label categories (None: DOTA v1.0's, or v1.5's if needed). All label files, and every
+    image's header (format, and at most ``max_pixels`` pixels), are checked before any image is cut. Images
+    whose record already exists in ``dst`` are skipped (resume after an interruption); ``num_workers``
+    processes (default: all cores) cut the rest. Bad input is a DotaFormatError naming the file (and line).
     """
     src, dst = Path(src), Path(dst)
     files = pair_dota_files(src)
@@ -308,6 +313,8 @@ def split_dota(
     objects = {s: parse_dota_labels(lab, classes, skipped) for s, _, lab in files if lab is not None}
     label_files = {s: lab for s, _, lab in files if lab is not None}
     class_list = list(classes) if classes is not None else _choose_classes(objects, label_files)
+    for _, image_path, _ in files:
+        read_image_size(image_path, max_pixels)
     (dst / PATCHES_DIR).mkdir(parents=True, exist_ok=True)
     (dst / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
     info = {
@@ -320,7 +327,7 @@ def split_dota(
     _write_or_check_info(dst, info)
 
     todo = [
-        (s, str(img), objects.get(s) if has_labels else None, str(dst), settings)
+        (s, str(img), objects.get(s) if has_labels else None, str(dst), settings, max_pixels)
         for s, img, _ in files
         if not (dst / RECORDS_DIR / f"{s}.json").is_file()
     ]
