@@ -9,23 +9,25 @@ The API (stable, for ds2d2's data code and the tools): ``read_image(path, max_pi
 ``image_size(path, max_pixels=DEFAULT_MAX_PIXELS) -> (width, height)``, ``ImageReadError(ValueError)``,
 ``DEFAULT_MAX_PIXELS``; ``path`` a str or ``os.PathLike``.
 
-Formats: JPEG, PNG, TIFF and BMP (told apart by their first bytes, not by the file name). The pixels are
+Formats: JPEG, PNG, TIFF, BMP and WebP (told apart by their first bytes, not by the file name). The pixels are
 OpenCV's (``cv2.imdecode`` of the file's bytes: exactly what ``cv2.imread(path, cv2.IMREAD_COLOR)`` gives,
 EXIF orientation applied). Every refusal is one ``ImageReadError`` naming the file:
 
-- a missing or unopenable file, a file that is none of the four formats, an unreadable header;
+- a missing or unopenable file, a file that is none of these formats, an unreadable header;
 - an image of more than ``max_pixels`` pixels (width x height), refused from the header before any pixel
   buffer exists, so a small file declaring a huge image costs nothing. The default, ``DEFAULT_MAX_PIXELS``
   (25000 x 25000), fits the largest DOTA scenes (about 20000 x 20000); raise it with ``--max-pixels`` of the
   tools or ``INPUT.MAX_PIXELS`` in a training config. Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``)
-  plays no part and is left as it is: headers are read by Pillow's format plugins, not ``Image.open``;
+  plays no part and is left as it is: headers are read by Pillow's format plugins, not ``Image.open``
+  (WebP's by this module);
 - a truncated JPEG: OpenCV fills the missing part grey without an error, so the JPEG's marker structure is
-  walked first and must reach its end-of-image marker. Truncated PNG, TIFF and BMP files make OpenCV's
-  decoders fail, which is refused as undecodable;
+  walked first and must reach its end-of-image marker. Truncated PNG, TIFF, BMP and WebP files make
+  OpenCV's decoders fail, which is refused as undecodable;
 - anything OpenCV refuses to decode (including its own size cap, ``OPENCV_IO_MAX_IMAGE_PIXELS``).
 """
 import os
-from typing import Tuple, Type, Union
+import struct
+from typing import Callable, Dict, Optional, Tuple, Type, Union
 
 import cv2
 import numpy as np
@@ -47,29 +49,82 @@ class ImageReadError(ValueError):
     """An image file that is missing, not a supported image, truncated, corrupt or over the pixel limit."""
 
 
-def _format_of(head: bytes) -> Tuple[str, Type[Image.Image]]:
-    """(format name, Pillow plugin class) from a file's first 16 bytes; KeyError if none fits."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "JPEG", JpegImagePlugin.JpegImageFile
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG", PngImagePlugin.PngImageFile
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "TIFF", TiffImagePlugin.TiffImageFile
-    if head.startswith(b"BM"):
-        return "BMP", BmpImagePlugin.BmpImageFile
-    raise KeyError(head)
-
-
-def _orientation(header: Image.Image, fmt: str) -> int:
-    """The EXIF orientation (1 to 8) the header declares; 1 when it declares none."""
-    if fmt == "TIFF":
-        return int(header.tag_v2.get(ORIENTATION_TAG, 1))
-    exif = header.info.get("exif")  # JPEG's APP1, PNG's eXIf chunk (when it comes before the pixels)
-    if not exif:
-        return 1
+def _exif_orientation(exif: bytes) -> int:
+    """The Orientation (1 to 8) of an EXIF block (a TIFF structure, with "Exif" first or not); 1 if none."""
     tags = Image.Exif()
     tags.load(exif)
     return int(tags.get(ORIENTATION_TAG, 1))
+
+
+def _pillow_header(plugin: Type[Image.Image]) -> Callable:
+    """A header reader (stream -> stored width, stored height, orientation) by a Pillow format plugin, which
+    reads the header only (no pixels, and not ``Image.open``'s decompression-bomb check)."""
+    def read(stream) -> Tuple[int, int, int]:
+        header = plugin(stream)
+        if isinstance(header, TiffImagePlugin.TiffImageFile):  # Pillow swaps .size by the orientation
+            tags = header.tag_v2
+            orientation = tags.get(ORIENTATION_TAG, 1)
+            return tags[TiffImagePlugin.IMAGEWIDTH], tags[TiffImagePlugin.IMAGELENGTH], orientation
+        exif = header.info.get("exif")  # JPEG's APP1, PNG's eXIf chunk (when it comes before the pixels)
+        return header.size[0], header.size[1], _exif_orientation(exif) if exif else 1
+
+    return read
+
+
+def _webp_header(stream) -> Tuple[int, int, int]:
+    """(stored width, stored height, orientation) from a WebP file's RIFF chunks: the first one (VP8, VP8L or
+    VP8X) gives the size, an EXIF chunk of an extended (VP8X) file the orientation."""
+    kind, size = struct.unpack("<4sI", stream.read(20)[12:])
+    data = stream.read(10)
+    if kind == b"VP8 " and data[3:6] == b"\x9d\x01\x2a":  # lossy: 14-bit sizes after the start code
+        width, height = struct.unpack("<HH", data[6:10])
+        return width & 0x3FFF, height & 0x3FFF, 1
+    if kind == b"VP8L" and data[0] == 0x2F:  # lossless: 14-bit sizes minus one, packed
+        bits = int.from_bytes(data[1:5], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, 1
+    if kind != b"VP8X" or len(data) < 10:
+        raise ValueError(f"first chunk {kind!r} is not VP8, VP8L or VP8X")
+    width, height = (int.from_bytes(data[i:i + 3], "little") + 1 for i in (4, 7))
+    exif = _riff_chunk(stream, 20 + size + size % 2, b"EXIF") if data[0] & 0x08 else None  # the EXIF flag
+    return width, height, _exif_orientation(exif) if exif else 1
+
+
+def _riff_chunk(stream, offset: int, wanted: bytes) -> Optional[bytes]:
+    """The payload of the first chunk of kind ``wanted`` from ``offset`` on in a RIFF file; None if none."""
+    while True:
+        stream.seek(offset)
+        head = stream.read(8)
+        if len(head) < 8:
+            return None
+        kind, size = struct.unpack("<4sI", head)
+        if kind == wanted:
+            return stream.read(size)
+        offset += 8 + size + size % 2  # chunks are padded to even sizes
+
+
+HEADER_READERS: Dict[str, Callable] = {
+    "JPEG": _pillow_header(JpegImagePlugin.JpegImageFile),
+    "PNG": _pillow_header(PngImagePlugin.PngImageFile),
+    "TIFF": _pillow_header(TiffImagePlugin.TiffImageFile),
+    "BMP": _pillow_header(BmpImagePlugin.BmpImageFile),
+    "WebP": _webp_header,
+}
+FORMAT_NAMES = "JPEG, PNG, TIFF, BMP or WebP"
+
+
+def _format_of(head: bytes) -> str:
+    """The format (a key of HEADER_READERS) of a file from its first 16 bytes; KeyError if none fits."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if head.startswith(b"BM"):
+        return "BMP"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    raise KeyError(head)
 
 
 def _header(stream, path: PathLike, max_pixels: int) -> Tuple[str, int, int]:
@@ -77,21 +132,15 @@ def _header(stream, path: PathLike, max_pixels: int) -> Tuple[str, int, int]:
     read from its header; ImageReadError unless it is a supported image of at most ``max_pixels`` pixels."""
     head = stream.read(16)
     try:
-        fmt, plugin = _format_of(head)
+        fmt = _format_of(head)
     except KeyError:
         raise ImageReadError(
-            f"'{path}' is not a JPEG, PNG, TIFF or BMP image (it starts with {head[:8]!r}): "
-            "convert it to PNG or JPEG."
+            f"'{path}' is not a {FORMAT_NAMES} image (it starts with {head[:8]!r}): convert it to PNG or "
+            "JPEG."
         ) from None
     stream.seek(0)
     try:
-        header = plugin(stream)  # a format plugin reads the header only (no pixels, no decompression check)
-        if fmt == "TIFF":  # Pillow swaps a TIFF's size by its orientation; these tags are the stored size
-            stored_width = header.tag_v2[TiffImagePlugin.IMAGEWIDTH]
-            stored_height = header.tag_v2[TiffImagePlugin.IMAGELENGTH]
-        else:
-            stored_width, stored_height = header.size
-        orientation = _orientation(header, fmt)
+        stored_width, stored_height, orientation = HEADER_READERS[fmt](stream)
     except Exception as e:  # Pillow's plugins raise SyntaxError, OSError, ValueError, KeyError... on bad data
         raise ImageReadError(f"'{path}': unreadable {fmt} header ({type(e).__name__}: {e}).") from e
     pixels = int(stored_width) * int(stored_height)
