@@ -54,6 +54,7 @@ __all__ = [
     "complete_own_entries",
     "dataset_classes",
     "merge_config",
+    "merge_yaml_safely",
     "register_own_datasets",
 ]
 
@@ -186,11 +187,29 @@ def check_own_yaml(config_file: str) -> None:
         path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
 
 
+def merge_yaml_safely(cfg: CfgNode, config_file: str) -> None:
+    """``cfg.merge_from_file(config_file)`` with every file of the ``_BASE_`` chain parsed by
+    ``yaml.safe_load`` only: a tag that would build a Python object (``!!python/...``) is a ValueError naming
+    the file and line, and nothing of it is constructed or run. (Detectron2's default falls back to
+    ``yaml.unsafe_load`` on such a tag; ``allow_unsafe=False`` reaches every ``_BASE_`` file.)"""
+    try:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    except yaml.constructor.ConstructorError as e:
+        mark = e.problem_mark
+        where = f"{mark.name}:{mark.line + 1}" if mark is not None else config_file
+        raise ValueError(
+            f"{where}: {e.problem}: config files are read with yaml.safe_load, which builds plain values "
+            "(numbers, strings, lists, mappings) and never Python objects, so no code in a config can run. "
+            f"Remove the tag (config file {config_file!r})."
+        ) from None
+
+
 def merge_config(cfg: CfgNode, config_file: str, opts: Sequence = ()) -> None:
-    """Merge ``config_file`` then the ``KEY VALUE`` overrides ``opts`` into ``cfg``, in place, checking and
-    completing its ``DATASETS.OWN`` entries (overrides may add entries); nothing is registered."""
+    """Merge ``config_file`` (safely: ``merge_yaml_safely``) then the ``KEY VALUE`` overrides ``opts`` into
+    ``cfg``, in place, checking and completing its ``DATASETS.OWN`` entries (overrides may add entries);
+    nothing is registered."""
     check_own_yaml(config_file)
-    cfg.merge_from_file(config_file)
+    merge_yaml_safely(cfg, config_file)
     complete_own_entries(cfg)
     opts = list(opts)
     _add_entries_from_opts(cfg, opts)
