@@ -2,8 +2,14 @@
 checks (teacher/amplifier files, depth, class count and list, wavelet, loss weights) are tested at build time
 in test_distiller.py; here: dataset names, SOLVER.CHECKPOINT_MAX_TO_KEEP, and the whole train_net.py path for
 two bad configs."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
 import pytest
 
+import ds2d2.data.own as own
 from ds2d2.config import check_config, load_config
 from ds2d2.engine import Trainer
 from reliability_setup import (
@@ -76,6 +82,7 @@ def test_train_net_fails_before_the_first_iteration(data_root, tmp_path, flags, 
 
 # ---- config.load_config / config.check_config, without a trainer ------------------------------------------
 SYNTHETIC_RETINANET = "configs/synthetic/retinanet_R50_to_R18.yaml"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_load_config_names_the_key_of_an_empty_or_missing_file():
@@ -120,3 +127,61 @@ def test_check_config_checks_datasets_only_when_asked():
     check_config(cfg, datasets=())  # keys only
     with pytest.raises(ValueError, match="DATASETS.TEST: dataset 'no_such_set' is not registered"):
         check_config(cfg, datasets=["TEST"])
+
+
+# ---- DATASETS.OWN entries whose files cannot be read: the entry's key named, whatever the exception -------
+def own_entry_config(folder, name: str, entry: str) -> str:
+    """A config file declaring ``DATASETS.OWN.<name>`` (YAML flow mapping ``entry``) as the training set."""
+    path = folder / "own.yaml"
+    path.write_text(
+        f"_BASE_: {REPO / 'configs' / 'synthetic' / 'retinanet_R18_student.yaml'}\n"
+        f"DATASETS:\n  OWN:\n    {name}: {entry}\n  TRAIN: [{name}]\n  TEST: []\n"
+    )
+    return str(path)
+
+
+def test_own_coco_entry_with_a_non_utf8_json_is_named(tmp_path):
+    (tmp_path / "ann.json").write_bytes(b"\xff\xfe{\x00}\x00")
+    entry = f"{{FORMAT: coco, ROOT: {tmp_path}, JSON: ann.json}}"
+    config = own_entry_config(tmp_path, "reliability_latin_coco", entry)
+    with pytest.raises(ValueError, match="DATASETS.OWN.reliability_latin_coco: ") as error:
+        load_config(config)
+    assert not isinstance(error.value, TypeError)
+
+
+def test_own_dota_entry_with_a_non_utf8_label_file_is_named(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labelTxt").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "P0001.png"), np.zeros((32, 32, 3), np.uint8))
+    (tmp_path / "labelTxt" / "P0001.txt").write_bytes(b"1 1 9 1 9 9 1 9 \xe9glise 0\n")
+    config = own_entry_config(tmp_path, "reliability_latin_dota", f"{{FORMAT: dota, ROOT: {tmp_path}}}")
+    with pytest.raises(ValueError, match="DATASETS.OWN.reliability_latin_dota: ") as error:
+        load_config(config)
+    assert not isinstance(error.value, TypeError)
+
+
+@pytest.mark.parametrize(
+    "raised, kind",
+    [
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), ValueError),
+        (json.JSONDecodeError("Expecting value", "{", 1), ValueError),
+        (FileNotFoundError("images/a.jpg does not exist"), FileNotFoundError),
+        (ValueError("bad box"), ValueError),
+    ],
+    ids=["UnicodeDecodeError", "JSONDecodeError", "FileNotFoundError", "ValueError"],
+)
+def test_own_entry_errors_of_any_constructor_get_the_key(tmp_path, monkeypatch, raised, kind):
+    """Whatever a reader raises, the error names the entry and keeps the message (and the type, where it
+    takes one message), chained to the original."""
+    (tmp_path / "ann.json").write_text("{}")
+
+    def register_coco_detection(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(own, "register_coco_detection", register_coco_detection)
+    entry = f"{{FORMAT: coco, ROOT: {tmp_path}, JSON: ann.json}}"
+    config = own_entry_config(tmp_path, "reliability_raising_coco", entry)
+    with pytest.raises(kind) as error:
+        load_config(config)
+    assert type(error.value) is kind and error.value.__cause__ is raised
+    assert str(error.value) == f"DATASETS.OWN.reliability_raising_coco: {raised}"

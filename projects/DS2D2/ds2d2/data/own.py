@@ -413,6 +413,18 @@ def _describe(name: str) -> str:
     return f"elsewhere (a builtin ds2d2 dataset, or registered in Python) with metadata {shown}"
 
 
+def _with_key(error: Exception, key: str) -> Exception:
+    """A new error whose message is ``key: <error's message>``: of ``error``'s type when that type takes one
+    message (FileNotFoundError, ValueError, ...), else a ValueError (e.g. for a UnicodeDecodeError or a
+    json.JSONDecodeError, whose constructors take other arguments)."""
+    message = f"{key}: {error}"
+    try:
+        keyed = type(error)(message)
+    except (TypeError, ValueError):
+        return ValueError(message)
+    return keyed if str(keyed) == message else ValueError(message)
+
+
 def _register_entry(name: str, entry: CfgNode) -> None:
     """Register one entry (or check that the same one is registered) and record what it resolved into it."""
     key = f"{_PREFIX}.{name}"
@@ -440,7 +452,7 @@ def _register_entry(name: str, entry: CfgNode) -> None:
         except (OSError, ValueError) as e:
             if str(e).startswith(key):
                 raise
-            raise type(e)(f"{key}: {e}") from e
+            raise _with_key(e, key) from e
         MetadataCatalog.get(name).set(ds2d2_own=spec)
     for sub, value in spec.items():
         entry[sub] = value
