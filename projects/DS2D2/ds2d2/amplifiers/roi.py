@@ -1,5 +1,6 @@
 """Two-stage family (Faster R-CNN): detection losses with RoI sampling done once, and RoI-level KD through a
-box head. Every stream works on the RoIs that the student's RoI head sampled for its own loss."""
+box head. Every stream works on the RoIs that the student's RoI head sampled for its own loss (the authors draw
+a fresh sample per KD term: the same in expectation, docs/method.md)."""
 from typing import Dict, List, Tuple
 
 import torch
@@ -43,7 +44,11 @@ class RoIFamily:
     def detection_losses(
         self, images: ImageList, features: Dict[str, Tensor], gt_instances: List[Instances]
     ) -> Tuple[Dict[str, Tensor], Dict]:
-        """RPN + box-head losses of the student, plus the sampled RoIs (and their pooled student features)."""
+        """RPN + box-head losses of the student, plus the sampled RoIs (and their pooled student features).
+
+        The student's own RPN labels the anchors, so the distiller trains with the config's matcher
+        (``DS2D2RPN``: ``MODEL.RPN.LOW_QUALITY_MIN_IOU``), as the student trained alone does.
+        """
         s = self.student
         rh = s.roi_heads
         proposals, losses = s.proposal_generator(images, features, gt_instances)
