@@ -20,7 +20,7 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ds2d2.checkpoint import AtomicCheckpointer
+from ds2d2.checkpoint import AtomicCheckpointer, load_for_evaluation
 from ds2d2.compat import last_eval_results
 from ds2d2.config import check_config, load_config
 from ds2d2.data.own import register_own_datasets
@@ -61,13 +61,29 @@ def save_results(cfg, results) -> None:
             json.dump(results, f, indent=2)
 
 
+def evaluated_weights(cfg: CfgNode, resume: bool) -> str:
+    """What ``--eval-only`` evaluates: with ``--resume`` and OUTPUT_DIR/last_checkpoint, "--resume", else
+    "MODEL.WEIGHTS", which must then be set (an evaluation of random weights means nothing)."""
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return "--resume"
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError(
+            "--eval-only needs weights to evaluate: MODEL.WEIGHTS is empty (and there is no "
+            "OUTPUT_DIR/last_checkpoint to --resume from); set MODEL.WEIGHTS to a trained checkpoint."
+        )
+    return "MODEL.WEIGHTS"
+
+
 def main(args):
     cfg = setup(args)
     if args.eval_only:
         check_config(cfg, datasets=["TEST"])
+        key = evaluated_weights(cfg, args.resume)
         model = Trainer.build_model(cfg)
-        checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        path = cfg.MODEL.WEIGHTS
+        if key == "--resume":
+            path = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).get_checkpoint_file()
+        load_for_evaluation(model, path, key)  # refuses weights that leave any model tensor at its init
         results = Trainer.test(cfg, model)
     else:
         trainer = Trainer(cfg)

@@ -10,12 +10,14 @@ authors' backbones do; their base configs set INPUT.FORMAT RGB, torchvision's PI
 RESNETS.STRIDE_IN_1X1 False (the stride in the 3x3 conv), which is how these weights were trained.
 """
 import argparse
-import os
 import pickle
 import re
-from typing import Dict
+import sys
+from typing import Dict, List, Optional
 
 import torch
+
+from ds2d2.checkpoint import atomic_write, read_checkpoint
 
 _RULES = [
     (r"^conv1\.", "stem.conv1."),
@@ -40,20 +42,24 @@ def convert_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, "numpy.ndarr
     return out
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("source", help="torchvision ResNet state dict (.pth)")
+    parser.add_argument("source", help="torchvision ResNet state dict (.pth), read weights-only")
     parser.add_argument("output", help="Detectron2 .pkl to write")
-    args = parser.parse_args()
-    state = torch.load(args.source, map_location="cpu", weights_only=True)
+    args = parser.parse_args(argv)
+    try:
+        state = read_checkpoint(args.source, "source")["model"]
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"convert_torchvision_resnet: error: {e}", file=sys.stderr)
+        return 1
     converted = convert_state_dict(state.get("state_dict", state))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "wb") as f:
-        pickle.dump({"model": converted, "__author__": "torchvision", "matching_heuristics": True}, f)
+    weights = {"model": converted, "__author__": "torchvision", "matching_heuristics": True}
+    atomic_write(args.output, lambda f: pickle.dump(weights, f))
     print(f"wrote {len(converted)} tensors to {args.output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,16 +4,21 @@
   renamed over the target (``os.replace``), so a crash while saving leaves the previous file intact (at worst
   a stale hidden ``.*.tmp`` file). Training checkpoints and their ``last_checkpoint`` tag, exported students,
   ONNX files and the DOTA patch cache all go through it.
-- ``.pth`` files are read with ``torch.load(weights_only=True)``: tensors and plain containers only, no
-  pickled code. A truncated or corrupt file, or one that needs arbitrary unpickling, is an error naming it.
-- Detectron2 ``.pkl`` files (model zoo, Caffe2 conversions) are plain pickles; they are read with an unpickler
-  that only builds builtin containers and NumPy arrays, so a crafted file cannot run code either.
+- Reading (``read_checkpoint``): every weights file, whatever its name, goes through it: ``MODEL.WEIGHTS`` and
+  ``--resume`` (``AtomicCheckpointer``), ``--eval-only`` (``load_for_evaluation``), teacher and amplifier
+  weights, the tools. Detectron2 ``.pkl`` files (model zoo, Caffe2 conversions) are plain pickles; they are
+  read with an unpickler that only builds builtin containers and NumPy arrays. Every other file (``.pth``,
+  ``.pt``, pycls ``.pyth``, no extension) is read with ``torch.load(weights_only=True)``, passed explicitly,
+  which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` does not override: tensors and plain containers only. So a
+  crafted file cannot run code; it, or a truncated or corrupt one, is an error naming it.
 - Fitting (``load_state_strictly``): Detectron2's checkpointer loads non-strictly and only logs what did not
   match, which silently leaves a random teacher when a path or a depth is wrong. Everything ds2d2 loads into a
   frozen or exported model is loaded strictly instead: an error names the config key (or command-line flag),
-  the file and the offending tensors.
+  the file and the offending tensors. ``load_for_evaluation`` likewise refuses weights that leave any of the
+  model's tensors at its initialisation.
 """
 import contextlib
+import logging
 import os
 import pickle
 import tempfile
@@ -21,6 +26,7 @@ from typing import IO, Any, Callable, Dict, Iterator
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
 from torch import nn
 
 from .compat import load_state_with_report, with_file_reader
@@ -31,6 +37,7 @@ __all__ = [
     "MissingCheckpointError",
     "atomic_path",
     "atomic_write",
+    "load_for_evaluation",
     "load_state_strictly",
     "read_checkpoint",
 ]
@@ -110,17 +117,29 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_pth(path: str) -> Dict:
+def _read_weights_only(path: str) -> Any:
     try:
+        # weights_only passed explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD only overrides an unset argument
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's weights-only unpickler refused something
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
         raise CheckpointError(
             f"Checkpoint '{path}' cannot be read with weights_only=True: it is corrupt, or it holds "
-            "objects other than tensors and plain containers, which ds2d2 does not unpickle (it reads .pth "
-            f"files weights-only) because that can run code ({reason})."
+            "objects other than tensors and plain containers, which ds2d2 does not unpickle (it reads every "
+            f"weights file but Detectron2 .pkl ones weights-only) because that can run code ({reason})."
         ) from e
+
+
+def _pycls_weights(path: str, data: Any) -> Dict:
+    """A pycls ``.pyth`` checkpoint (``model_state``) as Detectron2 reads it: names matched heuristically."""
+    if not isinstance(data, dict) or "model_state" not in data:
+        raise CheckpointError(
+            f"Checkpoint '{path}' has no 'model_state': .pyth files are read as pycls checkpoints; rename "
+            "it to .pth if it is a PyTorch state dict."
+        )
+    weights = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+    return {"model": weights, "__author__": "pycls", "matching_heuristics": True}
 
 
 def _read_pkl(path: str) -> Dict:
@@ -145,7 +164,12 @@ def _read_file(path: str) -> Dict:
     if not os.path.isfile(path):
         raise MissingCheckpointError(f"checkpoint '{path}' does not exist.")
     try:
-        data = _read_pkl(path) if path.endswith(".pkl") else _read_pth(path)
+        if path.endswith(".pkl"):
+            data = _read_pkl(path)
+        elif path.endswith(".pyth"):
+            data = _pycls_weights(path, _read_weights_only(path))
+        else:
+            data = _read_weights_only(path)
     except CheckpointError:
         raise
     except Exception as e:  # truncated zip, bad pickle stream, ...
@@ -159,7 +183,8 @@ def _read_file(path: str) -> Dict:
 
 
 def read_checkpoint(path: str, key: str = "") -> Dict:
-    """The dict in a ``.pth`` (weights only) or Detectron2 ``.pkl`` (arrays only) file, with ``"model"`` set.
+    """The dict in a weights file, with ``"model"`` set: a Detectron2 ``.pkl`` read arrays-only, any other
+    file (``.pth``, ``.pt``, pycls ``.pyth``, no extension) weights-only.
 
     ``key`` (a config key or flag) starts every error message. Raises ValueError if ``path`` is empty,
     MissingCheckpointError (a FileNotFoundError) if it names no file, CheckpointError if the file is
@@ -228,6 +253,15 @@ class _AtomicSaves(DetectionCheckpointer):
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """Detectron2's ``resume_or_load``; an unreadable file is named with what chose it (``--resume``:
+        OUTPUT_DIR/last_checkpoint, else ``MODEL.WEIGHTS``, which is what the trainer passes as ``path``)."""
+        key = "--resume" if resume and self.has_checkpoint() else "MODEL.WEIGHTS"
+        try:
+            return super().resume_or_load(path, resume=resume)
+        except CheckpointError as e:
+            raise type(e)(f"{key}: {e}") from e
+
     def get_checkpoint_file(self) -> str:
         tag = os.path.join(self.save_dir, "last_checkpoint")
         with open(tag) as f:
@@ -248,11 +282,13 @@ class _AtomicSaves(DetectionCheckpointer):
         )
 
 
-def _read_safely(checkpointer: _AtomicSaves, filename: str, default: Callable[[str], Dict]) -> Dict:
-    """.pth / .pkl files through ``read_checkpoint`` (other formats: Detectron2's reader); a bad file in the
-    run's own folder names the other checkpoints to resume from."""
-    if not filename.endswith((".pth", ".pkl")):
-        return default(filename)
+def _read_safely(
+    checkpointer: _AtomicSaves, filename: str, detectron2_reader: Callable[[str], Dict]
+) -> Dict:
+    """Every file through ``read_checkpoint``; a bad file in the run's own folder names the other checkpoints
+    to resume from. ``detectron2_reader`` is deliberately never called: it unpickles ``.pkl`` and ``.pyth``
+    files with code, and other files with ``torch.load`` defaults that an environment variable can turn to
+    full unpickling."""
     try:
         return read_checkpoint(filename)
     except CheckpointError as e:
@@ -263,3 +299,44 @@ def _read_safely(checkpointer: _AtomicSaves, filename: str, default: Callable[[s
 
 AtomicCheckpointer = with_file_reader(_AtomicSaves, _read_safely, "AtomicCheckpointer")
 AtomicCheckpointer.__doc__ = "DetectionCheckpointer: atomic saves, safe loading, errors naming bad files."
+
+
+def load_for_evaluation(model: nn.Module, path: str, key: str) -> None:
+    """Load the weights file ``path`` (local, or a Detectron2 URL such as ``detectron2://...``, downloaded
+    first) into ``model`` as Detectron2's checkpointer does (``.pkl`` / ``.pyth`` names matched
+    heuristically, mis-shaped tensors skipped), read by ``read_checkpoint``. Raises ValueError, naming
+    ``key``, the file and how many of the model's tensors it filled (e.g. "0 of 312"), unless it fills all:
+    an evaluation of a model left partly at its random initialisation means nothing. Tensors of the file
+    that the model does not have are only logged (a stage-3 checkpoint evaluated with its own config has
+    none; other files may carry extra heads)."""
+    checkpoint = read_checkpoint(PathManager.get_local_path(path) if path else path, key)
+    file_names = sorted(checkpoint["model"])
+    model_names = list(model.state_dict())
+    # the names the model is given (after name matching and mis-shaped tensors are dropped); its missing_keys
+    # would not do: FrozenBatchNorm2d quietly puts its initial statistics in for a file without them
+    given = set()
+    hook = model.register_load_state_dict_pre_hook(lambda module, state, *_: given.update(state))
+    try:
+        report = load_state_with_report(model, checkpoint)
+    finally:
+        hook.remove()
+    missing = [name for name in model_names if name not in given]
+    if missing:
+        mis_shaped = "".join(
+            f"; {name} has shape {tuple(file_shape)} in the file, {tuple(model_shape)} in the model"
+            for name, file_shape, model_shape in report.incorrect_shapes[:3]
+        )
+        filled = len(model_names) - len(missing)
+        raise ValueError(
+            f"{key}: '{path}' fills {filled} of {len(model_names)} tensors of the {type(model).__name__} "
+            "built from the config, so its evaluation would use randomly initialised ones. Missing e.g. "
+            f"{missing[:4]}{mis_shaped}; the file holds e.g. {file_names[:4]}. Give the "
+            "checkpoint this config trained (same META_ARCHITECTURE, depth, class count); a stage-3 "
+            "(DS2D2Distiller) checkpoint is evaluated with its own config, or exported first with "
+            "tools/export_student.py."
+        )
+    if report.unexpected_keys:
+        logging.getLogger(__name__).warning(
+            f"{key}: {len(report.unexpected_keys)} tensors of '{path}' are not in the model and were not "
+            f"loaded, e.g. {report.unexpected_keys[:4]}."
+        )
