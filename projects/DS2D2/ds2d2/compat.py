@@ -3,7 +3,8 @@
 Each function names the private attribute it relies on and why no public one serves. ``tests/test_compat.py``
 checks every one against the installed detectron2, so an upgrade that moves one fails there, with a
 message naming it, instead of silently inside a training run. (Installing detectron2 is
-``tools/install_detectron2.py``'s job; nothing here patches detectron2.)
+``tools/install_detectron2.py``'s job.) The one patch of detectron2 is ``install_rotated_ops``: on a
+pure-Python install (no compiled ``_C``) it points Detectron2's rotated IoU / NMS / RoIAlign at ds2d2.rotated.
 """
 from typing import Callable, Dict, Optional, Type
 
@@ -81,3 +82,56 @@ def decode_cfg_value(value):
     """A command-line config value parsed as ``merge_from_list`` parses it (a literal, else the string).
     Private: yacs' ``CfgNode._decode_cfg_value``."""
     return CfgNode._decode_cfg_value(value)
+
+
+# Detectron2 names (module, attribute) that reach its compiled rotated ops, each replaced by ds2d2.rotated's
+# pure-PyTorch op of the same signature. Modules that imported a function by name hold their own reference, so
+# each such module is listed; ROIAlignRotated.forward calls its module's ``roi_align_rotated``.
+ROTATED_OPS = {
+    "pairwise_iou_rotated": [
+        ("detectron2.layers.rotated_boxes", "pairwise_iou_rotated"),
+        ("detectron2.structures.rotated_boxes", "pairwise_iou_rotated"),  # RotatedBoxes' pairwise_iou
+    ],
+    "nms_rotated": [
+        ("detectron2.layers.nms", "nms_rotated"),
+        ("detectron2.layers", "nms_rotated"),
+    ],
+    "batched_nms_rotated": [
+        ("detectron2.layers.nms", "batched_nms_rotated"),
+        ("detectron2.layers", "batched_nms_rotated"),
+        ("detectron2.modeling.proposal_generator.rrpn", "batched_nms_rotated"),
+        ("detectron2.modeling.roi_heads.rotated_fast_rcnn", "batched_nms_rotated"),
+    ],
+    "roi_align_rotated": [
+        ("detectron2.layers.roi_align_rotated", "roi_align_rotated"),  # what ROIAlignRotated.forward calls
+        ("detectron2.layers", "roi_align_rotated"),
+    ],
+}
+
+
+def detectron2_has_compiled_ops() -> bool:
+    """False when tools/install_detectron2.py installed detectron2 as pure Python (``_C`` is its stub)."""
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    return not getattr(_C, "IS_DS2D2_STUB", False)
+
+
+def install_rotated_ops() -> bool:
+    """Make Detectron2's rotated IoU (``pairwise_iou_rotated``, ``RotatedBoxes`` ``pairwise_iou``), NMS
+    (``nms_rotated``, ``batched_nms_rotated``) and ``ROIAlignRotated`` run on ds2d2.rotated's pure-PyTorch
+    ops, everywhere Detectron2 calls them (the names in ``ROTATED_OPS``), when its compiled ``_C`` is the
+    stub of a pure-Python install. A no-op (returning False) with an official build, which keeps its
+    compiled ops. Idempotent; ``import ds2d2`` calls it. Private: the module attributes listed in
+    ``ROTATED_OPS``."""
+    if detectron2_has_compiled_ops():
+        return False
+    import importlib
+
+    from . import rotated
+
+    for name, places in ROTATED_OPS.items():
+        for module, attribute in places:
+            setattr(importlib.import_module(module), attribute, getattr(rotated, name))
+    return True
