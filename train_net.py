@@ -22,7 +22,8 @@ from detectron2.utils.logger import setup_logger
 
 from ds2d2.checkpoint import AtomicCheckpointer, load_for_evaluation
 from ds2d2.compat import last_eval_results
-from ds2d2.config import check_config, load_config
+from ds2d2.checks import check_config
+from ds2d2.config import load_config
 from ds2d2.data.own import register_own_datasets
 from ds2d2.engine import Trainer
 from ds2d2.launch import launch

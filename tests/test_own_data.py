@@ -16,8 +16,9 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from ds2d2.checks import check_dataset_classes
 from ds2d2.data.coco import load_coco_detection, register_coco_detection
-from ds2d2.config import check_dataset_classes, load_config
+from ds2d2.config import load_config
 from ds2d2.data.own import register_own_datasets
 from ds2d2.data.synthetic import write_synthetic_dior, write_synthetic_dota
 from ds2d2.teacher import check_teacher_classes, resolve_teacher_config

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import ds2d2.data.own as own
-from ds2d2.config import check_config, load_config
+from ds2d2.checks import check_config
+from ds2d2.config import load_config
 from ds2d2.engine import Trainer
 from reliability_setup import (
     register_in_process,

@@ -25,7 +25,8 @@ from typing import Dict, List, Sequence, Tuple
 
 from detectron2.config import CfgNode
 
-from ds2d2.config import check_config, load_config
+from ds2d2.checks import check_config
+from ds2d2.config import load_config
 from ds2d2.teacher import check_teacher_classes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -30,8 +30,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import AtomicCheckpointer
+from .checks import check_config
 from .compat import set_step_trainer, step_trainer
-from .config import check_config
 from .data.coco import refuse_training_without_boxes
 from .data.mapper import CheckedDatasetMapper
 from .data.sampler import ResumableTrainLoader

@@ -12,6 +12,7 @@ from torch import nn
 
 from .checkpoint import load_state_strictly, read_checkpoint
 from .config import load_config
+from .data.own import dataset_classes
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,6 @@ def _log_model_differences(recorded: CfgNode, recorded_path: str, config_file: s
 def check_teacher_classes(teacher_cfg: CfgNode, student_cfg: CfgNode, source: str) -> None:
     """Raise ValueError when the teacher's training data (config from ``source``) and the student's have
     different class lists (as far as both are known: recorded DATASETS.OWN classes or registered metadata)."""
-    from .data.own import dataset_classes
-
     for t_name, s_name in zip(teacher_cfg.DATASETS.TRAIN, student_cfg.DATASETS.TRAIN):
         t_list, s_list = dataset_classes(teacher_cfg, t_name), dataset_classes(student_cfg, s_name)
         if t_list is not None and s_list is not None and t_list != s_list:

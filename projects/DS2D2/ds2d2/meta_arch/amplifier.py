@@ -14,7 +14,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from torch import Tensor, nn
 
 from ..checkpoint import load_state_strictly, read_checkpoint
-from ..config import check_config
+from ..checks import check_config
 from ..teacher import freeze
 from ..wavelet import high_frequency
 

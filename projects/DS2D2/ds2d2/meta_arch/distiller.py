@@ -28,7 +28,8 @@ from detectron2.structures import ImageList
 from torch import Tensor, nn
 
 from ..amplifiers import family_for
-from ..config import LOSS_KEYS, check_config, model_num_classes
+from ..checks import check_config
+from ..config import LOSS_KEYS, model_num_classes
 from ..distill import DISTILL_TERM_REGISTRY, DistillStep, TermContext
 from ..teacher import build_frozen_detector, resolve_teacher_config
 from .inherit import INHERIT_KEY, inherit_teacher_neck_head
