@@ -8,8 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from detectron2.modeling import build_model
 
 import ds2d2.data.own as own
+import ds2d2.meta_arch.distiller as distiller
 from ds2d2.checks import check_config
 from ds2d2.config import load_config
 from ds2d2.engine import Trainer
@@ -108,18 +110,69 @@ def test_load_config_merges_the_file_then_the_overrides():
         ("DS2D2Distiller", "TERMS", ["FitNet", "FitNet"], "MODEL.DS2D2.TERMS must list distinct terms"),
         ("DS2D2Distiller", "TERMS", ["NoSuchKD"], "MODEL.DS2D2.TERMS must list distinct terms"),
         ("DS2D2Distiller", "WAVELET", "no_such_wavelet", "MODEL.DS2D2.WAVELET: unknown wavelet"),
+        ("DS2D2Distiller", "FITNET.WEIGHT", -0.5, r"MODEL.DS2D2.FITNET.WEIGHT must be a finite number >= 0"),
+        ("DS2D2Distiller", "CROSSKD.BOX_WEIGHT", float("nan"), r"MODEL.DS2D2.CROSSKD.BOX_WEIGHT must be"),
+        ("DS2D2Distiller", "FGD.GAMMA", -1e-4, r"MODEL.DS2D2.FGD.GAMMA must be a finite number >= 0"),
+        ("DS2D2Distiller", "FGD.TEMPERATURE", 0.0, r"MODEL.DS2D2.FGD.TEMPERATURE must be a finite num.* > 0"),
+        ("DS2D2Distiller", "PKD.WEIGHT", "10", r"MODEL.DS2D2.PKD.WEIGHT must be a finite number >= 0"),
+        ("DS2D2Distiller", "MGD.MASK_RATIO", 1.0, r"MODEL.DS2D2.MGD.MASK_RATIO must be a number in \[0, 1\)"),
     ],
 )
 def test_check_config_names_each_bad_ds2d2_key(arch, key, value, message):
     cfg = load_config(SYNTHETIC_RETINANET, register=False)
     cfg.MODEL.META_ARCHITECTURE = arch
+    set_ds2d2_key(cfg, key, value)
+    with pytest.raises(ValueError, match=message):
+        check_config(cfg, datasets=())
+
+
+def set_ds2d2_key(cfg, key: str, value) -> None:
+    """``cfg.MODEL.DS2D2.<key> = value`` for a dotted ``key``."""
     node, _, leaf = f"MODEL.DS2D2.{key}".rpartition(".")
     target = cfg
     for part in node.split("."):
         target = target[part]
     target[leaf] = value
+
+
+# One per class of key (issue 24 point 5): a weight < 0, an exponent or a temperature <= 0, no term at all.
+BAD_DISTILLER_KEYS = [
+    ("LOSS.ROI_CLS_WEIGHT", -0.5, r"MODEL.DS2D2.LOSS.ROI_CLS_WEIGHT must be a finite number >= 0, got -0.5"),
+    ("LOSS.DENSE_BETA", 0.0, r"MODEL.DS2D2.LOSS.DENSE_BETA must be a finite number > 0, got 0.0"),
+    ("LOSS.ROI_TEMPERATURE", -1.0, r"MODEL.DS2D2.LOSS.ROI_TEMPERATURE must be a finite number > 0, got -1.0"),
+    ("TERMS", [], r"MODEL.DS2D2.TERMS is empty"),
+]
+
+
+@pytest.mark.parametrize("key, value, message", BAD_DISTILLER_KEYS, ids=[k for k, _, _ in BAD_DISTILLER_KEYS])
+def test_bad_distiller_key_is_named_before_the_teacher_is_built(monkeypatch, key, value, message):
+    built = []
+    monkeypatch.setattr(distiller, "resolve_teacher_config", lambda cfg: built.append("teacher config"))
+    monkeypatch.setattr(distiller, "build_frozen_detector", lambda *args, **kw: built.append("teacher"))
+    cfg = load_config(SYNTHETIC_RETINANET, ["MODEL.DEVICE", "cpu"], register=False)
+    set_ds2d2_key(cfg, key, value)
     with pytest.raises(ValueError, match=message):
         check_config(cfg, datasets=())
+    with pytest.raises(ValueError, match=message):
+        build_model(cfg)
+    assert built == []
+
+
+@pytest.mark.parametrize("term", ["FitNet", "PKD", "MGD"])
+def test_single_weight_term_listed_with_weight_zero_is_refused(term):
+    key = f"{term.upper()}.WEIGHT"
+    cfg = load_config(SYNTHETIC_RETINANET, register=False)
+    set_ds2d2_key(cfg, key, 0.0)
+    check_config(cfg, datasets=())  # not in TERMS: 0 is a valid weight
+    cfg.MODEL.DS2D2.TERMS = ["DS2D2Explicit", term]
+    with pytest.raises(ValueError, match=rf"MODEL.DS2D2.{key} must be a finite number > 0, got 0.0"):
+        check_config(cfg, datasets=())
+
+
+def test_default_configs_of_every_term_pass_the_checks():
+    cfg = load_config(SYNTHETIC_RETINANET, register=False)
+    cfg.MODEL.DS2D2.TERMS = ["DS2D2Explicit", "DS2D2Implicit", "FitNet", "CrossKD", "FGD", "PKD", "MGD"]
+    check_config(cfg, datasets=())
 
 
 def test_check_config_checks_datasets_only_when_asked():

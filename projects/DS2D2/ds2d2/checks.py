@@ -5,7 +5,8 @@ hold) and below the meta-architectures, the trainer and the scripts that call it
 value helpers, loading) sits below the terms. The terms read the values checked here.
 """
 import difflib
-from typing import Sequence
+import math
+from typing import List, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -17,27 +18,71 @@ from .wavelet import validate_wavelet
 
 __all__ = ["check_config", "check_dataset_classes", "check_datasets_registered"]
 
+# Keys under MODEL.DS2D2 that are finite numbers >= 0 (> 0: POSITIVE_WHEN_LISTED): the loss weights, of
+# DS2D2's streams and of every term's section (checked whether or not the term is in TERMS: a negative weight
+# is a mistake anywhere).
+NON_NEGATIVE_KEYS = (
+    *(f"LOSS.{k}" for k in LOSS_KEYS),
+    "LOSS.ROI_CLS_WEIGHT",
+    "FITNET.WEIGHT",
+    "CROSSKD.CLS_WEIGHT",
+    "CROSSKD.BOX_WEIGHT",
+    "FGD.ALPHA",
+    "FGD.BETA",
+    "FGD.GAMMA",
+    "FGD.LAMBDA",
+    "PKD.WEIGHT",
+    "MGD.WEIGHT",
+)
+# Keys under MODEL.DS2D2 that are finite numbers > 0: exponents and temperatures.
+POSITIVE_KEYS = ("LOSS.DENSE_BETA", "LOSS.ROI_TEMPERATURE", "FGD.TEMPERATURE")
+# Terms with one weight and no other switch: while listed in TERMS, that weight must be > 0 (to turn such a
+# term off, leave it out of TERMS).
+POSITIVE_WHEN_LISTED = {"FitNet": "FITNET.WEIGHT", "PKD": "PKD.WEIGHT", "MGD": "MGD.WEIGHT"}
+
+
+def _value(cfg: CfgNode, key: str) -> object:
+    node = cfg.MODEL.DS2D2
+    for part in key.split("."):
+        node = node[part]
+    return node
+
 
 def _one_of(value: object, allowed: Sequence, key: str) -> None:
     if value not in allowed:
         raise ValueError(f"{key} must be one of {tuple(allowed)}, got {value!r}.")
 
 
-def _check_ds2d2_keys(cfg: CfgNode) -> None:
-    """The MODEL.DS2D2 keys of the amplifier (stage 2) and the distiller (stage 3)."""
-    ds, arch = cfg.MODEL.DS2D2, cfg.MODEL.META_ARCHITECTURE
-    validate_wavelet(ds.WAVELET, "MODEL.DS2D2.WAVELET")
-    if arch == "DS2D2Amplifier":
-        _one_of(ds.AMPLIFIER_INIT, AMPLIFIER_INITS, "MODEL.DS2D2.AMPLIFIER_INIT")
-        return
-    for key in LOSS_KEYS:
-        config_number(ds.LOSS[key], f"MODEL.DS2D2.LOSS.{key}")
-    _one_of(ds.IMPLICIT_INPUT, IMPLICIT_INPUTS, "MODEL.DS2D2.IMPLICIT_INPUT")
-    _one_of(ds.LOSS.ROI_CLS_REDUCTION, sorted(ROI_CLS_REDUCTIONS), "MODEL.DS2D2.LOSS.ROI_CLS_REDUCTION")
-    names = list(ds.TERMS)
+def _check_terms(cfg: CfgNode) -> List[str]:
+    """MODEL.DS2D2.TERMS (distinct registered names, at least one), returned."""
+    names = list(cfg.MODEL.DS2D2.TERMS)
     known = sorted(name for name, _ in DISTILL_TERM_REGISTRY)
+    if not names:
+        raise ValueError(
+            f"MODEL.DS2D2.TERMS is empty: the distiller would train the student without distillation while "
+            f"building a teacher. List terms out of {known}, or train the student alone "
+            "(MODEL.META_ARCHITECTURE = MODEL.DS2D2.DETECTOR)."
+        )
     if any(n not in known for n in names) or len(set(names)) != len(names):
         raise ValueError(f"MODEL.DS2D2.TERMS must list distinct terms out of {known}; got {names}.")
+    return names
+
+
+def _check_distiller_keys(cfg: CfgNode) -> None:
+    """The MODEL.DS2D2 keys of the distiller (stage 3), each error naming its key."""
+    ds = cfg.MODEL.DS2D2
+    names = _check_terms(cfg)
+    positive = {key for name, key in POSITIVE_WHEN_LISTED.items() if name in names}
+    for key in NON_NEGATIVE_KEYS:
+        config_number(_value(cfg, key), f"MODEL.DS2D2.{key}", strict=key in positive)
+    for key in POSITIVE_KEYS:
+        config_number(_value(cfg, key), f"MODEL.DS2D2.{key}", strict=True)
+    ratio = ds.MGD.MASK_RATIO
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
+            or not 0 <= ratio < 1:
+        raise ValueError(f"MODEL.DS2D2.MGD.MASK_RATIO must be a number in [0, 1), got {ratio!r}.")
+    _one_of(ds.IMPLICIT_INPUT, IMPLICIT_INPUTS, "MODEL.DS2D2.IMPLICIT_INPUT")
+    _one_of(ds.LOSS.ROI_CLS_REDUCTION, sorted(ROI_CLS_REDUCTIONS), "MODEL.DS2D2.LOSS.ROI_CLS_REDUCTION")
 
 
 def check_datasets_registered(cfg: CfgNode, keys: Sequence[str] = ("TRAIN", "TEST")) -> None:
@@ -82,18 +127,26 @@ def check_dataset_classes(cfg: CfgNode, keys: Sequence[str] = ("TRAIN", "TEST"))
 
 
 def check_config(cfg: CfgNode, datasets: Sequence[str] = ("TRAIN", "TEST")) -> None:
-    """Every check of a config that needs no model, each error naming its key: SOLVER.CHECKPOINT_MAX_TO_KEEP,
-    the MODEL.DS2D2 keys of stages 2 and 3, and, for the ``DATASETS.<datasets>`` keys (none: skipped), that
-    the datasets are registered and agree on their classes with each other and with the model's head.
-    Called by the trainer, train_net.py --eval-only, run_pipeline.py and the DS2D2 meta-architectures."""
+    """Every check of a config that needs no model, each error naming its key: SOLVER.CHECKPOINT_MAX_TO_KEEP;
+    for stages 2 and 3 MODEL.DS2D2.WAVELET; for stage 2 AMPLIFIER_INIT; for stage 3 the loss weights (>= 0),
+    exponents and temperatures (> 0), MGD.MASK_RATIO, IMPLICIT_INPUT, the RoI reductions and TERMS; and, for
+    the ``DATASETS.<datasets>`` keys (none: skipped), that the datasets are registered and agree on their
+    classes with each other and with the model's head.
+    Called by the trainer, train_net.py --eval-only, run_pipeline.py and the DS2D2 meta-architectures, before
+    they build anything."""
     keep = cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
         raise ValueError(
             f"SOLVER.CHECKPOINT_MAX_TO_KEEP must be an integer >= 0 (0 keeps every periodic checkpoint), "
             f"got {keep!r}"
         )
-    if cfg.MODEL.META_ARCHITECTURE in ("DS2D2Amplifier", "DS2D2Distiller"):
-        _check_ds2d2_keys(cfg)
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch in ("DS2D2Amplifier", "DS2D2Distiller"):
+        validate_wavelet(cfg.MODEL.DS2D2.WAVELET, "MODEL.DS2D2.WAVELET")
+    if arch == "DS2D2Amplifier":
+        _one_of(cfg.MODEL.DS2D2.AMPLIFIER_INIT, AMPLIFIER_INITS, "MODEL.DS2D2.AMPLIFIER_INIT")
+    elif arch == "DS2D2Distiller":
+        _check_distiller_keys(cfg)
     if datasets:
         check_datasets_registered(cfg, datasets)
         check_dataset_classes(cfg, datasets)
