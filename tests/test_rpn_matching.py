@@ -9,7 +9,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
-from conftest import tiny_cfg, tiny_stages
+from conftest import assert_same_outputs, random_batch, tiny_cfg, tiny_stages
 from ds2d2.config import load_config
 from ds2d2.rpn import DS2D2RPN, MinIoULowQualityMatcher
 
@@ -120,14 +120,21 @@ def test_a_bad_minimum_is_named(value):
         build_model(rpn_cfg(value))
 
 
-def test_checkpoints_keep_their_tensor_names():
-    """A checkpoint of Detectron2's RPN loads into DS2D2RPN and back: same tensor names and shapes."""
+def test_checkpoints_and_inference_are_detectron2s():
+    """The same tensor names and shapes as Detectron2's RPN (checkpoints load either way), and with the same
+    weights the same detections: the matcher is used in training only."""
     torch.manual_seed(0)
-    ours = build_model(rpn_cfg(0.3)).state_dict()
+    ours = build_model(rpn_cfg(0.3)).eval()
     plain_cfg = rpn_cfg(0.3)
     plain_cfg.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
-    plain = build_model(plain_cfg).state_dict()
-    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in plain.items()}
+    plain = build_model(plain_cfg).eval()
+    assert type(plain.proposal_generator) is not DS2D2RPN
+    shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in (ours, plain)]
+    assert shapes[0] == shapes[1]
+    plain.load_state_dict(ours.state_dict())
+    batch = random_batch()
+    with torch.no_grad():
+        assert_same_outputs(ours(batch), plain(batch))
 
 
 def faster_rcnn_configs() -> List[Path]:
