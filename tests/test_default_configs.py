@@ -67,7 +67,7 @@ def base_lr(detector: str, stage: str, depth: int, dataset: str) -> float:
     if stage == "student" and dataset == "DIOR":
         # The DIOR R-18 student alone at 0.02; no published value for alone: the base 0.005.
         return 0.02 if depth == 18 else 0.005
-    return 0.005  # teacher R-101, amplifier, DS2D2 students, every DOTA student alone (retinanet_r*_2x_dota)
+    return 0.005  # teacher R-101, amplifier, DS2D2 students, every DOTA student alone
 
 
 class Role(NamedTuple):
