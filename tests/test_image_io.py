@@ -1,6 +1,7 @@
 """ds2d2_onnx.image_io, the project's one image reader: OpenCV's pixels for ordinary files, and a named
 ImageReadError for a missing, foreign, truncated or oversized file (the oversized one refused from its
 header)."""
+import os
 import struct
 import subprocess
 import sys
@@ -207,15 +208,40 @@ def test_huge_declared_png_refused_from_its_header(tmp_path, monkeypatch):
         image_size(path)
 
 
-def test_header_reading_ignores_pillows_own_limit(tmp_path):
+def jpeg_declaring(scene: np.ndarray, width: int, height: int) -> bytes:
+    """A JPEG of ``scene`` whose frame header (SOF0) says ``width`` x ``height``."""
+    data = bytearray(cv2.imencode(".jpg", scene)[1].tobytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name", ["large.png", "large.jpg"])
+def test_header_reading_ignores_pillows_own_limit(tmp_path, scene, name):
     """15000 x 15000 is above Pillow's decompression-bomb error (2 x MAX_IMAGE_PIXELS) but within ours: the
     header is read, and Pillow's process-wide limit is left as it was."""
     limit = Image.MAX_IMAGE_PIXELS
     assert 15000 * 15000 > 2 * limit
-    path = tmp_path / "large.png"
-    path.write_bytes(png_declaring(15000, 15000, payload_bytes=100))
+    path = tmp_path / name
+    data = png_declaring(15000, 15000, 100) if name.endswith("png") else jpeg_declaring(scene, 15000, 15000)
+    path.write_bytes(data)
     assert image_size(path) == (15000, 15000)
     assert Image.MAX_IMAGE_PIXELS == limit
+
+
+def test_opencv_own_limit_refusal_names_the_file(tmp_path, scene):
+    """Above OpenCV's own cap (OPENCV_IO_MAX_IMAGE_PIXELS, 2^30 by default; 100 here), OpenCV 5 raises and
+    4.x returns None: either way an ImageReadError naming the file."""
+    path = write_cv2(tmp_path, "scene.png", scene)
+    code = ("from ds2d2_onnx.image_io import ImageReadError, read_image\n"
+            f"try:\n    read_image({str(path)!r})\nexcept ImageReadError as e:\n    print('refused', e)")
+    env = {**os.environ, "OPENCV_IO_MAX_IMAGE_PIXELS": "100"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=REPO / "projects" / "DS2D2")
+    expected = f"refused OpenCV cannot decode '{path}' (PNG, 160 x 120)"
+    assert done.stdout.startswith(expected), done.stdout + done.stderr[-2000:]
+    if not cv2.__version__.startswith("4."):  # OpenCV 5's error says which limit: the message tells the fix
+        assert "set the environment variable OPENCV_IO_MAX_IMAGE_PIXELS too" in done.stdout
 
 
 def test_raised_limit_accepts_a_larger_image(tmp_path, scene):

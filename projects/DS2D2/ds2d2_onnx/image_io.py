@@ -227,8 +227,10 @@ def read_image(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as e:  # OpenCV 5 raises where 4.x returned None (e.g. above OPENCV_IO_MAX_IMAGE_PIXELS)
+        hint = ("; above OpenCV's own limit (2^30 pixels by default) set the environment variable "
+                "OPENCV_IO_MAX_IMAGE_PIXELS too") if "MAX_IMAGE" in str(e) else ""
         raise ImageReadError(
-            f"OpenCV cannot decode '{path}' ({fmt}, {width} x {height}): {str(e).strip()}"
+            f"OpenCV cannot decode '{path}' ({fmt}, {width} x {height}): {str(e).strip()}{hint}"
         ) from e
     if image is None:
         raise ImageReadError(
