@@ -223,3 +223,12 @@ def test_load_for_evaluation_takes_the_checkpoints_of_stages_2_and_3(tmp_path, s
     torch.save({"model": trained}, tmp_path / "model_final.pth")
     load_for_evaluation(model, str(tmp_path / "model_final.pth"), "MODEL.WEIGHTS")
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+
+
+def test_load_for_evaluation_takes_a_checkpoint_written_under_ddp(tmp_path):
+    """A multi-process run saves its DistributedDataParallel model: every name starts with ``module.``."""
+    model = build_model(tiny_cfg("GeneralizedRCNN"))
+    trained = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save({"model": {f"module.{k}": v for k, v in trained.items()}}, tmp_path / "model_final.pth")
+    load_for_evaluation(model, str(tmp_path / "model_final.pth"), "MODEL.WEIGHTS")
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
