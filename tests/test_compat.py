@@ -1,5 +1,6 @@
 """Every private detectron2 name ds2d2.compat relies on is still there and still means what compat assumes.
 A detectron2 upgrade that moves one fails here, with the name in the message."""
+import importlib
 import inspect
 
 import pytest
@@ -108,3 +109,72 @@ def test_default_trainer_steps_and_checkpoints_through_the_trainer_compat_sets()
     holder, inner = Holder(), object()
     compat.set_step_trainer(holder, inner)
     assert compat.step_trainer(holder) is inner
+
+
+# Every detectron2 name compat.install_rotated_ops replaces, spelled out here so that the table in compat and
+# this test must agree, and an upgrade that moves or renames one fails below, naming it.
+PATCHED_ROTATED_NAMES = {
+    ("detectron2.layers.rotated_boxes", "pairwise_iou_rotated"): "pairwise_iou_rotated",
+    ("detectron2.structures.rotated_boxes", "pairwise_iou_rotated"): "pairwise_iou_rotated",
+    ("detectron2.layers.nms", "nms_rotated"): "nms_rotated",
+    ("detectron2.layers", "nms_rotated"): "nms_rotated",
+    ("detectron2.layers.nms", "batched_nms_rotated"): "batched_nms_rotated",
+    ("detectron2.layers", "batched_nms_rotated"): "batched_nms_rotated",
+    ("detectron2.modeling.proposal_generator.rrpn", "batched_nms_rotated"): "batched_nms_rotated",
+    ("detectron2.modeling.roi_heads.rotated_fast_rcnn", "batched_nms_rotated"): "batched_nms_rotated",
+    ("detectron2.layers.roi_align_rotated", "roi_align_rotated"): "roi_align_rotated",
+    ("detectron2.layers", "roi_align_rotated"): "roi_align_rotated",
+}
+# Where detectron2 calls them through those names (source text of the calling function).
+ROTATED_CALLERS = [
+    ("detectron2.structures.rotated_boxes", "pairwise_iou", "pairwise_iou_rotated("),
+    ("detectron2.modeling.proposal_generator.rrpn", "find_top_rrpn_proposals", "batched_nms_rotated("),
+    ("detectron2.modeling.proposal_generator.rrpn", "RRPN.label_and_sample_anchors",
+     "pairwise_iou_rotated)("),
+    ("detectron2.modeling.roi_heads.rotated_fast_rcnn", "fast_rcnn_inference_single_image_rotated",
+     "batched_nms_rotated("),
+    ("detectron2.modeling.roi_heads.rotated_fast_rcnn", "RROIHeads.label_and_sample_proposals",
+     "pairwise_iou_rotated("),
+    ("detectron2.layers.roi_align_rotated", "ROIAlignRotated.forward", "roi_align_rotated("),
+    ("detectron2.modeling.poolers", "ROIPooler.__init__", "ROIAlignRotated("),
+]
+
+
+def test_rotated_ops_table_names_every_patched_attribute():
+    table = {place: name for name, places in compat.ROTATED_OPS.items() for place in places}
+    assert table == PATCHED_ROTATED_NAMES
+
+
+@pytest.mark.parametrize("place", sorted(PATCHED_ROTATED_NAMES), ids=".".join)
+def test_each_patched_rotated_attribute_exists_and_is_ours_on_a_pure_python_install(place):
+    from ds2d2 import rotated
+
+    module_name, attribute = place
+    module = importlib.import_module(module_name)
+    assert hasattr(module, attribute), (
+        f"detectron2 {module_name}.{attribute} is gone: ds2d2.compat.ROTATED_OPS (install_rotated_ops) "
+        "must follow"
+    )
+    ours = getattr(rotated, PATCHED_ROTATED_NAMES[place])
+    if compat.detectron2_has_compiled_ops():
+        assert getattr(module, attribute) is not ours, "an official detectron2 build keeps its compiled ops"
+    else:
+        assert getattr(module, attribute) is ours, f"import ds2d2 did not install {module_name}.{attribute}"
+
+
+@pytest.mark.parametrize("module_name, function, call", ROTATED_CALLERS, ids=[c[1] for c in ROTATED_CALLERS])
+def test_detectron2_calls_the_rotated_ops_through_the_patched_names(module_name, function, call):
+    target = importlib.import_module(module_name)
+    for part in function.split("."):
+        target = getattr(target, part)
+    assert uses(target, call), (
+        f"detectron2 {module_name}.{function} no longer calls {call[:-1]}: the rotated ops it reaches "
+        "must be added to ds2d2.compat.ROTATED_OPS"
+    )
+
+
+def test_install_rotated_ops_is_a_no_op_with_compiled_ops(monkeypatch):
+    nms_module = importlib.import_module("detectron2.layers.nms")  # detectron2.layers.nms is a function
+    monkeypatch.setattr(compat, "detectron2_has_compiled_ops", lambda: True)
+    monkeypatch.setattr(nms_module, "nms_rotated", "compiled")
+    assert compat.install_rotated_ops() is False and nms_module.nms_rotated == "compiled"

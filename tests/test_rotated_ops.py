@@ -1,6 +1,6 @@
-"""ds2d2.rotated: rotated IoU against Shapely polygons, NMS against a greedy Shapely reference, ROIAlignRotated
-against torchvision's roi_align (angle 0, and 90 degrees on the rotated image) and a per-sample loop of
-Detectron2's definition; and Detectron2's own rotated calls after ``import ds2d2``."""
+"""ds2d2.rotated: rotated IoU against Shapely polygons, NMS against a greedy Shapely reference,
+ROIAlignRotated against torchvision's roi_align (angle 0, and 90 degrees on the rotated image) and a
+per-sample loop of Detectron2's definition; and Detectron2's own rotated calls after ``import ds2d2``."""
 import math
 from typing import List
 
@@ -15,7 +15,8 @@ from ds2d2.compat import detectron2_has_compiled_ops
 from ds2d2.rotated import batched_nms_rotated, nms_rotated, pairwise_iou_rotated, roi_align_rotated
 from ds2d2.rotated import ops
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+DEVICES = ["cpu", pytest.param("cuda", marks=NO_CUDA)]
 
 
 def polygon(rotated_box) -> Polygon:
@@ -123,7 +124,8 @@ def test_chunked_screening_and_evaluation_give_the_same_iou(monkeypatch):
     assert (whole.double() - shapely_iou(boxes1, boxes2)).abs().max() <= 1e-4
 
 
-def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, threshold: float) -> List[int]:
+def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, threshold: float
+               ) -> List[int]:
     """Textbook greedy NMS on Shapely IoU: best score first (ties: lower index), drop later boxes of the same
     class whose IoU with it is > threshold."""
     order = sorted(range(len(boxes)), key=lambda k: (-float(scores[k]), k))
@@ -276,7 +278,8 @@ def test_roi_align_rotated_gradients_and_dtypes():
 
 
 needs_stub = pytest.mark.skipif(detectron2_has_compiled_ops(), reason="detectron2 keeps its compiled ops")
-needs_compiled = pytest.mark.skipif(not detectron2_has_compiled_ops(), reason="detectron2 has no compiled ops")
+needs_compiled = pytest.mark.skipif(not detectron2_has_compiled_ops(),
+                                    reason="detectron2 has no compiled ops")
 
 
 @needs_compiled
