@@ -208,6 +208,24 @@ def test_huge_declared_png_refused_from_its_header(tmp_path, monkeypatch):
         image_size(path)
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak memory from Linux's /proc")
+def test_small_png_declaring_a_dota_sized_image_costs_little(tmp_path):
+    """20000 x 20000 is within the default limit (real DOTA scenes are that large), so such a 48 KB file
+    reaches the decoder: it is refused by name there, and the process's peak memory stays far below the
+    1.2 GB that image would take (measured in a fresh process)."""
+    path = tmp_path / "dota_sized.png"
+    path.write_bytes(png_declaring(20000, 20000))
+    # VmHWM: this process's peak resident memory (ru_maxrss would include the parent's, kept across exec)
+    code = ("import re\nfrom ds2d2_onnx.image_io import ImageReadError, read_image\n"
+            f"try:\n    read_image({str(path)!r})\nexcept ImageReadError as e:\n    print('refused', e)\n"
+            "print(int(re.search(r'VmHWM:\\s*(\\d+) kB', open('/proc/self/status').read())[1]) // 1024)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=REPO / "projects" / "DS2D2")
+    refusal, peak_mib = done.stdout.splitlines()
+    assert refusal.startswith(f"refused OpenCV cannot decode '{path}' (PNG, 20000 x 20000)"), done.stderr
+    assert int(peak_mib) < 400
+
+
 def jpeg_declaring(scene: np.ndarray, width: int, height: int) -> bytes:
     """A JPEG of ``scene`` whose frame header (SOF0) says ``width`` x ``height``."""
     data = bytearray(cv2.imencode(".jpg", scene)[1].tobytes())
