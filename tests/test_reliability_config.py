@@ -1,7 +1,8 @@
 """Bad configs fail before the first iteration, naming the key and the value or file. The distiller's own
-checks (teacher/amplifier files, depth, class count and list, wavelet, loss weights) are tested at build time
-in test_distiller.py; here: dataset names, SOLVER.CHECKPOINT_MAX_TO_KEEP, and the whole train_net.py path for
-two bad configs."""
+checks (teacher/amplifier files, depth, class count and list) are tested at build time in test_distiller.py;
+here: dataset names, SOLVER.CHECKPOINT_MAX_TO_KEEP, the whole train_net.py path for two bad configs, every
+MODEL.DS2D2 key ``checks.check_config`` refuses before the teacher is built, and DATASETS.OWN entries whose
+files cannot be read."""
 import json
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def test_train_net_fails_before_the_first_iteration(data_root, tmp_path, flags, 
     assert not list(out.glob("*.pth")) and not (out / "metrics.json").exists()
 
 
-# ---- config.load_config / config.check_config, without a trainer ------------------------------------------
+# ---- config.load_config / checks.check_config, without a trainer ------------------------------------------
 SYNTHETIC_RETINANET = "configs/synthetic/retinanet_R50_to_R18.yaml"
 REPO = Path(__file__).resolve().parents[1]
 
