@@ -10,6 +10,7 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from conftest import assert_same_outputs, random_batch, tiny_cfg, tiny_stages
+from ds2d2.checks import check_config
 from ds2d2.config import load_config
 from ds2d2.rpn import DS2D2RPN, MinIoULowQualityMatcher
 
@@ -181,3 +182,13 @@ def test_distiller_student_and_amplifier_label_with_the_minimum(tmp_path):
     amplifier = build_model(load_config(str(tmp_path / "teacher.yaml"), opts, register=False))
     for rpn in (distiller.student.proposal_generator, amplifier.detector.proposal_generator):
         assert isinstance(rpn, DS2D2RPN) and rpn.anchor_matcher.min_iou == 0.3
+
+
+def test_min_iou_with_the_plain_rpn_is_refused_by_key():
+    """A non-zero MODEL.RPN.LOW_QUALITY_MIN_IOU that Detectron2's own RPN would silently ignore is refused."""
+    cfg = load_config("configs/synthetic/faster_rcnn_R18_student.yaml", register=False)
+    cfg.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
+    with pytest.raises(ValueError, match=r"MODEL\.RPN\.LOW_QUALITY_MIN_IOU is 0\.3.*PROPOSAL_GENERATOR\.NAME"):
+        check_config(cfg, datasets=())
+    cfg.MODEL.RPN.LOW_QUALITY_MIN_IOU = 0.0
+    check_config(cfg, datasets=())

@@ -11,9 +11,17 @@ from typing import List, Sequence
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .config import AMPLIFIER_INITS, IMPLICIT_INPUTS, LOSS_KEYS, config_number, model_num_classes
+from .config import (
+    AMPLIFIER_INITS,
+    IMPLICIT_INPUTS,
+    LOSS_KEYS,
+    config_number,
+    detector_architecture,
+    model_num_classes,
+)
 from .distill import DISTILL_TERM_REGISTRY
 from .losses import ROI_CLS_REDUCTIONS
+from .rpn import MIN_IOU_KEY, low_quality_min_iou
 from .wavelet import validate_wavelet
 
 __all__ = ["check_config", "check_dataset_classes", "check_datasets_registered"]
@@ -126,6 +134,17 @@ def check_dataset_classes(cfg: CfgNode, keys: Sequence[str] = ("TRAIN", "TEST"))
         )
 
 
+def _check_rpn_min_iou(cfg: CfgNode) -> None:
+    """MODEL.RPN.LOW_QUALITY_MIN_IOU in [0, 1], and only set (non-zero) for the RPN that reads it."""
+    value = low_quality_min_iou(cfg)
+    name = cfg.MODEL.PROPOSAL_GENERATOR.NAME
+    if value > 0 and name != "DS2D2RPN" and detector_architecture(cfg) == "GeneralizedRCNN":
+        raise ValueError(
+            f"{MIN_IOU_KEY} is {value:g}, but MODEL.PROPOSAL_GENERATOR.NAME is {name!r}, which ignores it: set "
+            f"MODEL.PROPOSAL_GENERATOR.NAME DS2D2RPN (Detectron2's RPN with that rule), or {MIN_IOU_KEY} 0."
+        )
+
+
 def check_config(cfg: CfgNode, datasets: Sequence[str] = ("TRAIN", "TEST")) -> None:
     """Every check of a config that needs no model, each error naming its key: SOLVER.CHECKPOINT_MAX_TO_KEEP;
     for stages 2 and 3 MODEL.DS2D2.WAVELET; for stage 2 AMPLIFIER_INIT; for stage 3 the loss weights (>= 0),
@@ -140,6 +159,7 @@ def check_config(cfg: CfgNode, datasets: Sequence[str] = ("TRAIN", "TEST")) -> N
             f"SOLVER.CHECKPOINT_MAX_TO_KEEP must be an integer >= 0 (0 keeps every periodic checkpoint), "
             f"got {keep!r}"
         )
+    _check_rpn_min_iou(cfg)
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch in ("DS2D2Amplifier", "DS2D2Distiller"):
         validate_wavelet(cfg.MODEL.DS2D2.WAVELET, "MODEL.DS2D2.WAVELET")

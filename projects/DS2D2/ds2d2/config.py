@@ -184,11 +184,16 @@ def add_ds2d2_config(cfg: CN) -> None:
     _C.DATASETS.OWN = CN(new_allowed=True)
 
 
+def detector_architecture(cfg) -> str:
+    """The meta-architecture of the detector a config trains: MODEL.DS2D2.DETECTOR for the DS2D2 stages 2-3
+    (which wrap one), else MODEL.META_ARCHITECTURE."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    return cfg.MODEL.DS2D2.DETECTOR if arch in ("DS2D2Amplifier", "DS2D2Distiller") else arch
+
+
 def model_num_classes(cfg) -> Optional[Tuple[str, int]]:
     """(config key, value) of the number of classes the model predicts; None for other meta-architectures."""
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch in ("DS2D2Amplifier", "DS2D2Distiller"):
-        arch = cfg.MODEL.DS2D2.DETECTOR
+    arch = detector_architecture(cfg)
     if arch == "RetinaNet":
         return "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
     if arch == "GeneralizedRCNN":
