@@ -1,6 +1,7 @@
 """tools/visualize_ds2d2.py: its maps against direct recomputations, and its PNG (tiny random models)."""
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -164,4 +165,30 @@ def test_cli_reports_bad_inputs(setup, capsys):
     assert "--weights" in capsys.readouterr().err
     assert V.main(["--config-file", str(config), "--dataset", DATASET, "--index", "99", "--output", out]) == 1
     assert "out of range" in capsys.readouterr().err
+    assert not Path(out).exists()
+
+
+def test_images_are_read_as_the_trainer_reads_them(setup, capsys):
+    """--image and --dataset go through CheckedDatasetMapper: a truncated JPEG (which PIL would decode half
+    grey or fail on without a name) and an image over INPUT.MAX_PIXELS are refused naming the file, before
+    any model is built."""
+    folder, config, root = setup
+    source = root / "JPEGImages-test" / "00004.jpg"
+    truncated = folder / "truncated.jpg"
+    truncated.write_bytes(source.read_bytes()[:-400])
+    out = str(folder / "never.png")
+    assert V.main(["--config-file", str(config), "--image", str(truncated), "--output", out]) == 1
+    assert f"'{truncated}' is a truncated JPEG" in capsys.readouterr().err
+
+    no_resize = V.setup_cfg(str(config), ["INPUT.MIN_SIZE_TEST", "0"])
+    assert no_resize.INPUT.FORMAT == "BGR"
+    pixels = V.load_input(no_resize, image=str(source))["image"].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(pixels, cv2.imread(str(source)))  # OpenCV's decoding, not PIL's
+    limit = ["INPUT.MAX_PIXELS", str(128 * 128 - 1)]
+    assert V.main(["--config-file", str(config), "--image", str(source), "--output", out, *limit]) == 1
+    err = capsys.readouterr().err
+    assert f"'{source}' is 128 x 128 = 16384 pixels, more than the limit of 16383" in err
+    assert "INPUT.MAX_PIXELS" in err
+    assert V.main(["--config-file", str(config), "--dataset", DATASET, "--output", out, *limit]) == 1
+    assert "more than the limit of 16383 pixels" in capsys.readouterr().err
     assert not Path(out).exists()

@@ -12,7 +12,10 @@ grid, the DISW map, the teacher/student discrepancy of the low band, sum over ch
 --no-weighted) both multiplied by DISW: the loss is the mean of these last two. The image goes through the
 config's test-time resize; dataset images keep their ground-truth boxes (mapped through the same resize), a
 plain --image has none, so its DISW is 1 everywhere. Builtin datasets (dior_*, synthetic_dior_*) are read
-under $DETECTRON2_DATASETS (default ./datasets). Trailing ``KEY VALUE`` pairs override the config.
+under $DETECTRON2_DATASETS (default ./datasets). Trailing ``KEY VALUE`` pairs override the config. The image
+is read as the trainer reads it (``ds2d2.data.mapper.CheckedDatasetMapper``): a missing, truncated or
+undecodable file, or one of more than ``INPUT.MAX_PIXELS`` pixels (raise it with ``INPUT.MAX_PIXELS N``), is
+refused naming the file, before any model is built.
 """
 import argparse
 import sys
@@ -21,7 +24,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.data import DatasetCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.modeling import build_model
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -31,6 +34,7 @@ from matplotlib.patches import Rectangle
 from ds2d2 import disw_map, dwt, explicit_band_losses
 from ds2d2.checkpoint import load_state_strictly, read_checkpoint
 from ds2d2.config import load_config
+from ds2d2.data.mapper import CheckedDatasetMapper
 from ds2d2.meta_arch.distiller import DS2D2Distiller
 
 MAP_KEYS = ("disw", "low", "high", "weighted_low", "weighted_high")
@@ -61,7 +65,9 @@ def load_input(
     cfg: CfgNode, image: Optional[str] = None, dataset: Optional[str] = None, index: int = 0
 ) -> Dict:
     """One model input (``image`` tensor in cfg.INPUT.FORMAT, height, width and, for dataset images,
-    ``instances`` with the ground-truth boxes) after the config's test-time resize."""
+    ``instances`` with the ground-truth boxes) after the config's test-time resize. The image is read by
+    ``CheckedDatasetMapper`` under cfg.INPUT.MAX_PIXELS: a bad or oversized file is an ImageReadError (a
+    ValueError) naming it."""
     if (image is None) == (dataset is None):
         raise ValueError("give exactly one of an image path or a dataset name")
     if dataset is not None:
@@ -73,7 +79,9 @@ def load_input(
         record = {"file_name": image}
     # is_train=True only makes the mapper keep (and resize) the annotations; the resize is the test one
     test_resize = utils.build_augmentation(cfg, is_train=False)
-    mapper = DatasetMapper(is_train=True, augmentations=test_resize, image_format=cfg.INPUT.FORMAT)
+    mapper = CheckedDatasetMapper(
+        is_train=True, augmentations=test_resize, image_format=cfg.INPUT.FORMAT, max_pixels=cfg.INPUT.MAX_PIXELS
+    )
     return mapper(record)
 
 
