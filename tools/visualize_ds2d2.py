@@ -80,7 +80,8 @@ def load_input(
     # is_train=True only makes the mapper keep (and resize) the annotations; the resize is the test one
     test_resize = utils.build_augmentation(cfg, is_train=False)
     mapper = CheckedDatasetMapper(
-        is_train=True, augmentations=test_resize, image_format=cfg.INPUT.FORMAT, max_pixels=cfg.INPUT.MAX_PIXELS
+        is_train=True, augmentations=test_resize, image_format=cfg.INPUT.FORMAT,
+        max_pixels=cfg.INPUT.MAX_PIXELS,
     )
     return mapper(record)
 
