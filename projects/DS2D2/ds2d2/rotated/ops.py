@@ -4,13 +4,13 @@ Boxes follow Detectron2: (cx, cy, w, h, angle) in pixels and degrees, the angle 
 the image (y pointing down), so a box's corners are ``(cx, cy) + R (+-w/2, +-h/2)`` with
 ``R = [[cos, sin], [-sin, cos]]``.
 
-- IoU: the intersection of two rectangles is the convex polygon whose vertices are among the corners of each
-  inside the other and the crossings of their edges (4 + 4 + 16 candidates, duplicates harmless); they are
-  ordered by angle about their mean and the area is the shoelace sum, batched over pairs. Each pair is
-  computed in the frame of its smaller box (float64 relative centre and angle, then the work dtype), so
-  parallel edges are recognised as such and tiny boxes far from the origin keep their precision. Only pairs
-  whose axis-aligned bounding rectangles meet are computed, screened and computed in bounded chunks, so
-  N x M of several thousand (or a hundred x a million anchors) stays in memory.
+- IoU: in the frame of the smaller box A of a pair (float64 relative centre and angle, then the work dtype,
+  so tiny boxes far from the origin keep their precision), the other box's boundary projected onto A (its
+  coordinates clamped) is a closed path around exactly A's part inside it: its shoelace area is the
+  intersection, from 20 points (each edge's corner and its 4 crossings of A's side lines, in order), with no
+  tolerances and no special case for parallel or touching edges; batched over pairs. Only pairs whose
+  axis-aligned bounding rectangles meet are computed, screened and computed in bounded chunks, so N x M of
+  several thousand (or a hundred x a million anchors) stays in memory.
 - NMS: greedy NMS (a box goes when its IoU with a kept, higher-scoring box is > the threshold), resolved as a
   fixed point over the suppressing pairs instead of box by box; pairs whose bounding rectangles bound their
   IoU below the threshold are skipped unevaluated. The class-aware variant only pairs boxes of the same class
@@ -30,10 +30,10 @@ from torch import Tensor
 __all__ = ["batched_nms_rotated", "nms_rotated", "pairwise_iou_rotated", "roi_align_rotated"]
 
 MIN_AREA = 1e-14  # boxes with w * h below this have IoU 0 with everything (Detectron2's rule)
-PARALLEL_SINE = 1e-6  # edges whose directions' |sin| is at most this are parallel (float32 noise is ~1e-7)
-RELATIVE_SLACK = 1e-5  # relative tolerance of the on-edge / inside tests: keeping a near point is harmless
+TOUCHING_EPS = 100  # intersections below this many machine epsilons of the smaller box are rounding: 0
+SCREEN_SLACK = 1e-5  # relative growth of the bounding rectangles that screen pairs, to cover rounding
 SCREEN_BUDGET = 1 << 22  # box pairs screened at once by the bounding-rectangle test
-PAIR_CHUNK = {"cpu": 1 << 15, "cuda": 1 << 19}  # exact IoUs computed at once (~1.5 kB each)
+PAIR_CHUNK = {"cpu": 1 << 15, "cuda": 1 << 19}  # exact IoUs computed at once (~1 kB each)
 SAMPLE_BUDGET = 1 << 24  # ROIAlignRotated samples x channels gathered at once
 
 
@@ -70,7 +70,7 @@ def _frames(boxes: Tensor, dtype: torch.dtype) -> _Frames:
     cos, sin = torch.cos(theta), torch.sin(theta)
     extent = torch.stack([cos.abs() * size[:, 0] + sin.abs() * size[:, 1],
                           sin.abs() * size[:, 0] + cos.abs() * size[:, 1]], 1) / 2
-    extent = extent * (1 + RELATIVE_SLACK) + centers.abs().amax(1, keepdim=True) * 1e-6
+    extent = extent * (1 + SCREEN_SLACK) + centers.abs().amax(1, keepdim=True) * 1e-6
     area = size[:, 0] * size[:, 1]
     return _Frames(
         centers=centers,
@@ -84,25 +84,7 @@ def _frames(boxes: Tensor, dtype: torch.dtype) -> _Frames:
     )
 
 
-def _convex_area(xs: Tensor, ys: Tensor, valid: Tensor) -> Tensor:
-    """[P] area of the convex polygon whose vertices (in any order, duplicates allowed) are the valid ones of
-    xs, ys [P, K]; 0 with fewer than 3. Vertices are ordered by a pseudo-angle about their mean."""
-    count = valid.sum(1, keepdim=True)
-    weights = valid.to(xs.dtype) / count.clamp(min=1).to(xs.dtype)
-    dx = xs - (xs * weights).sum(1, keepdim=True)
-    dy = ys - (ys * weights).sum(1, keepdim=True)
-    ratio = dy / (dx.abs() + dy.abs()).clamp(min=torch.finfo(xs.dtype).tiny)  # in [-1, 1]
-    angle = torch.where(dx >= 0, ratio, 2 - ratio).masked_fill(~valid, 4.0)  # monotone in the angle
-    angle, order = angle.sort(dim=1)  # invalid ones last
-    dx, dy = dx.gather(1, order), dy.gather(1, order)
-    used = angle < 4.0
-    dx, dy = torch.where(used, dx, dx[:, :1]), torch.where(used, dy, dy[:, :1])  # unused -> first: no area
-    area = (dx * dy.roll(-1, 1) - dy * dx.roll(-1, 1)).sum(1).abs() / 2
-    return torch.where(count[:, 0] >= 3, area, torch.zeros_like(area))
-
-
-# Corners 0..3 as signs along a box's (u, v) axes, consecutive ones sharing an edge; the edge leaving
-# corner k runs along -v, -u, +v, +u for k = 0..3.
+# Corners 0..3 of a box as signs along its (u, v) axes, in order around it.
 _SIGN_U, _SIGN_V = (1.0, 1.0, -1.0, -1.0), (1.0, -1.0, -1.0, 1.0)
 
 
@@ -111,41 +93,36 @@ def _intersection(half_a: Tensor, center_b: Tensor, cos: Tensor, sin: Tensor, ha
     (centre [P, 2] in A's frame, turned relative to A by an angle of the given [P] cos and sin, half sizes
     [P, 2]).
 
-    The intersection's vertices are among A's corners inside B, B's corners inside A and the crossings of B's
-    edges with the lines of A's sides (4 + 4 + 16 candidates)."""
-    sign_u, sign_v = (torch.tensor(s, dtype=half_a.dtype, device=half_a.device) for s in (_SIGN_U, _SIGN_V))
+    Projecting B's boundary onto A (clamping both coordinates) gives a closed path that winds once around
+    exactly the points of A inside B (a point of A's interior is never crossed on the way from a boundary
+    point to its projection), so its shoelace area is the intersection's. The projection of each edge is a
+    polyline that bends only where the edge crosses the lines x = +-a, y = +-b: 1 + 4 points per edge, no
+    tolerances, parallel edges included."""
     a, b = half_a[:, :1], half_a[:, 1:]  # [P, 1]
-    hu, hv = half_b[:, :1], half_b[:, 1:]
-    ux, uy, vx, vy = cos[:, None], -sin[:, None], sin[:, None], cos[:, None]  # B's unit axes in A's frame
-    qx, qy = center_b[:, :1], center_b[:, 1:]
-    slack_a = half_a.amax(1, keepdim=True) * RELATIVE_SLACK
-    slack_b = half_b.amax(1, keepdim=True) * RELATIVE_SLACK
-    # A's corners inside B
-    ax, ay = a * sign_u, b * sign_v  # [P, 4]
-    ox, oy = ax - qx, ay - qy
-    a_in_b = ((ox * ux + oy * uy).abs() <= hu + slack_b) & ((ox * vx + oy * vy).abs() <= hv + slack_b)
-    # B's corners inside A
-    along_u, along_v = hu * sign_u, hv * sign_v
-    bx, by = qx + along_u * ux + along_v * vx, qy + along_u * uy + along_v * vy
-    b_in_a = (bx.abs() <= a + slack_a) & (by.abs() <= b + slack_a)
-    # B's edges (start corner, unit direction -v, -u, v, u, length) crossing the lines x = +-a and y = +-b
-    dx, dy = torch.cat([-vx, -ux, vx, ux], 1), torch.cat([-vy, -uy, vy, uy], 1)  # [P, 4]
-    length = torch.cat([hv, hu, hv, hu], 1) * 2
-    low, high = -RELATIVE_SLACK * length, length * (1 + RELATIVE_SLACK)
-    xs, ys, valid = [ax, bx], [ay, by], [a_in_b, b_in_a]
-    for line, start, step, other_start, other_step, bound in ((a, bx, dx, by, dy, b + slack_a),
-                                                              (b, by, dy, bx, dx, a + slack_a)):
-        parallel = step.abs() <= PARALLEL_SINE
-        inverse = 1 / torch.where(parallel, torch.ones_like(step), step)
-        for value in (line, -line):
-            s = (value - start) * inverse  # distance along the edge to the line
-            other = other_start + s * other_step
-            ok = ~parallel & (s >= low) & (s <= high) & (other.abs() <= bound)
-            on_line = value.expand_as(other)
-            xs.append(on_line if line is a else other)
-            ys.append(other if line is a else on_line)
-            valid.append(ok)
-    return _convex_area(torch.cat(xs, 1), torch.cat(ys, 1), torch.cat(valid, 1))
+    along_u = half_b[:, :1] * torch.tensor(_SIGN_U, dtype=half_b.dtype, device=half_b.device)
+    along_v = half_b[:, 1:] * torch.tensor(_SIGN_V, dtype=half_b.dtype, device=half_b.device)
+    cos, sin = cos[:, None], sin[:, None]
+    px = center_b[:, :1] + along_u * cos + along_v * sin  # B's corners [P, 4] in A's frame, in order
+    py = center_b[:, 1:] - along_u * sin + along_v * cos
+    dx, dy = px.roll(-1, 1) - px, py.roll(-1, 1) - py  # edge k runs from corner k to corner k + 1
+
+    def crossings(start: Tensor, step: Tensor, bound: Tensor) -> Tuple[Tensor, Tensor]:
+        """Edge parameters in [0, 1] where start + t * step crosses -bound and +bound, smaller first."""
+        flat = step == 0
+        step = torch.where(flat, torch.ones_like(step), step)
+        first = torch.where(flat, torch.zeros_like(step), (-bound - start) / step).clamp(0, 1)
+        second = torch.where(flat, torch.zeros_like(step), (bound - start) / step).clamp(0, 1)
+        return torch.minimum(first, second), torch.maximum(first, second)
+
+    x_low, x_high = crossings(px, dx, a)
+    y_low, y_high = crossings(py, dy, b)
+    middle = torch.maximum(x_low, y_low), torch.minimum(x_high, y_high)
+    t = torch.stack([torch.zeros_like(px), torch.minimum(x_low, y_low), torch.minimum(*middle),
+                     torch.maximum(*middle), torch.maximum(x_high, y_high)], 2)  # [P, 4, 5], in order
+    xs = (px[..., None] + t * dx[..., None]).flatten(1)  # [P, 20]: the path, edge by edge
+    ys = (py[..., None] + t * dy[..., None]).flatten(1)
+    xs, ys = torch.minimum(torch.maximum(xs, -a), a), torch.minimum(torch.maximum(ys, -b), b)
+    return (xs * ys.roll(-1, 1) - ys * xs.roll(-1, 1)).sum(1).abs() / 2
 
 
 def _pair_iou(frames1: _Frames, i: Tensor, frames2: _Frames, j: Tensor) -> Tensor:
@@ -168,7 +145,9 @@ def _pair_iou(frames1: _Frames, i: Tensor, frames2: _Frames, j: Tensor) -> Tenso
     inter = _intersection(pick(frames1.half[i], frames2.half[j]), center_b.to(dtype),
                           torch.cos(turn).to(dtype), torch.sin(turn).to(dtype),
                           pick(frames2.half[j], frames1.half[i]))
-    inter = torch.minimum(inter, torch.minimum(area1, area2))
+    smaller = torch.minimum(area1, area2)
+    noise = smaller * TOUCHING_EPS * torch.finfo(dtype).eps  # what touching boxes leave (float32: 1.2e-5)
+    inter = torch.where(inter > noise, torch.minimum(inter, smaller), torch.zeros_like(inter))
     return inter / (area1 + area2 - inter)
 
 
