@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
+import cv2
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -304,6 +305,28 @@ def test_dota_label_without_image_is_named(tmp_path, data):
     expected = r"DATASETS.OWN.my_dota_train: Images and label files of .* do not match:\n  .*txt: no image"
     with pytest.raises(ValueError, match=expected):
         load_config(DOTA_BASE, opts)
+
+
+def test_dota_images_are_split_under_input_max_pixels(tmp_path, data):
+    """A DATASETS.OWN DOTA entry is split under the config's INPUT.MAX_PIXELS (not the reader's default): one
+    pixel below the largest image refuses that image by name, with the entry's key and the key to raise,
+    before any patch is cut; at the image's size the split goes through."""
+    sizes = {p: cv2.imread(str(p)).shape[:2] for p in (data["dota"] / "train" / "images").iterdir()}
+    largest = max(sizes, key=lambda p: sizes[p][0] * sizes[p][1])
+    height, width = sizes[largest]
+    cache = tmp_path / "cache"
+    key = "DATASETS.OWN.my_dota_train"
+    opts = [f"{key}.ROOT", str(data["dota"] / "train"), f"{key}.CACHE", str(cache), "DATASETS.TEST", "()"]
+    expected = (re.escape(f"{key}: '{largest}' is {width} x {height} = {width * height} "
+                          f"pixels, more than the limit of {width * height - 1} pixels.")
+                + r".*INPUT\.MAX_PIXELS in a training config")
+    with pytest.raises(ValueError, match=expected):
+        load_config(DOTA_BASE, opts + ["INPUT.MAX_PIXELS", str(width * height - 1)])
+    assert not list(cache.rglob("*.png"))
+    with pytest.raises(ValueError, match=r"^INPUT\.MAX_PIXELS must be an integer >= 1 \(pixels\), got 0$"):
+        load_config(DOTA_BASE, opts + ["INPUT.MAX_PIXELS", "0"])
+    cfg = load_config(DOTA_BASE, opts + ["INPUT.MAX_PIXELS", str(width * height)])
+    assert cfg.DATASETS.OWN.my_dota_train.CACHE == str(cache) and list(cache.rglob("*.png"))
 
 
 def test_train_and_test_classes_must_agree(data):

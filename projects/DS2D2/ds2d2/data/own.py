@@ -19,8 +19,9 @@ Keys per format (defaults in brackets; relative paths are taken from ROOT, ROOT 
 - ``dota``: ROOT (a DOTA-format split folder: images/, labelTxt/), CLASSES [[]: DOTA v1.0's, or v1.5's, if
   they hold every label category, else the categories sorted], CACHE ["": $DETECTRON2_DATASETS/ds2d2_cache/
   <name>-<hash of ROOT and settings>], PATCH_SIZE [1024], GAP [200], RATES [[1.0]], MIN_INSIDE [0.7]. Split
-  into patches in CACHE on first use (``split_dota``, resumable), registered as a patch set, evaluated with
-  COCO AP on patches + DOTA Task 2 on full images.
+  into patches in CACHE on first use (``split_dota``, resumable; every image's header is checked first, and
+  one of more than the config's ``INPUT.MAX_PIXELS`` pixels is refused naming the file), registered as a patch
+  set, evaluated with COCO AP on patches + DOTA Task 2 on full images.
 """
 
 import copy
@@ -363,7 +364,11 @@ def _dota_classes(root: str) -> List[str]:
     return sorted(categories)
 
 
-def _resolve_dota(entry: CfgNode, key: str, name: str) -> Tuple[dict, Callable[[str, List[str]], List[str]]]:
+def _resolve_dota(
+    entry: CfgNode, key: str, name: str, max_pixels: int
+) -> Tuple[dict, Callable[[str, List[str]], List[str]]]:
+    """The entry's spec and its register function, which splits ROOT into CACHE refusing images of more than
+    ``max_pixels`` pixels (``INPUT.MAX_PIXELS``)."""
     root = _root(entry, key)
     if not root:
         raise ValueError(f"{key}.ROOT is empty: set it to a DOTA-format folder (images/, labelTxt/)")
@@ -392,7 +397,7 @@ def _resolve_dota(entry: CfgNode, key: str, name: str) -> Tuple[dict, Callable[[
                     f"CACHE {spec['CACHE']} holds the patches of {source!r}, not of ROOT {root!r}; choose "
                     "another CACHE or delete that folder"
                 )
-        report = split_dota(root, spec["CACHE"], classes, settings, progress=False)
+        report = split_dota(root, spec["CACHE"], classes, settings, progress=False, max_pixels=max_pixels)
         lost = sum(report.lost.values())
         logger.info(
             f"{key}: {root} -> {spec['CACHE']}: {report.images} images ({report.split_now} split now), "
@@ -425,8 +430,18 @@ def _with_key(error: Exception, key: str) -> Exception:
     return keyed if str(keyed) == message else ValueError(message)
 
 
-def _register_entry(name: str, entry: CfgNode) -> None:
-    """Register one entry (or check that the same one is registered) and record what it resolved into it."""
+def _max_pixels(cfg: CfgNode) -> int:
+    """``INPUT.MAX_PIXELS``, the image size limit (pixels) DOTA entries are split under; ValueError naming the
+    key unless it is an integer >= 1."""
+    value = cfg.INPUT.MAX_PIXELS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"INPUT.MAX_PIXELS must be an integer >= 1 (pixels), got {value!r}")
+    return value
+
+
+def _register_entry(name: str, entry: CfgNode, max_pixels: int) -> None:
+    """Register one entry (or check that the same one is registered) and record what it resolved into it;
+    ``max_pixels``: ``INPUT.MAX_PIXELS``, which a DOTA entry's images must not exceed."""
     key = f"{_PREFIX}.{name}"
     fmt = entry["FORMAT"]
     if fmt == "voc":
@@ -434,7 +449,7 @@ def _register_entry(name: str, entry: CfgNode) -> None:
     elif fmt == "coco":
         spec, register = _resolve_coco(entry, key)
     else:
-        spec, register = _resolve_dota(entry, key, name)
+        spec, register = _resolve_dota(entry, key, name, max_pixels)
     declared = _classes(entry, key)
     if name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
@@ -462,7 +477,7 @@ def _register_entry(name: str, entry: CfgNode) -> None:
 def register_own_datasets(cfg: CfgNode, names: Optional[Sequence[str]] = None) -> List[str]:
     """Register the ``DATASETS.OWN`` entries ``names`` (default: those DATASETS.TRAIN or TEST use; see the
     module docstring) and record into ``cfg`` the absolute paths, the class list and the DOTA cache each one
-    resolved to; returns the names registered.
+    resolved to; returns the names registered. DOTA images are checked against ``INPUT.MAX_PIXELS``.
 
     Errors (FileNotFoundError / ValueError) name the entry's key and the file, line or JSON entry at fault.
     """
@@ -483,12 +498,13 @@ def register_own_datasets(cfg: CfgNode, names: Optional[Sequence[str]] = None) -
                 f"{_PREFIX}.{name}: dataset name {name!r} is already registered {_describe(name)}; give the "
                 "entry another name"
             )
+    max_pixels = _max_pixels(cfg)
     frozen = cfg.is_frozen()
     cfg.defrost()
     try:
         complete_own_entries(cfg)
         for name in names:
-            _register_entry(name, own[name])
+            _register_entry(name, own[name], max_pixels)
     finally:
         if frozen:
             cfg.freeze()
