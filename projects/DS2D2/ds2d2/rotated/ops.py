@@ -21,7 +21,7 @@ the image (y pointing down), so a box's corners are ``(cx, cy) + R (+-w/2, +-h/2
   autograd come for free.
 """
 import math
-from typing import Iterator, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -228,6 +228,15 @@ def _greedy_keep(num: int, source: Tensor, target: Tensor) -> Tensor:
     return kept | ~suppressed
 
 
+def _class_members(classes: Optional[Tensor], num: int, device: torch.device) -> List[Tensor]:
+    """Positions [n_c] of each class's members among ``classes`` [num], ascending (all of them when None)."""
+    if classes is None:
+        return [torch.arange(num, device=device)]
+    grouped = torch.sort(classes, stable=True)
+    counts = torch.unique_consecutive(grouped.values, return_counts=True)[1]
+    return list(grouped.indices.split(counts.tolist()))
+
+
 def batched_nms_rotated(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float
                         ) -> Tensor:
     """Greedy NMS of rotated boxes [N, 5] with scores [N], independently per category ``idxs`` [N] (None: one
@@ -238,18 +247,16 @@ def batched_nms_rotated(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], i
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = torch.sort(scores.detach(), descending=True, stable=True).indices
     frames = _frames(boxes[order], _work_dtype(boxes))
-    classes = None if idxs is None else idxs[order]
     sources, targets = [], []
-    for near_i, near_j in _near_pairs(frames, frames, upper=True):
-        if classes is not None:
-            same = classes[near_i] == classes[near_j]
-            near_i, near_j = near_i[same], near_j[same]
-        for i, j in _chunks(near_i, near_j, boxes.device):
-            likely = _iou_upper_bound(frames, i, frames, j) > iou_threshold - 1e-5  # skips most pairs
-            i, j = i[likely], j[likely]
-            above = _pair_iou(frames, i, frames, j) > iou_threshold
-            sources.append(i[above])
-            targets.append(j[above])
+    for members in _class_members(None if idxs is None else idxs[order], len(order), boxes.device):
+        group = _Frames(*(field[members] for field in frames))
+        for near_i, near_j in _near_pairs(group, group, upper=True):
+            for i, j in _chunks(near_i, near_j, boxes.device):
+                likely = _iou_upper_bound(group, i, group, j) > iou_threshold - 1e-5  # skips most pairs
+                i, j = i[likely], j[likely]
+                above = _pair_iou(group, i, group, j) > iou_threshold
+                sources.append(members[i[above]])
+                targets.append(members[j[above]])
     empty = torch.empty(0, dtype=torch.int64, device=boxes.device)
     kept = _greedy_keep(len(order), torch.cat(sources + [empty]), torch.cat(targets + [empty]))
     return order[kept]
