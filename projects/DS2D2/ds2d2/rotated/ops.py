@@ -203,10 +203,6 @@ def pairwise_iou_rotated(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         for i, j in _chunks(near_i, near_j, iou.device):
             iou[i, j] = _pair_iou(frames1, i, frames2, j)
     return iou
-    frames1, frames2 = _frames(boxes1, dtype), _frames(boxes2, dtype)
-    for i, j, value in _chunked_pairs(frames1, frames2, boxes1.device):
-        iou[i, j] = value
-    return iou
 
 
 def _greedy_keep(num: int, source: Tensor, target: Tensor) -> Tensor:
