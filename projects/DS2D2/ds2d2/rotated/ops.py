@@ -205,23 +205,28 @@ def pairwise_iou_rotated(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return iou
 
 
-def _greedy_keep(num: int, source: Tensor, target: Tensor) -> Tensor:
-    """Greedy NMS over boxes 0..num-1 already in decreasing score order, given the suppressing pairs
-    (source < target: IoU above the threshold). Returns the [num] bool mask of kept boxes.
+def _greedy_keep(frames: _Frames, source: Tensor, target: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS over boxes ``frames`` already in decreasing score order, given the pairs that may suppress
+    (source < target, IoU not yet known). Returns the [N] bool mask of kept boxes.
 
-    Solved as a fixed point: a box is kept once all its suppressors are suppressed, suppressed once one of
-    them is kept; every round decides at least the first undecided box, most rounds decide many."""
-    kept = torch.zeros(num, dtype=torch.bool, device=source.device)
+    Solved as a fixed point: once a box is kept, its IoU with each undecided box it may suppress is computed
+    (only those, as the greedy loop does); a box is suppressed when one of them is above the threshold, kept
+    once none of its possible suppressors is left undecided. Every round decides at least the first undecided
+    box, most rounds decide many."""
+    kept = torch.zeros(len(frames.area), dtype=torch.bool, device=source.device)
     suppressed = torch.zeros_like(kept)
     while source.numel():
-        undecided = ~(kept | suppressed)
-        hit = torch.zeros_like(kept).index_fill_(0, target[kept[source]], True)
-        waiting = torch.zeros_like(kept).index_fill_(0, target[undecided[source]], True)
-        suppressed |= undecided & hit
-        kept |= undecided & ~hit & ~waiting
-        live = ~suppressed[source] & ~(kept | suppressed)[target]
+        decided = kept | suppressed
+        live = ~suppressed[source] & ~decided[target]
         source, target = source[live], target[live]
-    return kept | ~suppressed
+        due = kept[source]  # pairs of a kept box and an undecided one: their IoU decides
+        for i, j in _chunks(source[due], target[due], source.device):
+            suppressed[j[_pair_iou(frames, i, frames, j) > iou_threshold]] = True
+        source, target = source[~due], target[~due]
+        waiting = torch.zeros_like(kept)
+        waiting[target[~suppressed[source]]] = True
+        kept |= ~(kept | suppressed | waiting)
+    return ~suppressed
 
 
 def _class_members(classes: Optional[Tensor], num: int, device: torch.device) -> List[Tensor]:
@@ -246,15 +251,12 @@ def batched_nms_rotated(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], i
     sources, targets = [], []
     for members in _class_members(None if idxs is None else idxs[order], len(order), boxes.device):
         group = _Frames(*(field[members] for field in frames))
-        for near_i, near_j in _near_pairs(group, group, upper=True):
-            for i, j in _chunks(near_i, near_j, boxes.device):
-                likely = _iou_upper_bound(group, i, group, j) > iou_threshold - 1e-5  # skips most pairs
-                i, j = i[likely], j[likely]
-                above = _pair_iou(group, i, group, j) > iou_threshold
-                sources.append(members[i[above]])
-                targets.append(members[j[above]])
+        for i, j in _near_pairs(group, group, upper=True):
+            likely = _iou_upper_bound(group, i, group, j) > iou_threshold - 1e-5  # skips most pairs
+            sources.append(members[i[likely]])
+            targets.append(members[j[likely]])
     empty = torch.empty(0, dtype=torch.int64, device=boxes.device)
-    kept = _greedy_keep(len(order), torch.cat(sources + [empty]), torch.cat(targets + [empty]))
+    kept = _greedy_keep(frames, torch.cat(sources + [empty]), torch.cat(targets + [empty]), iou_threshold)
     return order[kept]
 
 
