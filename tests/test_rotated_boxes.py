@@ -12,6 +12,7 @@ from shapely.geometry import MultiPoint, Polygon, box
 
 from ds2d2.rotated.boxes import (
     canonical_rotated_boxes,
+    min_area_rotated_boxes,
     polygons_to_rotated_boxes,
     quadrilateral_problem,
     rotated_boxes_to_polygons,
@@ -109,6 +110,22 @@ def test_random_quadrilaterals_against_opencv_min_area_rect_and_shapely():
         assert b[2] * b[3] == pytest.approx(envelope.area, rel=1e-9)
         assert b[2] >= b[3] and -90.0 <= b[4] < 90.0
         assert shapely_rectangle(b).buffer(1e-6).contains(MultiPoint([tuple(p) for p in poly]))
+
+
+@pytest.mark.parametrize("num_points", [1, 2, 3, 5, 8])
+def test_point_sets_of_any_size_against_shapely(num_points):
+    rng = np.random.default_rng(num_points)
+    points = rng.uniform(-30, 30, size=(100, num_points, 2)) + rng.uniform(0, 1000, size=(100, 1, 2))
+    boxes = min_area_rotated_boxes(torch.tensor(points)).numpy()
+    for pts, b in zip(points, boxes):
+        envelope = MultiPoint([tuple(p) for p in pts]).minimum_rotated_rectangle
+        assert b[2] * b[3] == pytest.approx(envelope.area, rel=1e-9, abs=1e-9)
+        assert shapely_rectangle(b).buffer(1e-6).covers(MultiPoint([tuple(p) for p in pts]))
+    if num_points == 1:
+        np.testing.assert_allclose(boxes[:, :2], points[:, 0], atol=1e-9)
+    # a repeated point (padding of a shorter set) changes nothing
+    padded = np.concatenate([points, points[:, :1]], axis=1)
+    torch.testing.assert_close(min_area_rotated_boxes(torch.tensor(padded)), torch.tensor(boxes))
 
 
 def test_round_trips():

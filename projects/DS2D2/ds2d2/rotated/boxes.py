@@ -5,6 +5,8 @@ API (torch, vectorised over N; float64 inside, results in the input's floating d
 - ``polygons_to_rotated_boxes(polys [N, 8]) -> [N, 5]``: the minimum-area rectangle around each polygon's 4
   points (its convex hull's), in the canonical form below.
 - ``rotated_boxes_to_polygons(boxes [N, 5]) -> [N, 8]``: the 4 corners, in the order below.
+- ``min_area_rotated_boxes(points [N, P, 2]) -> [N, 5]``: the same for any number of points (clipped
+  polygons).
 - ``canonical_rotated_boxes(boxes [N, 5]) -> [N, 5]``: the same rectangles in the canonical form.
 - ``quadrilateral_problem(poly) -> Optional[str]``: why 8 numbers are not a usable labelled quadrilateral
   (non-finite, degenerate, self-intersecting), for readers to raise with the file and line.
@@ -31,9 +33,9 @@ that makes it so is the width) swaps width and height across its boundary, and `
 [-45, 135)) only moves the boundary; we use neither.
 
 Polygon -> box: the minimum-area enclosing rectangle, like the DOTA devkit's and MMRotate's use of OpenCV's
-``minAreaRect``, computed exactly here: such a rectangle has a side along an edge of the hull, and the 4
-points' hull edges are among their 6 pairwise directions, so the smallest of the 6 rectangles aligned with
-those directions is the minimum. A rectangle's polygon round-trips to the same set of corners.
+``minAreaRect``, computed exactly here: such a rectangle has a side along an edge of the hull, and the hull
+edges are among the points' pairwise directions (6 for 4 points), so the smallest of the rectangles aligned
+with those directions is the minimum. A rectangle's polygon round-trips to the same set of corners.
 """
 import math
 from typing import Optional, Sequence
@@ -43,6 +45,7 @@ from torch import Tensor
 
 __all__ = [
     "canonical_rotated_boxes",
+    "min_area_rotated_boxes",
     "polygons_to_rotated_boxes",
     "quadrilateral_problem",
     "rotated_boxes_to_polygons",
@@ -50,7 +53,6 @@ __all__ = [
 
 # the offsets of the corners in the box's own frame, in units of (w/2, h/2): TL, TR, BR, BL (clockwise on screen)
 _CORNER_SIGNS = ((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0))
-_PAIRS = ((0, 1), (1, 2), (2, 3), (3, 0), (0, 2), (1, 3))  # the 4 points' pairwise directions
 MIN_AREA_FRACTION = 1e-6  # a quadrilateral below this fraction of its bounds' square is degenerate
 
 
@@ -100,30 +102,33 @@ def rotated_boxes_to_polygons(boxes: Tensor) -> Tensor:
     return torch.stack([x, y], 2).reshape(-1, 8).to(_result_dtype(boxes))
 
 
-def polygons_to_rotated_boxes(polys: Tensor) -> Tensor:
-    """Minimum-area rectangles around 4-point polygons, in canonical form (w >= h, angle in [-90, 90)).
+def min_area_rotated_boxes(points: Tensor) -> Tensor:
+    """Minimum-area rectangles around point sets, in canonical form (w >= h, angle in [-90, 90)).
 
-    polys: [N, 8] (x1, y1, ..., x4, y4) in pixels, any corner order (convex or not). Returns [N, 5]
-    (cx, cy, w, h, angle in degrees CCW). Degenerate polygons (collinear or coincident points) give boxes of
-    zero height; check labels with :func:`quadrilateral_problem` first.
+    points: [N, P, 2] (x, y) in pixels, P >= 1 (pad a shorter set by repeating one of its points). Returns
+    [N, 5] (cx, cy, w, h, angle in degrees CCW). Such a rectangle has a side along an edge of the points'
+    hull, and the hull's edges are among the P (P - 1) / 2 pairwise directions, so the smallest rectangle
+    aligned with one of them is the minimum. Collinear or coincident points give zero height.
     """
-    _check_shape(polys, 8, "polys")
-    points = polys.to(torch.float64).reshape(-1, 4, 2)
-    origin = points.mean(1, keepdim=True)  # work relative to the centroid: no cancellation far from (0, 0)
-    points = points - origin
-    first = torch.tensor([i for i, _ in _PAIRS], device=points.device)
-    second = torch.tensor([j for _, j in _PAIRS], device=points.device)
-    direction = points[:, second] - points[:, first]  # [N, 6, 2]
+    if points.dim() != 3 or points.shape[2] != 2 or points.shape[1] < 1:
+        raise ValueError(f"points must have shape [N, P, 2] with P >= 1, got {tuple(points.shape)}")
+    dtype = _result_dtype(points)
+    pts = points.to(torch.float64)
+    origin = pts.mean(1, keepdim=True)  # work relative to the centroid: no cancellation far from (0, 0)
+    pts = pts - origin
+    first, second = torch.triu_indices(pts.shape[1], pts.shape[1], offset=1, device=pts.device)
+    if first.numel() == 0:  # one point per set
+        first = second = torch.zeros(1, dtype=torch.long, device=pts.device)
+    direction = pts[:, second] - pts[:, first]  # [N, K, 2]
     norm = direction.norm(dim=2, keepdim=True)
-    fallback = torch.tensor([1.0, 0.0], dtype=points.dtype, device=points.device)
-    u = torch.where(norm > 0, direction / norm.clamp_min(1e-300), fallback)  # [N, 6, 2] unit directions
+    fallback = torch.tensor([1.0, 0.0], dtype=pts.dtype, device=pts.device)
+    u = torch.where(norm > 0, direction / norm.clamp_min(1e-300), fallback)  # [N, K, 2] unit directions
     v = torch.stack([-u[..., 1], u[..., 0]], 2)
-    along_u = torch.einsum("nkc,npc->nkp", u, points)  # [N, 6, 4] projections of the 4 points
-    along_v = torch.einsum("nkc,npc->nkp", v, points)
+    along_u = torch.einsum("nkc,npc->nkp", u, pts)  # [N, K, P] projections of the points
+    along_v = torch.einsum("nkc,npc->nkp", v, pts)
     lo_u, hi_u = along_u.amin(2), along_u.amax(2)
     lo_v, hi_v = along_v.amin(2), along_v.amax(2)
-    area = (hi_u - lo_u) * (hi_v - lo_v)  # [N, 6]
-    best = area.argmin(1, keepdim=True)  # [N, 1]
+    best = ((hi_u - lo_u) * (hi_v - lo_v)).argmin(1, keepdim=True)  # [N, 1]
 
     def pick(t: Tensor) -> Tensor:
         return t.gather(1, best).squeeze(1)
@@ -138,7 +143,18 @@ def polygons_to_rotated_boxes(polys: Tensor) -> Tensor:
     # the width direction u is (cos a, -sin a) for a Detectron2 angle a (CCW on screen, y down)
     angle = torch.rad2deg(torch.atan2(-u_best[:, 1], u_best[:, 0]))
     boxes = torch.stack([center[:, 0], center[:, 1], width, height, angle], 1)
-    return canonical_rotated_boxes(boxes).to(_result_dtype(polys))
+    return canonical_rotated_boxes(boxes).to(dtype)
+
+
+def polygons_to_rotated_boxes(polys: Tensor) -> Tensor:
+    """Minimum-area rectangles around 4-point polygons, in canonical form (w >= h, angle in [-90, 90)).
+
+    polys: [N, 8] (x1, y1, ..., x4, y4) in pixels, any corner order (convex or not). Returns [N, 5]
+    (cx, cy, w, h, angle in degrees CCW). Degenerate polygons (collinear or coincident points) give boxes of
+    zero height; check labels with :func:`quadrilateral_problem` first.
+    """
+    _check_shape(polys, 8, "polys")
+    return min_area_rotated_boxes(polys.reshape(-1, 4, 2))
 
 
 def _cross(o: Sequence[float], a: Sequence[float], b: Sequence[float]) -> float:
