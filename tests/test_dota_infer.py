@@ -107,3 +107,27 @@ def test_cli_with_a_tiny_random_retinanet(tmp_path):
     assert infer.main(argv + ["--weights", str(tmp_path / "other.pth")]) == 1
     with pytest.raises(SystemExit):
         infer.main(argv[:2])  # --input and --output are required
+
+
+def test_weights_errors_name_the_flag_or_key_that_gave_the_path(tmp_path, capsys):
+    """A checkpoint from --weights is named --weights in errors; one from the config's MODEL.WEIGHTS (no
+    --weights) is named MODEL.WEIGHTS, the key the user has to fix."""
+    (tmp_path / "model.yaml").write_text(tiny_retinanet_cfg().dump())
+    torch.save({"model": build_model(tiny_retinanet_cfg(num_classes=5)).state_dict()}, tmp_path / "other.pth")
+    cv2.imwrite(str(tmp_path / "scene.png"), np.zeros((64, 64, 3), np.uint8))
+    argv = ["--config-file", str(tmp_path / "model.yaml"), "--input", str(tmp_path / "scene.png"),
+            "--output", str(tmp_path / "out")]
+    prefix = "infer_large_image: error: "
+    cases = [
+        (["--weights", str(tmp_path / "other.pth")], "--weights: weights in "),
+        (["MODEL.WEIGHTS", str(tmp_path / "other.pth")], "MODEL.WEIGHTS: weights in "),
+        (["--weights", str(tmp_path / "none.pth")], "--weights: checkpoint "),
+        (["MODEL.WEIGHTS", str(tmp_path / "none.pth")], "MODEL.WEIGHTS: checkpoint "),
+        ([], "MODEL.WEIGHTS is empty"),
+    ]
+    for extra, named in cases:
+        assert infer.main(argv + extra) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(prefix + named), (extra, err)
+        assert ("--weights" in err) == (extra[:1] == ["--weights"]), err
+    assert not (tmp_path / "out").exists()

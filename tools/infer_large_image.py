@@ -123,11 +123,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_model(args: argparse.Namespace) -> Tuple[torch.nn.Module, CfgNode, List[str]]:
-    """The PyTorch detector of --config-file with --weights (eval mode, on MODEL.DEVICE), its plain
-    detector config and class names."""
+    """The PyTorch detector of --config-file with --weights, else the config's MODEL.WEIGHTS (eval mode, on
+    MODEL.DEVICE), its plain detector config and class names. Errors name the one that gave the path."""
     cfg = load_config(args.config_file, args.opts, register=False)
     plain = detector_config(cfg, cfg.MODEL.DEVICE)
-    model = load_detector(cfg, args.weights or cfg.MODEL.WEIGHTS, "--weights", cfg.MODEL.DEVICE)
+    weights, key = (args.weights, "--weights") if args.weights else (cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+    model = load_detector(cfg, weights, key, cfg.MODEL.DEVICE)
     return model, plain, class_names_for(plain, args.dataset, model_num_classes(plain)[1])
 
 
