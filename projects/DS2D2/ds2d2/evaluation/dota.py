@@ -1,14 +1,15 @@
-"""DOTA full-image results: Task-2 AP, submission files, and the evaluator of a patch set's merged images.
+"""DOTA full-image results: Task-2 AP and submission files, and for both tasks the merging of a patch set's
+detections, its scoring and the evaluator.
 
-Protocol (the DOTA devkit's ``dota_evaluation_task2.py``, re-implemented): horizontal boxes, per-class AP at
-IoU > 0.5 with the devkit's "+1 pixel" box sizes, difficult objects neither matched nor missed, VOC07 11-point
-AP by default (``use_07_metric=False``: area under the interpolated PR curve), mAP = mean over classes.
+Task 2 (the DOTA devkit's ``dota_evaluation_task2.py``, re-implemented): horizontal boxes, the rules of
+``dota_ap`` with the devkit's "+1 pixel" box sizes in the IoU (> 0.5), VOC07 11-point AP by default
+(``use_07_metric=False``: area under the interpolated PR curve), mAP = mean over the classes with objects.
 Ground-truth boxes are the polygons' bounds (the devkit truncates them to integers; here they stay exact).
-Classes without any non-difficult object get AP NaN and stay out of the mAP.
-
-Merging patch detections into full-image ones: ``dota_merge``.
-
 Submission: ``Task2_<class>.txt`` with lines ``image_name score xmin ymin xmax ymax``, one file per class.
+
+Task 1 (oriented boxes, polygon IoU): ``dota_task1``. Merging patch detections into full-image ones:
+``dota_merge``. A patch set's task follows its box kind (metadata ``box_kind``, ``register_dota(...,
+boxes=)``): "horizontal" -> Task 2, "oriented" -> Task 1; saved results say theirs by their box width.
 """
 
 import json
@@ -17,7 +18,7 @@ import math
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -31,8 +32,23 @@ from ..data.dota import (
     read_image_records,
     read_split_info,
 )
-from .dota_merge import DEFAULT_NMS_THRESH, ImageDetections, merge_detections, patch_to_image
-from .voc import average_precision
+from .dota_ap import devkit_average_precision
+from .dota_merge import (
+    DEFAULT_NMS_THRESH,
+    DEFAULT_ROTATED_NMS_THRESH,
+    ImageDetections,
+    merge_detections,
+    merge_rotated_detections,
+    patch_to_image,
+    rotated_patch_to_image,
+)
+from .dota_task1 import (
+    polygon_detections,
+    polygon_ground_truth_from_labels,
+    polygon_ground_truth_from_records,
+    task1_average_precision,
+    write_task1_files,
+)
 
 __all__ = [
     "GroundTruth",
@@ -40,6 +56,7 @@ __all__ = [
     "write_task2_files",
     "ground_truth_from_records",
     "ground_truth_from_labels",
+    "task_of_dataset",
     "evaluate_full_images",
     "load_coco_detections",
     "merge_and_evaluate_coco_results",
@@ -47,6 +64,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+TASKS = (1, 2)
+EVAL_FILES = {1: "dota_task1_eval.json", 2: "dota_eval.json"}  # task -> scores written to output_dir
+BOX_WIDTH = {1: 5, 2: 4}  # task -> box width of its detections: XYWHA_ABS, XYXY_ABS
 
 
 class GroundTruth(NamedTuple):
@@ -67,30 +88,6 @@ def _iou_plus_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
-def _match_image(dets: ImageDetections, gt: GroundTruth, cls: int, iou_thresh: float):
-    """(scores, tp, fp) of one image's detections of class ``cls``, matched greedily by decreasing score."""
-    d = np.flatnonzero(dets.classes == cls)
-    d = d[np.argsort(-dets.scores[d], kind="stable")]
-    g = gt.classes == cls
-    gboxes, gdifficult = gt.boxes[g], gt.difficult[g]
-    tp, fp = np.zeros(len(d)), np.zeros(len(d))
-    if len(gboxes) == 0:
-        fp[:] = 1.0
-        return dets.scores[d], tp, fp
-    ious = _iou_plus_one(dets.boxes[d], gboxes)
-    taken = np.zeros(len(gboxes), dtype=bool)
-    for k, j in enumerate(ious.argmax(1)):
-        if ious[k, j] <= iou_thresh:
-            fp[k] = 1.0
-        elif gdifficult[j]:
-            continue
-        elif taken[j]:
-            fp[k] = 1.0
-        else:
-            tp[k], taken[j] = 1.0, True
-    return dets.scores[d], tp, fp
-
-
 def task2_average_precision(
     detections: Mapping[str, ImageDetections],
     ground_truth: Mapping[str, GroundTruth],
@@ -100,25 +97,9 @@ def task2_average_precision(
 ) -> Dict[str, float]:
     """Per-class Task-2 AP in [0, 1] (NaN for a class without non-difficult objects) over the images of
     ``ground_truth``; a detection on an image without ground truth is an error."""
-    unknown = sorted(set(detections) - set(ground_truth))
-    if unknown:
-        raise KeyError(f"Detections for images without ground truth: {unknown[:5]}")
-    empty = ImageDetections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
-    aps = {}
-    for cls, name in enumerate(classes):
-        npos = sum(int(np.sum((gt.classes == cls) & ~gt.difficult)) for gt in ground_truth.values())
-        matched = [
-            _match_image(detections.get(s, empty), gt, cls, iou_thresh) for s, gt in ground_truth.items()
-        ]
-        scores, tp, fp = (np.concatenate([m[i] for m in matched] + [np.zeros(0)]) for i in range(3))
-        if npos == 0:
-            aps[name] = math.nan
-            continue
-        order = np.argsort(-scores, kind="stable")
-        tp, fp = np.cumsum(tp[order]), np.cumsum(fp[order])
-        precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-        aps[name] = average_precision(tp / npos, precision, use_07_metric)
-    return aps
+    return devkit_average_precision(
+        detections, ground_truth, classes, _iou_plus_one, iou_thresh, use_07_metric
+    )
 
 
 def write_task2_files(
@@ -182,44 +163,83 @@ def ground_truth_from_labels(
     return gts
 
 
+def task_of_dataset(dataset_name: str) -> int:
+    """1 for a DOTA patch set registered with oriented boxes (metadata ``box_kind`` "oriented"), else 2."""
+    return 1 if MetadataCatalog.get(dataset_name).get("box_kind", "horizontal") == "oriented" else 2
+
+
+def _check_task(task: int) -> int:
+    if task not in TASKS:
+        raise ValueError(f"DOTA task must be 1 (oriented boxes) or 2 (horizontal boxes), got {task!r}")
+    return task
+
+
+def _ground_truth_of(
+    task: int, root: Union[str, Path], info: dict, records: Sequence[dict], classes: Sequence[str],
+    labels_dir: Optional[Union[str, Path]],
+) -> Optional[dict]:
+    """The full images' ground truth for ``task``: from ``labels_dir`` when given, else the one recorded in
+    the patch set at ``root``, or None for a split without labels."""
+    if labels_dir is not None:
+        reader = polygon_ground_truth_from_labels if task == 1 else ground_truth_from_labels
+        return reader(labels_dir, info["images"], classes)
+    if not info["has_labels"]:
+        return None
+    if task == 1:
+        try:
+            return polygon_ground_truth_from_records(records, classes)
+        except KeyError as e:
+            raise KeyError(f"{root}: {e.args[0]}") from None
+    return ground_truth_from_records(records, classes)
+
+
 def evaluate_full_images(
     patch_detections: Mapping[str, Sequence[ImageDetections]],
     records: Sequence[dict],
     classes: Sequence[str],
     output_dir: Optional[Union[str, Path]] = None,
-    ground_truth: Optional[Mapping[str, GroundTruth]] = None,
+    ground_truth: Optional[Mapping[str, tuple]] = None,
     write_submission: bool = False,
-    nms_thresh: float = DEFAULT_NMS_THRESH,
+    nms_thresh: Optional[float] = None,
     use_07_metric: bool = True,
+    task: int = 2,
 ) -> Optional[dict]:
     """Merge the detections (image pixels, per source image) of a patch set and score/write them.
 
-    records: the patch set's image records (sizes, names). With ``ground_truth``, returns ``{"mAP": float,
-    "AP": {class: float}}`` (in [0, 1]) and writes it to ``output_dir/dota_eval.json``; otherwise returns
-    None. ``write_submission`` writes ``Task2_<class>.txt`` into ``output_dir``.
+    task 2: boxes (N, 4) xyxy, ground truth ``GroundTruth``; task 1: boxes (N, 5) XYWHA_ABS, ground truth
+    with polygons (``dota_task1``). nms_thresh: the merging IoU (None: the devkit's, 0.3 for Task 2, 0.1 for
+    Task 1). records: the patch set's image records (sizes, names). With ``ground_truth``, returns ``{"mAP":
+    float, "AP": {class: float}}`` (in [0, 1]) and writes it to ``output_dir/dota_eval.json`` (Task 2) or
+    ``dota_task1_eval.json`` (Task 1); otherwise returns None. ``write_submission`` writes
+    ``Task<task>_<class>.txt`` into ``output_dir``.
     """
+    _check_task(task)
     unknown = sorted(set(patch_detections) - {r["image"] for r in records})
     if unknown:
         raise KeyError(f"Detections for images that are not in the patch set: {unknown[:5]}")
+    if nms_thresh is None:
+        nms_thresh = DEFAULT_ROTATED_NMS_THRESH if task == 1 else DEFAULT_NMS_THRESH
+    merge = merge_rotated_detections if task == 1 else merge_detections
     merged = {
-        r["image"]: merge_detections(
-            patch_detections.get(r["image"], []), r["width"], r["height"], nms_thresh
-        )
+        r["image"]: merge(patch_detections.get(r["image"], []), r["width"], r["height"], nms_thresh)
         for r in records
     }
+    if task == 1:
+        merged = {stem: polygon_detections(det) for stem, det in merged.items()}
     if write_submission:
         if output_dir is None:
             raise ValueError("write_submission needs an output_dir")
-        write_task2_files(merged, classes, output_dir)
+        (write_task1_files if task == 1 else write_task2_files)(merged, classes, output_dir)
     if ground_truth is None:
         return None
-    aps = task2_average_precision(merged, ground_truth, classes, use_07_metric=use_07_metric)
+    score = task1_average_precision if task == 1 else task2_average_precision
+    aps = score(merged, ground_truth, classes, use_07_metric=use_07_metric)
     valid = [v for v in aps.values() if not math.isnan(v)]
     result = {"mAP": float(np.mean(valid)) if valid else math.nan, "AP": aps}
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
         clean = {"mAP": _json_number(result["mAP"]), "AP": {k: _json_number(v) for k, v in aps.items()}}
-        with open(Path(output_dir) / "dota_eval.json", "w") as f:
+        with open(Path(output_dir) / EVAL_FILES[task], "w") as f:
             json.dump(clean, f, indent=1)
     return result
 
@@ -232,13 +252,14 @@ def load_coco_detections(
     results_json: Union[str, Path],
     dataset_dicts: Sequence[dict],
     dataset_id_to_contiguous: Optional[dict] = None,
-) -> Dict[str, List[ImageDetections]]:
+) -> Tuple[Dict[str, List[ImageDetections]], Optional[int]]:
     """Detectron2 COCO results (``coco_instances_results.json``) of a patch set -> detections in original
-    image pixels, grouped by source image.
+    image pixels, grouped by source image, and the task their boxes are for (None for no detections).
 
-    ``image_id`` is the patch's dataset-dict ``image_id``; ``category_id`` is the contiguous id, or a dataset
-    id mapped through ``dataset_id_to_contiguous`` (metadata ``thing_dataset_id_to_contiguous_id``) when
-    given.
+    ``bbox`` is [x, y, w, h] (COCOEvaluator: Task 2) or [cx, cy, w, h, angle] (RotatedCOCOEvaluator: Task
+    1), the same for every detection. ``image_id`` is the patch's dataset-dict ``image_id``; ``category_id``
+    is the contiguous id, or a dataset id mapped through ``dataset_id_to_contiguous`` (metadata
+    ``thing_dataset_id_to_contiguous_id``) when given.
     """
     with open(results_json) as f:
         results = json.load(f)
@@ -250,26 +271,39 @@ def load_coco_detections(
             raise KeyError(
                 f"Dataset dicts lack {key!r}: register the patch set with ds2d2.data.dota.register_dota"
             )
+    width = len(results[0].get("bbox", [])) if results else None
+    if width not in (None, 4, 5):
+        raise DotaFormatError(f"{results_json}: detection 0 has a bbox of {width} numbers, not 4 or 5")
     grouped: Dict[object, list] = defaultdict(list)
     for i, r in enumerate(results):
         if r.get("image_id") not in patches:
             raise DotaFormatError(
                 f"{results_json}: detection {i} has image_id {r.get('image_id')!r}, not a patch"
             )
+        if len(r.get("bbox", [])) != width:
+            raise DotaFormatError(
+                f"{results_json}: detection {i} has a bbox of {len(r.get('bbox', []))} numbers, detection 0 "
+                f"of {width}: horizontal and rotated boxes are mixed"
+            )
         cat = r["category_id"]
         if dataset_id_to_contiguous is not None:
             if cat not in dataset_id_to_contiguous:
                 raise DotaFormatError(f"{results_json}: detection {i} has unknown category_id {cat!r}")
             cat = dataset_id_to_contiguous[cat]
-        x, y, w, h = r["bbox"]
-        grouped[r["image_id"]].append((x, y, x + w, y + h, r["score"], cat))
+        box = list(r["bbox"])
+        if width == 4:
+            box = [box[0], box[1], box[0] + box[2], box[1] + box[3]]
+        grouped[r["image_id"]].append(box + [r["score"], cat])
     out: Dict[str, List[ImageDetections]] = defaultdict(list)
+    to_image = rotated_patch_to_image if width == 5 else patch_to_image
     for image_id, rows in grouped.items():
         d = patches[image_id]
         arr = np.array(rows, dtype=np.float64)
-        boxes = patch_to_image(arr[:, :4], d["patch_origin"], d["patch_scale"])
-        out[d["source_image"]].append(ImageDetections(boxes, arr[:, 4], arr[:, 5].astype(np.int64)))
-    return dict(out)
+        boxes = to_image(arr[:, :width], d["patch_origin"], d["patch_scale"])
+        classes = arr[:, width + 1].astype(np.int64)
+        out[d["source_image"]].append(ImageDetections(boxes, arr[:, width], classes))
+    task = None if width is None else (1 if width == 5 else 2)
+    return dict(out), task
 
 
 def merge_and_evaluate_coco_results(
@@ -277,16 +311,19 @@ def merge_and_evaluate_coco_results(
     results_json: Union[str, Path],
     output_dir: Union[str, Path],
     labels_dir: Optional[Union[str, Path]] = None,
-    nms_thresh: float = DEFAULT_NMS_THRESH,
+    nms_thresh: Optional[float] = None,
     use_07_metric: bool = True,
+    task: Optional[int] = None,
 ) -> Optional[dict]:
-    """What tools/dota_merge_eval.py does: merge a patch set's COCO results, write Task2 files and (with
-    ground truth from ``labels_dir``, or else the one recorded in the patch set)
-    ``output_dir/dota_eval.json``.
+    """What tools/dota_merge_eval.py does: merge a patch set's COCO results, write the Task<task> files and
+    (with ground truth from ``labels_dir``, or else the one recorded in the patch set) the scores
+    (``evaluate_full_images``).
 
-    dataset: a registered patch-set name, or a patch-set folder. Returns the result of
-    ``evaluate_full_images``.
+    dataset: a registered patch-set name, or a patch-set folder. task: 1 or 2; None: the results' own (4
+    numbers a box: Task 2, 5: Task 1), or the dataset's box kind when there are no detections; a task the
+    results cannot serve is an error. Returns the result of ``evaluate_full_images``.
     """
+    meta_task = 2
     if os.path.isdir(dataset):
         root, classes, mapping = dataset, read_split_info(dataset)["classes"], None
         dicts = load_dota_patches(root, classes)
@@ -299,30 +336,35 @@ def merge_and_evaluate_coco_results(
         root, classes = meta.dota_root, meta.thing_classes
         mapping = meta.get("thing_dataset_id_to_contiguous_id", None)
         dicts = DatasetCatalog.get(dataset)
+        meta_task = task_of_dataset(dataset)
     else:
         raise FileNotFoundError(f"{dataset!r} is neither a patch-set folder nor a registered dataset name")
+    detections, results_task = load_coco_detections(results_json, dicts, mapping)
+    if task is not None and results_task is not None and _check_task(task) != results_task:
+        raise ValueError(
+            f"{results_json} holds {'rotated' if results_task == 1 else 'horizontal'} boxes (Task "
+            f"{results_task}), not the {'rotated' if task == 1 else 'horizontal'} boxes Task {task} scores: "
+            f"use --task {results_task} (or leave --task out)"
+        )
+    task = task if task is not None else (results_task or meta_task)
     info = read_split_info(root)
     records = read_image_records(root, info)
-    detections = load_coco_detections(results_json, dicts, mapping)
-    if labels_dir is not None:
-        ground_truth = ground_truth_from_labels(labels_dir, info["images"], classes)
-    elif info["has_labels"]:
-        ground_truth = ground_truth_from_records(records, classes)
-    else:
-        ground_truth = None
+    ground_truth = _ground_truth_of(task, root, info, records, classes, labels_dir)
     return evaluate_full_images(
-        detections, records, classes, output_dir, ground_truth, True, nms_thresh, use_07_metric
+        detections, records, classes, output_dir, ground_truth, True, nms_thresh, use_07_metric, task
     )
 
 
 class DOTAFullImageEvaluator(DatasetEvaluator):
-    """Task-2 AP of a DOTA patch set on its merged full images, and the submission files.
+    """DOTA Task-1 or Task-2 AP of a patch set on its merged full images, and the submission files.
 
     Needs dataset dicts from ``register_dota`` (inputs keep ``source_image``, ``patch_origin``,
-    ``patch_scale``). Returns ``{"dota_task2": {"mAP": ..., "AP-<class>": ...}}`` in percent for labelled
-    splits, ``{}`` otherwise. ``write_submission`` (default: only for splits without labels) writes
-    ``Task2_<class>.txt`` to output_dir; ground truth is the one recorded in the patch set, or read from
-    ``labels_dir`` when given.
+    ``patch_scale``). task: 1 (predictions ``pred_boxes`` are RotatedBoxes, scored by polygon IoU), 2
+    (Boxes); None: the dataset's box kind (``task_of_dataset``). Returns ``{"dota_task<task>": {"mAP": ...,
+    "AP-<class>": ...}}`` in percent for labelled splits, ``{}`` otherwise. ``write_submission`` (default:
+    only for splits without labels) writes ``Task<task>_<class>.txt`` to output_dir; ground truth is the one
+    recorded in the patch set, or read from ``labels_dir`` when given. nms_thresh: the merging IoU (None: 0.3
+    for Task 2, 0.1 for Task 1, the devkit's).
     """
 
     def __init__(
@@ -330,20 +372,23 @@ class DOTAFullImageEvaluator(DatasetEvaluator):
         dataset_name: str,
         output_dir: Optional[str] = None,
         *,
-        nms_thresh: float = DEFAULT_NMS_THRESH,
+        nms_thresh: Optional[float] = None,
         write_submission: Optional[bool] = None,
         labels_dir: Optional[str] = None,
         use_07_metric: bool = True,
+        task: Optional[int] = None,
     ):
         meta = MetadataCatalog.get(dataset_name)
         if meta.get("evaluator_type") != "dota_patches" or not meta.get("dota_root"):
             raise ValueError(f"Dataset {dataset_name!r} was not registered by ds2d2.data.dota.register_dota")
+        self._task = task_of_dataset(dataset_name) if task is None else _check_task(task)
         self._root, self._classes = meta.dota_root, list(meta.thing_classes)
         self._has_labels = bool(meta.get("has_labels", True)) or labels_dir is not None
         self._write_submission = not self._has_labels if write_submission is None else write_submission
         if self._write_submission and output_dir is None:
             raise ValueError(
-                f"DOTAFullImageEvaluator({dataset_name!r}): writing Task2 files needs an output_dir"
+                f"DOTAFullImageEvaluator({dataset_name!r}): writing Task{self._task} files needs an "
+                "output_dir"
             )
         self._output_dir, self._labels_dir = output_dir, labels_dir
         self._nms_thresh, self._use_07_metric = nms_thresh, use_07_metric
@@ -362,12 +407,24 @@ class DOTAFullImageEvaluator(DatasetEvaluator):
                     f"Input {inp.get('file_name')} lacks {missing}: not a DOTA patch set's dataset dict"
                 )
             instances = out["instances"].to("cpu")
-            boxes = patch_to_image(
-                instances.pred_boxes.tensor.numpy(), inp["patch_origin"], inp["patch_scale"]
-            )
+            boxes = instances.pred_boxes.tensor.numpy()
+            if boxes.shape[1] != BOX_WIDTH[self._task]:
+                raise ValueError(self._wrong_boxes_message(boxes.shape[1], inp.get("file_name")))
+            to_image = rotated_patch_to_image if self._task == 1 else patch_to_image
+            boxes = to_image(boxes, inp["patch_origin"], inp["patch_scale"])
             det = ImageDetections(boxes, instances.scores.numpy(), instances.pred_classes.numpy())
             self._parts[inp["source_image"]].append(det)
             self._num_patches += 1
+
+    def _wrong_boxes_message(self, width: int, file_name: Optional[str]) -> str:
+        kinds = {4: "horizontal boxes (Boxes)", 5: "rotated boxes (RotatedBoxes)"}
+        other_kind = "horizontal" if self._task == 1 else "oriented"
+        return (
+            f"DOTA Task {self._task} scores {kinds[BOX_WIDTH[self._task]]}, but the model predicted "
+            f"{kinds.get(width, f'boxes of {width} numbers')} for {file_name}: evaluate a "
+            f"{'rotated' if self._task == 1 else 'horizontal'} detector on this patch set, or register it "
+            f"with boxes={other_kind!r} (DOTAFullImageEvaluator task={3 - self._task})"
+        )
 
     def evaluate(self):
         gathered = comm.gather((dict(self._parts), self._num_patches), dst=0)
@@ -384,10 +441,10 @@ class DOTAFullImageEvaluator(DatasetEvaluator):
         if seen != total:
             logger.warning(f"DOTA full-image evaluation saw {seen} of the {total} patches of {self._root}")
         ground_truth = None
-        if self._labels_dir is not None:
-            ground_truth = ground_truth_from_labels(self._labels_dir, info["images"], self._classes)
-        elif self._has_labels:
-            ground_truth = ground_truth_from_records(records, self._classes)
+        if self._has_labels:
+            ground_truth = _ground_truth_of(
+                self._task, self._root, info, records, self._classes, self._labels_dir
+            )
         result = evaluate_full_images(
             parts,
             records,
@@ -397,9 +454,10 @@ class DOTAFullImageEvaluator(DatasetEvaluator):
             self._write_submission,
             self._nms_thresh,
             self._use_07_metric,
+            self._task,
         )
         if result is None:
             return {}
-        task2 = {"mAP": 100 * result["mAP"]}
-        task2.update({f"AP-{name}": 100 * ap for name, ap in result["AP"].items()})
-        return {"dota_task2": task2}
+        scores = {"mAP": 100 * result["mAP"]}
+        scores.update({f"AP-{name}": 100 * ap for name, ap in result["AP"].items()})
+        return {f"dota_task{self._task}": scores}

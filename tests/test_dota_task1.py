@@ -1,0 +1,199 @@
+"""DOTA Task 1: exact polygon IoU, AP equal to the DOTA devkit's Task-1 evaluation on the same files, rotated
+merging, submission files, the evaluator and tools/dota_merge_eval.py --task 1."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from shapely.geometry import Polygon
+
+from ds2d2.evaluation.dota_ap import Detections, Objects
+from ds2d2.evaluation.dota_task1 import (
+    polygon_ground_truth_from_labels,
+    rotated_to_polygons,
+    task1_average_precision,
+    write_task1_files,
+)
+from ds2d2.evaluation.polygon_iou import pairwise_polygon_iou
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def random_quads(rng: np.random.Generator, n: int, convex: bool, centre_range=(0.0, 100.0)) -> np.ndarray:
+    """n simple quadrilaterals (n, 4, 2): corners at sorted random angles around a centre (convex), or with
+    one corner pulled inside (not convex); both windings."""
+    out = []
+    while len(out) < n:
+        centre = rng.uniform(*centre_range, 2)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 4))
+        radii = rng.uniform(5, 40, 4)
+        quad = centre + np.stack([radii * np.cos(angles), radii * np.sin(angles)], 1)
+        if rng.random() < 0.5:
+            quad = quad[::-1]
+        poly = Polygon(quad)
+        is_convex = poly.convex_hull.area - poly.area <= 1e-9 * poly.area
+        if not poly.is_valid or poly.area < 1 or is_convex != convex:
+            continue
+        out.append(quad)
+    return np.array(out)
+
+
+def shapely_iou(a: np.ndarray, b: np.ndarray) -> float:
+    pa, pb = Polygon(a), Polygon(b)
+    return pa.intersection(pb).area / pa.union(pb).area
+
+
+@pytest.mark.parametrize("convex", [(True, True), (False, True), (True, False), (False, False)])
+def test_polygon_iou_is_exact(convex):
+    rng = np.random.default_rng(int(convex[0]) * 2 + int(convex[1]))
+    p, q = random_quads(rng, 40, convex[0]), random_quads(rng, 40, convex[1])
+    ours = pairwise_polygon_iou(p, q)
+    reference = np.array([[shapely_iou(a, b) for b in q] for a in p])
+    assert (reference > 0.05).sum() > 50  # many overlapping pairs, not just zeros
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-12)
+
+
+def test_polygon_iou_edge_cases():
+    square = np.array([[0, 0], [10, 0], [10, 10], [0, 10.0]])
+    far = square + 1e6  # large image coordinates keep their precision
+    cases = [
+        (square, square, 1.0),  # identical
+        (square, square[::-1], 1.0),  # other winding
+        (square, square + [20, 0], 0.0),  # disjoint
+        (square, square + [10, 0], 0.0),  # touching along an edge
+        (square, square * 0.5, 0.25),  # contained
+        (square, square + [5, 0], 50 / 150),  # parallel edges
+        (far, far + [5, 5], 25 / 175),
+        (square, np.array([[5, -5], [15, 5], [5, 15], [-5, 5.0]]), 0.5),  # inscribed in a 45-degree square
+        (square, np.array([[5, 0], [10, 5], [5, 10], [0, 5.0]]), 0.5),  # a 45-degree square inscribed
+    ]
+    for a, b, expected in cases:
+        assert pairwise_polygon_iou(a[None], b[None])[0, 0] == pytest.approx(expected, abs=1e-12)
+        assert pairwise_polygon_iou(b[None], a[None])[0, 0] == pytest.approx(expected, abs=1e-12)
+    dart = np.array([[0, 0], [10, 5], [0, 10], [3, 5.0]])  # reflex corner at (3, 5)
+    assert pairwise_polygon_iou(dart[None], square[None])[0, 0] == pytest.approx(35 / 100, abs=1e-12)
+    assert pairwise_polygon_iou(dart[None], dart[None])[0, 0] == pytest.approx(1.0, abs=1e-12)
+    line = np.array([[0, 0], [10, 0], [20, 0], [5, 0.0]])  # zero area: IoU 0
+    assert pairwise_polygon_iou(line[None], square[None])[0, 0] == 0.0
+
+
+def test_polygon_iou_equals_the_devkits():
+    from dotadevkit.polyiou import polyiou
+
+    rng = np.random.default_rng(5)
+    p = np.concatenate([random_quads(rng, 20, True), random_quads(rng, 20, False)])
+    q = np.concatenate([random_quads(rng, 20, True), random_quads(rng, 20, False)])
+    theirs = np.array(
+        [
+            [polyiou.iou_poly(polyiou.VectorDouble(a.ravel()), polyiou.VectorDouble(b.ravel())) for b in q]
+            for a in p
+        ]
+    )
+    np.testing.assert_allclose(pairwise_polygon_iou(p, q), np.where(theirs > 0, theirs, 0.0), atol=1e-12)
+
+
+def devkit_task1_ap(task1_dir: Path, gt_dir: Path, images, classes, use_07_metric: bool, monkeypatch):
+    """AP per class from dotadevkit's own Task-1 evaluation, reading our Task1 files and DOTA label files."""
+    from dotadevkit.evaluate import task1
+
+    monkeypatch.setattr(np, "bool", bool, raising=False)  # the devkit still uses np.bool
+    imageset = gt_dir / "imageset.txt"
+    imageset.write_text("\n".join(images) + "\n")
+    return {
+        c: task1.voc_eval(
+            str(task1_dir / "Task1_{:s}.txt"), str(gt_dir / "{:s}.txt"), str(imageset), c, 0.5, use_07_metric,
+            "1.0",
+        )[2]
+        for c in classes
+    }
+
+
+def random_task1_set(rng: np.random.Generator):
+    """Labels (DOTA text per image, with difficult flags and both polygon shapes) and detections (rotated
+    boxes near the objects and raw quadrilaterals, duplicates, misses, false positives)."""
+    classes = ["a", "b", "c"]
+    # 7, 11 and 13 non-difficult objects: recalls never fall on the 11-point grid, where the devkit's
+    # np.arange is inexact; 2 difficult objects of each class besides
+    labels = np.repeat([0, 1, 2, 0, 1, 2], [7, 11, 13, 2, 2, 2])
+    difficult = np.repeat([0, 0, 0, 1, 1, 1], [7, 11, 13, 2, 2, 2])
+    order = rng.permutation(len(labels))
+    labels, difficult = labels[order], difficult[order]
+    texts, dets = {}, {}
+    bounds = [0, 12, 25, len(labels)]
+    for k, stem in enumerate(["P0001", "P0002", "P0003"]):
+        cls, diff = labels[bounds[k] : bounds[k + 1]], difficult[bounds[k] : bounds[k + 1]]
+        # objects: rotated rectangles with jittered corners (as labelled), some not convex
+        true_boxes = np.concatenate(
+            [rng.uniform(20, 280, (len(cls), 2)), rng.uniform(10, 50, (len(cls), 2)),
+             rng.uniform(-180, 180, (len(cls), 1))],
+            axis=1,
+        )
+        quads = rotated_to_polygons(true_boxes) + rng.normal(0, 1, (len(cls), 4, 2))
+        concave = rng.random(len(cls)) < 0.2
+        quads[concave] = random_quads(rng, int(concave.sum()), False, (20, 280))
+        quads = np.round(quads, 1)
+        lines = ["imagesource:GoogleEarth", "gsd:0.5"]
+        lines += [
+            " ".join(f"{v:.1f}" for v in q.ravel()) + f" {classes[c]} {d}"
+            for q, c, d in zip(quads, cls, diff)
+        ]
+        texts[stem] = "\n".join(lines) + "\n"
+        hits = rng.random(len(cls)) < 0.8
+        rboxes = true_boxes + np.concatenate(
+            [rng.normal(0, 2, (len(cls), 2)), true_boxes[:, 2:4] * rng.uniform(-0.15, 0.1, (len(cls), 2)),
+             rng.normal(0, 6, (len(cls), 1))],
+            axis=1,
+        )
+        jittered = quads + rng.normal(0, 2, quads.shape)
+        noise = random_quads(rng, 4, True, (0, 300))
+        polygons = np.concatenate(
+            [rotated_to_polygons(rboxes[hits]), jittered[~hits][:2], jittered[:3] + 1.5, noise]
+        )
+        det_classes = np.concatenate([cls[hits], cls[~hits][:2], cls[:3], rng.integers(0, 3, 4)])
+        scores = np.round(rng.random(len(polygons)), 6)
+        dets[stem] = Detections(np.round(polygons, 2), scores, det_classes.astype(np.int64))
+    all_scores = np.concatenate([d.scores for d in dets.values()])
+    assert len(np.unique(all_scores)) == len(all_scores)  # the devkit's sort is not stable: no ties
+    return classes, texts, dets
+
+
+@pytest.mark.parametrize("use_07_metric", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_task1_ap_equals_the_devkits(tmp_path, monkeypatch, use_07_metric, seed):
+    classes, texts, dets = random_task1_set(np.random.default_rng(seed))
+    gt_dir = tmp_path / "labelTxt"
+    gt_dir.mkdir()
+    for stem, text in texts.items():
+        (gt_dir / f"{stem}.txt").write_text(text)
+    write_task1_files(dets, classes, tmp_path / "task1")
+    ground_truth = polygon_ground_truth_from_labels(gt_dir, list(texts), classes)
+    assert sum(int(gt.difficult.sum()) for gt in ground_truth.values()) == 6
+    ours = task1_average_precision(dets, ground_truth, classes, use_07_metric=use_07_metric)
+    theirs = devkit_task1_ap(tmp_path / "task1", gt_dir, list(texts), classes, use_07_metric, monkeypatch)
+    assert 0.1 < min(ours.values()) and max(ours.values()) < 1.0  # neither trivial nor perfect
+    for c in classes:
+        assert ours[c] == pytest.approx(theirs[c], abs=1e-12)
+
+
+def test_task1_ap_by_hand_with_difficult():
+    square = np.array([[0, 0], [10, 0], [10, 10], [0, 10.0]])
+    gt = {"x": Objects(np.stack([square, square + 50]), np.array([0, 0]), np.array([False, True]))}
+
+    def ap(polygons, scores, use_07_metric=True):
+        dets = {"x": Detections(np.array(polygons, float), np.array(scores), np.zeros(len(scores), np.int64))}
+        return task1_average_precision(dets, gt, ["a", "b"], use_07_metric=use_07_metric)
+
+    # matching the difficult object is neither a hit nor a false positive
+    assert ap([square + 50, square], [0.9, 0.8])["a"] == 1.0
+    # a false positive ranked first: precision 1/2 at recall 1
+    assert ap([square + 20, square], [0.9, 0.8])["a"] == pytest.approx(0.5)
+    # a duplicate of a found object is a false positive after the hit: AP stays 1
+    assert ap([square, square, square + [0, 1]], [0.9, 0.8, 0.7])["a"] == 1.0
+    # IoU exactly 0.5 is a miss (the devkit's strict >), just above is a hit
+    half = np.array([[0, 0], [10, 0], [10, 20 / 3], [0, 20 / 3]])  # IoU with the square: (200/3) / 100
+    assert ap([half], [0.9])["a"] == 1.0
+    two_thirds_miss = square * [1, 0.5] + [0, 2.5]  # IoU 0.5 exactly
+    assert ap([two_thirds_miss], [0.9])["a"] == 0.0
+    assert np.isnan(ap([square], [0.9])["b"])  # no object of class b
+    with pytest.raises(KeyError, match="without ground truth"):
+        task1_average_precision({"y": Detections(square[None], np.ones(1), np.zeros(1, np.int64))}, gt, ["a"])
