@@ -222,7 +222,9 @@ def main(argv: Optional[List[str]] = None) -> str:
         f"Ours: medians of {args.repeats} runs, float32. Pairwise IoU reference: the Shapely loop timed on "
         f"{args.samples} random pairs (polygon building included) and scaled to N x M; max_abs_diff against "
         "Shapely on those pairs and as many overlapping ones. NMS reference: the greedy loop on Shapely IoU, "
-        "run once, whole; same_keep: identical kept indices in the same order. "
+        "run once, whole; same_keep: identical kept indices in the same order. Load average over the last "
+        f"minute at the end: {os.getloadavg()[0]:.1f} (other jobs share the cores: ours and the references "
+        "are timed at different moments). "
         f"Command: python benchmarks/bench_rotated_ops.py {command_line(argv)}"
     )
     text = write_report(os.path.join(args.results, "rotated_ops.md"), "Rotated-box op speed", machine,
