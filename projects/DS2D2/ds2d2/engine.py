@@ -35,6 +35,8 @@ from .compat import set_step_trainer, step_trainer
 from .data.coco import refuse_training_without_boxes
 from .data.mapper import CheckedDatasetMapper
 from .data.sampler import ResumableTrainLoader
+from .evaluation.dota import DOTAFullImageEvaluator
+from .evaluation.voc import VOCDetectionEvaluator
 from .solver import build_optimizer
 from .train_loop import CheckedAMPTrainer, CheckedSimpleTrainer, ReseedEachIteration
 
@@ -63,14 +65,10 @@ def build_evaluators(cfg, dataset_name: str, output_folder: Optional[str] = None
     coco = COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=detectron2_has_compiled_ops())
     evaluators: List[DatasetEvaluator]
     if kind == "voc_detection":
-        from .evaluation.voc import VOCDetectionEvaluator
-
         evaluators = [coco, VOCDetectionEvaluator(dataset_name, use_07_metric=cfg.TEST.VOC_USE_07_METRIC)]
     elif kind == "coco":
         evaluators = [coco]
     elif kind == "dota_patches":
-        from .evaluation.dota import DOTAFullImageEvaluator
-
         evaluators = [coco] if meta.get("has_labels", True) else []
         if cfg.TEST.DOTA_TASK2:
             evaluators.append(DOTAFullImageEvaluator(dataset_name, output_folder))
