@@ -1,13 +1,13 @@
 """DS2D2: Dual-Stream Spectral Decoupling Distillation for remote sensing object detection
 (Detectron2 project).
 
-Importing ``ds2d2`` registers its meta-architectures (DS2D2Amplifier, DS2D2Distiller), its RetinaNet backbone
-(build_ds2d2_retinanet_resnet_fpn_backbone), its RPN with a minimum IoU for low-quality matches (DS2D2RPN)
-and builtin datasets (dior_*, synthetic_dior_*, dota_*) with Detectron2, and exposes the reusable building
-blocks below. On a detectron2 without compiled ops it also points Detectron2's rotated IoU, NMS and
-ROIAlignRotated at ds2d2.rotated's pure-PyTorch ops (``compat.install_rotated_ops``).
+Importing ``ds2d2`` registers its meta-architectures (DS2D2Amplifier, DS2D2Distiller, RotatedRetinaNet), its
+RetinaNet backbone (build_ds2d2_retinanet_resnet_fpn_backbone), its RPN with a minimum IoU for low-quality
+matches (DS2D2RPN) and builtin datasets (dior_*, synthetic_dior_*, dota_*) with Detectron2, and exposes the
+reusable building blocks below. On a detectron2 without compiled ops it also points Detectron2's rotated
+IoU, NMS and ROIAlignRotated at ds2d2.rotated's pure-PyTorch ops (``compat.install_rotated_ops``).
 """
-from . import backbone, data, meta_arch, rpn  # noqa: F401  (registration only)
+from . import backbone, data, meta_arch, modeling, rpn  # noqa: F401  (registration only)
 from .compat import install_rotated_ops
 from .config import add_ds2d2_config
 from .disw import disw_map, disw_maps

@@ -1,0 +1,254 @@
+"""The two rotated detectors as plain Detectron2 models: Rotated RetinaNet (ds2d2.modeling) and Rotated
+Faster R-CNN (Detectron2's RRPN + RROIHeads), from the shipped configs. RotatedRetinaNet is checked against
+Detectron2's RetinaNet on horizontal objects (same labels, losses and detections), its regression targets
+against the rectangles' corners."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.structures import Boxes, Instances, RotatedBoxes
+from detectron2.utils.events import EventStorage
+
+from ds2d2.config import load_config
+from ds2d2.modeling import RotatedRetinaNet
+from ds2d2.modeling.rotated_retinanet import nearest_spelling
+from ds2d2.rotated.boxes import rotated_boxes_to_polygons
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROTATED_CONFIGS = sorted(
+    p.relative_to(CONFIGS).as_posix()
+    for d in ("DOTA", "DIOR-R", "synthetic") for p in (CONFIGS / d).glob("*.yaml")
+    if p.name.startswith(("rotated_", "Base-RR"))
+)
+# tiny CPU models: ResNet-18, narrow FPN and heads, few proposals, every box scored
+TINY = [
+    "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", 18,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.FPN.OUT_CHANNELS", 32,
+    "MODEL.RETINANET.NUM_CLASSES", 3, "MODEL.RETINANET.NUM_CONVS", 1,
+    "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0,
+    "MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 100, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 50,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", 100, "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
+]
+
+
+def tiny_config(name: str, opts=()):
+    return load_config(str(CONFIGS / name), [str(v) for v in [*TINY, *opts]], register=False)
+
+
+def rotated_batch(num_images: int = 2, size: int = 64, seed: int = 0, angles: bool = True):
+    """Training inputs with 1-4 oriented objects per image (random angles, or all at angle 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(num_images):
+        n = int(torch.randint(1, 5, (1,), generator=generator))
+        centre = torch.rand(n, 2, generator=generator) * size * 0.6 + size * 0.2
+        extent = torch.rand(n, 2, generator=generator) * size * 0.3 + 6
+        angle = (torch.rand(n, 1, generator=generator) * 360 - 180) if angles else torch.zeros(n, 1)
+        instances = Instances((size, size))
+        instances.gt_boxes = RotatedBoxes(torch.cat([centre, extent, angle], dim=1))
+        instances.gt_classes = torch.randint(0, 3, (n,), generator=generator)
+        image = torch.rand(3, size, size, generator=generator) * 255
+        batch.append({"image": image, "instances": instances, "height": size, "width": size})
+    return batch
+
+
+def corner_set(boxes: torch.Tensor) -> torch.Tensor:
+    """[N, 4, 2] corners of rotated boxes, sorted so that equal rectangles give equal tensors."""
+    corners = rotated_boxes_to_polygons(boxes.double()).view(-1, 4, 2)
+    key = corners[..., 0] * 1e4 + corners[..., 1]
+    return torch.gather(corners, 1, key.round(decimals=6).argsort(dim=1)[..., None].expand(-1, -1, 2))
+
+
+def test_nearest_spelling_keeps_the_rectangle_within_45_degrees_of_the_anchor():
+    generator = torch.Generator().manual_seed(0)
+    n = 2000
+    boxes = torch.cat([
+        torch.rand(n, 2, generator=generator) * 100, torch.rand(n, 2, generator=generator) * 50 + 1,
+        torch.rand(n, 1, generator=generator) * 720 - 360,
+    ], dim=1).double()
+    anchor_angles = (torch.rand(n, generator=generator) * 360 - 180).double()
+    spelled = nearest_spelling(boxes, anchor_angles)
+    delta = spelled[:, 4] - anchor_angles
+    assert ((delta >= -45) & (delta < 45)).all()
+    torch.testing.assert_close(corner_set(spelled), corner_set(boxes), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("angle, anchor, expected", [
+    (0.0, 0.0, (8.0, 2.0, 0.0)),
+    (180.0, 0.0, (8.0, 2.0, 0.0)),  # a half turn is free
+    (90.0, 0.0, (2.0, 8.0, 0.0)),  # a quarter turn is a swap of the sides
+    (-90.0, 90.0, (8.0, 2.0, 90.0)),
+    (44.0, 0.0, (8.0, 2.0, 44.0)),
+    (45.0, 0.0, (2.0, 8.0, -45.0)),  # [-45, 45): the boundary goes to -45
+    (-45.0, 0.0, (8.0, 2.0, -45.0)),
+    (30.0, -170.0, (8.0, 2.0, -150.0)),
+])
+def test_nearest_spelling_cases(angle, anchor, expected):
+    box = torch.tensor([[5.0, 6.0, 8.0, 2.0, angle]])
+    assert nearest_spelling(box, torch.tensor([anchor]))[0].tolist() == [5.0, 6.0, *expected]
+
+
+def horizontal_twin(rotated: RotatedRetinaNet, cfg) -> RetinaNet:
+    """Detectron2's RetinaNet with ``rotated``'s weights: the 4 box deltas per anchor copied, the angle's
+    output of ``rotated`` zeroed (so both predict the same horizontal boxes)."""
+    horizontal_cfg = cfg.clone()
+    horizontal_cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "RetinaNet", "MODEL.ANCHOR_GENERATOR.NAME",
+                                    "DefaultAnchorGenerator", "MODEL.RETINANET.BBOX_REG_WEIGHTS", (1.0,) * 4])
+    horizontal = build_model(horizontal_cfg)
+    anchors = rotated.anchor_generator.num_cell_anchors[0]
+    conv = rotated.head.bbox_pred
+    with torch.no_grad():
+        conv.weight.view(anchors, 5, *conv.weight.shape[1:])[:, 4] = 0
+        conv.bias.view(anchors, 5)[:, 4] = 0
+    keep = torch.tensor([a * 5 + k for a in range(anchors) for k in range(4)])
+    state = {k: (v[keep] if k.startswith("head.bbox_pred") else v) for k, v in rotated.state_dict().items()}
+    horizontal.load_state_dict(state)
+    return horizontal
+
+
+def test_rotated_retinanet_equals_detectron2s_retinanet_on_horizontal_objects():
+    """Objects at angle 0, horizontal anchors: the rotated IoU labels the anchors as the horizontal one, so
+    the focal and L1 losses and the detections (rotated NMS) are Detectron2's RetinaNet's."""
+    torch.manual_seed(0)
+    cfg = tiny_config("synthetic/Base-RRetinaNet.yaml", ["MODEL.RETINANET.NMS_THRESH_TEST", 0.5])
+    rotated = build_model(cfg)
+    horizontal = horizontal_twin(rotated, cfg)
+    horizontal_anchors = horizontal.anchor_generator.cell_anchors
+    for cells, rotated_cells in zip(horizontal_anchors, rotated.anchor_generator.cell_anchors):
+        xywh = torch.cat([(cells[:, :2] + cells[:, 2:]) / 2, cells[:, 2:] - cells[:, :2]], dim=1)
+        torch.testing.assert_close(rotated_cells, torch.cat([xywh, torch.zeros(len(xywh), 1)], dim=1))
+
+    batch = rotated_batch(angles=False)
+    horizontal_batch = []
+    for item in batch:
+        instances = Instances(item["instances"].image_size, gt_classes=item["instances"].gt_classes)
+        cx, cy, w, h, _ = item["instances"].gt_boxes.tensor.unbind(1)
+        instances.gt_boxes = Boxes(torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1))
+        horizontal_batch.append({**item, "instances": instances})
+    with EventStorage():
+        losses = rotated(batch)
+        expected = horizontal(horizontal_batch)
+    assert set(losses) == {"loss_cls", "loss_box_reg"}
+    for key in losses:
+        torch.testing.assert_close(losses[key], expected[key], rtol=1e-5, atol=1e-7)
+    assert expected["loss_box_reg"] > 0
+
+    rotated.eval()
+    horizontal.eval()
+    with torch.no_grad():
+        ours = rotated([{"image": batch[0]["image"]}])[0]["instances"]
+        theirs = horizontal([{"image": batch[0]["image"]}])[0]["instances"]
+    assert isinstance(ours.pred_boxes, RotatedBoxes) and len(ours) == len(theirs) > 0
+    torch.testing.assert_close(ours.scores, theirs.scores)
+    assert torch.equal(ours.pred_classes, theirs.pred_classes)
+    x0, y0, x1, y1 = theirs.pred_boxes.tensor.unbind(1)
+    xywha = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, torch.zeros_like(x0)], dim=1)
+    torch.testing.assert_close(ours.pred_boxes.tensor, xywha, rtol=1e-5, atol=1e-4)
+
+
+def test_rotated_retinanet_regresses_each_anchor_to_its_objects_nearest_spelling():
+    """The box loss is the L1 distance of the predicted deltas to Box2BoxTransformRotated's deltas from each
+    positive anchor to its object, written within 45 degrees of the anchor (the objects' angles turned by a
+    half or quarter turn, with the sides swapped for the latter, change no loss)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config("synthetic/Base-RRetinaNet.yaml"))
+    batch = rotated_batch(seed=3)
+    respelled = []
+    for item in batch:
+        instances = Instances(item["instances"].image_size, gt_classes=item["instances"].gt_classes)
+        cx, cy, w, h, a = item["instances"].gt_boxes.tensor.unbind(1)
+        instances.gt_boxes = RotatedBoxes(torch.stack([cx, cy, h, w, a + 270], dim=1))  # the same rectangles
+        respelled.append({**item, "instances": instances})
+    with EventStorage():
+        losses = model(batch)
+        model.loss_normalizer = 100  # the EMA the first step started from
+        again = model(respelled)
+    for key in losses:
+        torch.testing.assert_close(losses[key], again[key])
+
+    with torch.no_grad():
+        features = model.backbone(model.preprocess_image(batch).tensor)
+    anchors = model.anchor_generator([features[f] for f in model.head_in_features])
+    labels, targets = model.label_anchors(anchors, [item["instances"] for item in batch])
+    anchors = RotatedBoxes.cat(anchors).tensor
+    for image_labels, image_targets, item in zip(labels, targets, batch):
+        positive = (image_labels >= 0) & (image_labels < 3)
+        assert positive.any()
+        delta = image_targets[positive, 4] - anchors[positive, 4]
+        assert ((delta >= -45) & (delta < 45)).all()
+        # every positive's target is one of the objects, as a rectangle
+        objects = corner_set(item["instances"].gt_boxes.tensor)
+        found = corner_set(image_targets[positive])
+        distance = (found[:, None] - objects[None]).abs().amax(dim=(2, 3)).amin(dim=1)
+        assert distance.max() < 1e-3
+
+
+@pytest.mark.parametrize("name", ["synthetic/rotated_retinanet_R18_student.yaml",
+                                  "synthetic/rotated_faster_rcnn_R18_student.yaml"])
+def test_rotated_detector_trains_and_predicts_rotated_boxes(name):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(name))
+    batch = rotated_batch()
+    with EventStorage():
+        losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total) and total > 0
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        result = model([{"image": batch[0]["image"], "height": 128, "width": 96}])[0]["instances"]
+    assert isinstance(result.pred_boxes, RotatedBoxes) and len(result) > 0
+    assert result.image_size == (128, 96)  # boxes rescaled to the requested output size
+
+
+@pytest.mark.parametrize("name", ROTATED_CONFIGS)
+def test_shipped_rotated_configs_build_their_detector(name):
+    cfg = load_config(str(CONFIGS / name), ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""], register=False)
+    if cfg.MODEL.META_ARCHITECTURE == "RotatedRetinaNet":
+        assert cfg.MODEL.ANCHOR_GENERATOR.ANGLES == [[0]]
+        assert len(cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS) == 5
+    else:
+        assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+        assert (cfg.MODEL.PROPOSAL_GENERATOR.NAME, cfg.MODEL.ROI_HEADS.NAME) == ("RRPN", "RROIHeads")
+        assert cfg.MODEL.RPN.LOW_QUALITY_MIN_IOU == 0  # RRPN has no minimum (check_config refuses one)
+    assert cfg.MODEL.ANCHOR_GENERATOR.NAME == "RotatedAnchorGenerator"
+    if "/Base-" not in name:
+        depth = int(name.rsplit("_R", 1)[1].split("_")[0].split(".")[0])
+        assert cfg.MODEL.RESNETS.DEPTH == depth
+
+
+def test_every_rotated_depth_and_dataset_has_its_config():
+    for dataset in ("DOTA", "DIOR-R"):
+        for detector in ("rotated_retinanet", "rotated_faster_rcnn"):
+            for depth in (18, 50, 101):
+                assert f"{dataset}/{detector}_R{depth}.yaml" in ROTATED_CONFIGS
+    for detector in ("rotated_retinanet", "rotated_faster_rcnn"):
+        assert f"synthetic/{detector}_R50_teacher.yaml" in ROTATED_CONFIGS
+        assert f"synthetic/{detector}_R18_student.yaml" in ROTATED_CONFIGS
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("MODEL.ANCHOR_GENERATOR.NAME", "DefaultAnchorGenerator", "MODEL.ANCHOR_GENERATOR.NAME"),
+    ("MODEL.RETINANET.BBOX_REG_WEIGHTS", (1.0, 1.0, 1.0, 1.0), "MODEL.RETINANET.BBOX_REG_WEIGHTS"),
+    ("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "giou", "MODEL.RETINANET.BBOX_REG_LOSS_TYPE"),
+])
+def test_rotated_retinanet_refuses_horizontal_settings_naming_the_key(key, value, named):
+    cfg = tiny_config("synthetic/Base-RRetinaNet.yaml", [key, value])
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        build_model(cfg)
+
+
+def test_rotated_retinanet_angles_give_rotated_anchors():
+    """More ANGLES: as many more anchors per location and outputs of the head, at those angles."""
+    model = build_model(tiny_config("synthetic/Base-RRetinaNet.yaml", ["MODEL.ANCHOR_GENERATOR.ANGLES",
+                                                                       [[-60, 0, 60]]]))
+    assert model.anchor_generator.num_cell_anchors == [27] * 5
+    assert model.head.bbox_pred.out_channels == 27 * 5 and model.head.cls_score.out_channels == 27 * 3
+    assert sorted(set(list(model.anchor_generator.cell_anchors)[0][:, 4].tolist())) == [-60, 0, 60]
+    assert math.isclose(model.head.cls_score.bias[0].item(), -math.log(99), rel_tol=1e-6)  # RetinaNet's prior
