@@ -1,13 +1,27 @@
 """DOTA Task 1: exact polygon IoU, AP equal to the DOTA devkit's Task-1 evaluation on the same files, rotated
 merging, submission files, the evaluator and tools/dota_merge_eval.py --task 1."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from conftest import load_script
+from detectron2.data import DatasetCatalog
+from detectron2.structures import Boxes, Instances, RotatedBoxes
 from shapely.geometry import Polygon
+from test_dota_scenes import CLASSES, GAP, PATCH, write_dota_folder
 
+from ds2d2.data.dota import DOTA_V1_CLASSES, register_dota
+from ds2d2.data.dota_split import SplitSettings, split_dota
+from ds2d2.evaluation.dota import DOTAFullImageEvaluator, merge_and_evaluate_coco_results
 from ds2d2.evaluation.dota_ap import Detections, Objects
+from ds2d2.evaluation.dota_merge import (
+    DEFAULT_ROTATED_NMS_THRESH,
+    merge_rotated_detections,
+    rotated_patch_to_image,
+)
 from ds2d2.evaluation.dota_task1 import (
     polygon_ground_truth_from_labels,
     rotated_to_polygons,
@@ -15,6 +29,7 @@ from ds2d2.evaluation.dota_task1 import (
     write_task1_files,
 )
 from ds2d2.evaluation.polygon_iou import pairwise_polygon_iou
+from ds2d2.rotated.boxes import polygons_to_rotated_boxes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -197,3 +212,151 @@ def test_task1_ap_by_hand_with_difficult():
     assert np.isnan(ap([square], [0.9])["b"])  # no object of class b
     with pytest.raises(KeyError, match="without ground truth"):
         task1_average_precision({"y": Detections(square[None], np.ones(1), np.zeros(1, np.int64))}, gt, ["a"])
+
+
+def shapely_rotated_iou(a: np.ndarray, b: np.ndarray) -> float:
+    return shapely_iou(rotated_to_polygons(a)[0], rotated_to_polygons(b)[0])
+
+
+def test_rotated_merge_is_classwise_greedy_nms_at_the_devkits_threshold():
+    rng = np.random.default_rng(0)
+    n = 150
+    boxes = np.concatenate(
+        [rng.uniform(0, 150, (n, 2)), rng.uniform(5, 40, (n, 2)), rng.uniform(-180, 180, (n, 1))], axis=1
+    )
+    scores, classes = rng.random(n), rng.integers(0, 2, n)
+    merged = merge_rotated_detections([Detections(boxes, scores, classes)], 400, 400)
+    expected = []
+    for c in (0, 1):  # brute-force greedy NMS per class with Shapely's IoU, at 0.1
+        left = [i for i in np.argsort(-scores) if classes[i] == c]
+        while left:
+            best = left.pop(0)
+            expected.append(best)
+            left = [j for j in left if shapely_rotated_iou(boxes[best], boxes[j]) <= 0.1]
+    expected = sorted(expected, key=lambda i: -scores[i])
+    assert DEFAULT_ROTATED_NMS_THRESH == 0.1
+    assert 10 < len(expected) < n - 10
+    np.testing.assert_array_equal(merged.boxes, boxes[expected])
+    np.testing.assert_array_equal(merged.classes, classes[expected])
+
+
+def test_rotated_merge_maps_patches_keeps_whole_boxes_and_drops_padding():
+    # a patch at origin (100, 50) cut at rate 2: centre and size halve, the angle stays
+    np.testing.assert_allclose(
+        rotated_patch_to_image(np.array([[40.0, 20.0, 30.0, 10.0, 33.0]]), (100.0, 50.0), 2.0),
+        [[120.0, 60.0, 15.0, 5.0, 33.0]],
+    )
+    whole, part = [50, 50, 40, 10, 30], [48, 49, 30, 10, 30]  # same score: the whole object wins the tie
+    outside = [130, 20, 20, 10, 0]  # in the padding right of a 100-px image
+    across = [95, 20, 20, 10, 45]  # crosses the border: kept, not clipped
+    merged = merge_rotated_detections(
+        [Detections(np.array([part, outside]), np.array([0.9, 0.95]), np.zeros(2, np.int64)),
+         Detections(np.array([whole, across]), np.array([0.9, 0.5]), np.zeros(2, np.int64))],
+        100, 100,
+    )
+    assert merged.boxes.tolist() == [whole, across]
+
+
+@pytest.fixture(scope="module")
+def oriented_patch_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dota_task1")
+    scenes = write_dota_folder(root / "val")
+    split_dota(
+        root / "val", root / "val_p", settings=SplitSettings(PATCH, GAP, (0.5, 1.0, 1.5)), num_workers=1,
+        progress=False,
+    )
+    return root, scenes
+
+
+def objects_as_rotated_results(dicts, scenes, skip=None):
+    """Every object whose centre lies in a patch, as the rotated detection (its polygon's minimum-area
+    rectangle, in patch pixels) a perfect model would give, score 1, as RotatedCOCOEvaluator writes them;
+    ``skip``: (image, category) left out."""
+    results = []
+    for d in dicts:
+        (ox, oy), scale = d["patch_origin"], d["patch_scale"]
+        objects = scenes[d["source_image"]]
+        rboxes = polygons_to_rotated_boxes(torch.tensor([p for p, _, _ in objects], dtype=torch.float64))
+        for (poly, category, _), rbox in zip(objects, rboxes.tolist()):
+            cx, cy = (rbox[0] - ox) * scale, (rbox[1] - oy) * scale
+            if not (0 <= cx < PATCH and 0 <= cy < PATCH) or (d["source_image"], category) == skip:
+                continue
+            box = [cx, cy, rbox[2] * scale, rbox[3] * scale, rbox[4]]
+            results.append(
+                {"image_id": d["image_id"], "category_id": DOTA_V1_CLASSES.index(category), "bbox": box,
+                 "score": 1.0}
+            )
+    return results
+
+
+def test_tool_scores_task1_from_rotated_results(oriented_patch_set, catalog, tmp_path, monkeypatch):
+    root, scenes = oriented_patch_set
+    register_dota("tiny_val_r", root / "val_p")
+    dicts = DatasetCatalog.get("tiny_val_r")
+    results = tmp_path / "coco_instances_results.json"
+    results.write_text(json.dumps(objects_as_rotated_results(dicts, scenes)))
+    tool = load_script(REPO / "tools" / "dota_merge_eval.py", "dota_merge_eval")
+    out = tmp_path / "full"
+    labels = str(root / "val" / "labelTxt")
+    argv = ["--dataset", "tiny_val_r", "--detections", str(results), "--labels", labels, "--output", str(out)]
+    assert tool.main(argv) == 0  # the task follows the results: 5 numbers a box
+    report = json.loads((out / "dota_task1_eval.json").read_text())
+    assert report["mAP"] == 1.0 and {c: report["AP"][c] for c in CLASSES} == {c: 1.0 for c in CLASSES}
+    written = sorted(p.name for p in out.glob("Task1_*.txt"))
+    assert written == sorted(f"Task1_{c}.txt" for c in DOTA_V1_CLASSES)
+    assert not list(out.glob("Task2_*.txt"))
+    # the submission files score 1 in the devkit too, merged to one line per object
+    lines = sum(len((out / f"Task1_{c}.txt").read_text().splitlines()) for c in CLASSES)
+    assert lines == sum(len(objs) for objs in scenes.values())
+    theirs = devkit_task1_ap(out, root / "val" / "labelTxt", list(scenes), CLASSES, True, monkeypatch)
+    assert theirs == pytest.approx({c: 1.0 for c in CLASSES}, abs=1e-12)
+
+    # the check can fail: without one object's detections, its class loses AP
+    stem, (_, category, _) = "P0000", next(o for o in scenes["P0000"] if o[2] == 0)
+    results.write_text(json.dumps(objects_as_rotated_results(dicts, scenes, skip=(stem, category))))
+    assert tool.main(argv + ["--task", "1"]) == 0
+    assert json.loads((out / "dota_task1_eval.json").read_text())["AP"][category] < 1.0
+    # rotated results are not Task 2's: refused with the fix, no traceback
+    assert tool.main(argv + ["--task", "2"]) == 1
+    with pytest.raises(ValueError, match="use --task 1"):
+        merge_and_evaluate_coco_results("tiny_val_r", results, tmp_path / "o", labels, task=2)
+
+
+def rotated_outputs(dicts, results):
+    """Model outputs (Instances with RotatedBoxes) per patch dict from COCO-style rotated results."""
+    per_patch = {d["image_id"]: [] for d in dicts}
+    for r in results:
+        per_patch[r["image_id"]].append(r)
+    for d in dicts:
+        rows = per_patch[d["image_id"]]
+        inst = Instances((d["height"], d["width"]))
+        boxes = torch.tensor([r["bbox"] for r in rows], dtype=torch.float32).reshape(-1, 5)
+        inst.pred_boxes = RotatedBoxes(boxes)
+        inst.scores = torch.tensor([r["score"] for r in rows], dtype=torch.float32)
+        inst.pred_classes = torch.tensor([r["category_id"] for r in rows], dtype=torch.int64)
+        yield {k: v for k, v in d.items() if k != "annotations"}, {"instances": inst}
+
+
+def test_evaluator_scores_task1_on_rotated_outputs(oriented_patch_set, catalog, tmp_path):
+    root, scenes = oriented_patch_set
+    register_dota("tiny_val_ev_r", root / "val_p")
+    dicts = DatasetCatalog.get("tiny_val_ev_r")
+    labels = str(root / "val" / "labelTxt")
+    evaluator = DOTAFullImageEvaluator("tiny_val_ev_r", str(tmp_path), task=1, labels_dir=labels)
+    evaluator.reset()
+    for inp, out in rotated_outputs(dicts, objects_as_rotated_results(dicts, scenes)):
+        evaluator.process([inp], [out])
+    result = evaluator.evaluate()["dota_task1"]
+    assert result["mAP"] == pytest.approx(100.0)
+    assert all(result[f"AP-{c}"] == pytest.approx(100.0) for c in CLASSES)
+    assert json.loads((tmp_path / "dota_task1_eval.json").read_text())["mAP"] == 1.0
+    assert not list(tmp_path.glob("Task1_*.txt"))  # labelled split: no submission unless asked
+
+    # horizontal predictions cannot be scored as Task 1 (and rotated ones not as Task 2): named, with the fix
+    inp, out = next(rotated_outputs(dicts, []))
+    out["instances"].pred_boxes = Boxes(torch.zeros(0, 4))
+    with pytest.raises(ValueError, match="Task 1 scores rotated boxes.*predicted horizontal boxes"):
+        evaluator.process([inp], [out])
+    task2 = DOTAFullImageEvaluator("tiny_val_ev_r", str(tmp_path))
+    with pytest.raises(ValueError, match="Task 2 scores horizontal boxes.*predicted rotated boxes"):
+        task2.process(*[[x] for x in next(rotated_outputs(dicts, []))])

@@ -1,13 +1,15 @@
 #!/usr/bin/env python
-"""Merge a DOTA patch set's detections back to full images; write Task2_<class>.txt and score them (Task 2).
+"""Merge a DOTA patch set's detections back to full images; write the submission files and score them.
 
     python tools/dota_merge_eval.py --dataset dota_v1_val_1024 \
         --detections output/inference/dota_v1_val_1024/coco_instances_results.json \
         --labels DOTA/val/labelTxt --output output/dota_val_full
 
 --dataset is a registered patch-set name or a patch-set folder (datasets/prepare_dota.py output); --detections
-is Detectron2's COCO results file for that patch set. Without --labels the ground truth recorded in the patch
-set is used (none for test: only the submission files are written). Writes OUTPUT/dota_eval.json as {"mAP":
+is Detectron2's COCO results file for that patch set: COCOEvaluator's horizontal boxes are scored as DOTA Task
+2, RotatedCOCOEvaluator's rotated boxes (5 numbers a box) as Task 1 (--task checks it). Without --labels the
+ground truth recorded in the patch set is used (none for test: only the submission files are written). Writes
+Task<N>_<class>.txt and OUTPUT/dota_eval.json (Task 2) or OUTPUT/dota_task1_eval.json (Task 1) as {"mAP":
 float, "AP": {class: float}} (AP in [0, 1], null for a class without objects).
 """
 
@@ -16,8 +18,8 @@ import os
 import sys
 
 import ds2d2  # noqa: F401  (registers the builtin dota_* patch sets)
-from ds2d2.evaluation.dota import merge_and_evaluate_coco_results
-from ds2d2.evaluation.dota_merge import DEFAULT_NMS_THRESH
+from ds2d2.evaluation.dota import EVAL_FILES, merge_and_evaluate_coco_results
+from ds2d2.evaluation.dota_merge import DEFAULT_NMS_THRESH, DEFAULT_ROTATED_NMS_THRESH
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,9 +29,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--labels", default=None, help="original labelTxt folder (default: labels recorded at split time)"
     )
-    p.add_argument("--output", required=True, help="folder for Task2_<class>.txt and dota_eval.json")
+    p.add_argument("--output", required=True, help="folder for Task<N>_<class>.txt and the scores")
     p.add_argument(
-        "--nms-thresh", type=float, default=DEFAULT_NMS_THRESH, help="class-wise NMS IoU for merging"
+        "--task",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="1: oriented boxes (polygon IoU), 2: horizontal boxes (default: the detections' own)",
+    )
+    p.add_argument(
+        "--nms-thresh",
+        type=float,
+        default=None,
+        help="class-wise NMS IoU for merging (default: the devkit's, "
+        f"{DEFAULT_ROTATED_NMS_THRESH} for Task 1, {DEFAULT_NMS_THRESH} for Task 2)",
     )
     p.add_argument(
         "--all-point-ap",
@@ -43,16 +56,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         result = merge_and_evaluate_coco_results(
-            args.dataset, args.detections, args.output, args.labels, args.nms_thresh, not args.all_point_ap
+            args.dataset,
+            args.detections,
+            args.output,
+            args.labels,
+            args.nms_thresh,
+            not args.all_point_ap,
+            args.task,
         )
     except (OSError, KeyError, ValueError) as e:
         print(f"dota_merge_eval: error: {e}", file=sys.stderr)
         return 1
-    print(f"Task2_<class>.txt written to {args.output}")
-    if result is not None:
+    print(f"Task{result['task']}_<class>.txt written to {args.output}")
+    if "AP" in result:
         for name, ap in result["AP"].items():
             print(f"  {name:>20s}: {100 * ap:6.2f}")
-        print(f"  {'mAP':>20s}: {100 * result['mAP']:6.2f}  ({os.path.join(args.output, 'dota_eval.json')})")
+        scores = os.path.join(args.output, EVAL_FILES[result["task"]])
+        print(f"  {'mAP':>20s}: {100 * result['mAP']:6.2f}  ({scores})")
     return 0
 
 

@@ -314,14 +314,15 @@ def merge_and_evaluate_coco_results(
     nms_thresh: Optional[float] = None,
     use_07_metric: bool = True,
     task: Optional[int] = None,
-) -> Optional[dict]:
+) -> dict:
     """What tools/dota_merge_eval.py does: merge a patch set's COCO results, write the Task<task> files and
     (with ground truth from ``labels_dir``, or else the one recorded in the patch set) the scores
     (``evaluate_full_images``).
 
     dataset: a registered patch-set name, or a patch-set folder. task: 1 or 2; None: the results' own (4
     numbers a box: Task 2, 5: Task 1), or the dataset's box kind when there are no detections; a task the
-    results cannot serve is an error. Returns the result of ``evaluate_full_images``.
+    results cannot serve is an error. Returns ``{"task": 1 or 2}``, with the ``"mAP"`` and ``"AP"`` of
+    ``evaluate_full_images`` when there is ground truth.
     """
     meta_task = 2
     if os.path.isdir(dataset):
@@ -350,9 +351,10 @@ def merge_and_evaluate_coco_results(
     info = read_split_info(root)
     records = read_image_records(root, info)
     ground_truth = _ground_truth_of(task, root, info, records, classes, labels_dir)
-    return evaluate_full_images(
+    result = evaluate_full_images(
         detections, records, classes, output_dir, ground_truth, True, nms_thresh, use_07_metric, task
     )
+    return {"task": task, **(result or {})}
 
 
 class DOTAFullImageEvaluator(DatasetEvaluator):
