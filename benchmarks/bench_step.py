@@ -131,8 +131,10 @@ def components(model, batch: List[Dict], repeats: int, device: str) -> Dict[str,
         s_feats = model.student.backbone(images.tensor)
     t_feats = model.teacher_features(batch, size)
     leaves = {f: v.detach().requires_grad_() for f, v in s_feats.items()}
-    _, targets = model.family.detection_losses(images, leaves, gt)  # so the RoI family reuses pooled features
-    heads = model.family.head_in_features()
+    # the student's own targets (so the RoI family reuses pooled features), as in a same-family step
+    _, targets, _ = model.student_family.detection_losses(images, leaves, gt)
+    family, kd = model.teacher_family, model.terms["DS2D2Implicit"].kd
+    heads = family.levels
     boxes = [g.gt_boxes.tensor for g in gt]
     t_bands = {f: dwt(t_feats[f], model.wave) for f in set(model.in_features) | set(heads)}
 
@@ -149,17 +151,19 @@ def components(model, batch: List[Dict], repeats: int, device: str) -> Dict[str,
         )
         (low + high).backward()
 
+    def head_kd(head, student: Dict, teacher: Dict) -> None:
+        with torch.no_grad():
+            t = family.predict(head, teacher, targets)
+        kd(family, family.predict(head, student, targets), t, targets).backward(retain_graph=True)
+
     def amp_full() -> None:
-        head = model.family.head_of(model.teacher)
-        loss = model.family.kd_loss(head, [leaves[f] for f in heads], [t_feats[f] for f in heads], targets)
-        loss.backward(retain_graph=True)
+        head_kd(family.head, leaves, t_feats)
 
     def amp_high() -> None:
-        s_hf = [high_frequency(leaves[f], model.wave) for f in heads]
+        s_hf = {f: high_frequency(leaves[f], model.wave) for f in heads}
         with torch.no_grad():
-            t_hf = [high_frequency_from_bands(t_bands[f][1], tuple(t_feats[f].shape[-2:])) for f in heads]
-        amplifier = model.terms["DS2D2Implicit"].amplifier_head
-        model.family.kd_loss(amplifier, s_hf, t_hf, targets).backward(retain_graph=True)
+            t_hf = {f: high_frequency_from_bands(t_bands[f][1], tuple(t_feats[f].shape[-2:])) for f in heads}
+        head_kd(model.terms["DS2D2Implicit"].amplifier_head, s_hf, t_hf)
 
     parts = dict(teacher_fwd_ms=teacher_fwd, disw_ms=disw, explicit_ms=explicit, amp_full_ms=amp_full,
                  amp_high_ms=amp_high)

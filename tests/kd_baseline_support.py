@@ -1,12 +1,13 @@
-"""Helpers for the tests of the feature-distillation baselines (test_pkd.py, test_mgd.py, ...): a TermContext
-without models, and 2 iterations of a synthetic baseline config through train_net.py with a tiny random
+"""Helpers for the tests of distillation terms (test_pkd.py, test_mgd.py, test_fgd.py, a new term's): a
+TermContext without models, a term built as the distiller builds it (its config checked first), and 2
+iterations of a synthetic baseline config through train_net.py with a tiny random
 teacher, whose checkpoint must hold no teacher tensor and whose student tools/export_student.py exports."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Type
 
 import torch
 from detectron2.config import CfgNode
@@ -15,7 +16,8 @@ from detectron2.modeling import build_model
 from torch import Tensor
 
 from conftest import REPO, TINY, load_script, tiny_cfg
-from ds2d2.distill import TermContext
+from ds2d2.checks import check_config
+from ds2d2.distill import DistillTerm, TermContext
 
 NUM_CLASSES_KEY = {
     "RetinaNet": "MODEL.RETINANET.NUM_CLASSES", "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES"
@@ -33,6 +35,17 @@ def fake_context(cfg: CfgNode, strides: Dict[str, int], s_width: int, t_width: i
     s_shapes = {f: ShapeSpec(channels=s_width, stride=s) for f, s in strides.items()}
     t_shapes = {f: ShapeSpec(channels=t_width, stride=s) for f, s in strides.items()}
     return TermContext(cfg, None, None, s_shapes, t_shapes, list(strides), s_width, t_width, no_adapters)
+
+
+def checked_term(
+    term_class: Type[DistillTerm], cfg: CfgNode, strides: Dict[str, int], s_width: int, t_width: int
+) -> DistillTerm:
+    """``term_class`` built on ``fake_context`` as the distiller builds it: ``cfg`` (as a distiller's) goes
+    through ``check_config`` first, which refuses bad values by key; the term only reads them."""
+    distiller_cfg = cfg.clone()
+    distiller_cfg.MODEL.META_ARCHITECTURE = "DS2D2Distiller"
+    check_config(distiller_cfg, datasets=())
+    return term_class(cfg, fake_context(cfg, strides, s_width, t_width))
 
 
 def write_tiny_teacher(folder: Path, detector: str) -> List[str]:

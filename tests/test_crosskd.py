@@ -61,8 +61,8 @@ def lively_heads(model: nn.Module) -> None:
     """Random student and teacher head weights with O(1) outputs (Detectron2 starts its predictors near 0)."""
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
-        for detector in (model.student, model.teacher):
-            for p in model.family.head_of(detector).parameters():
+        for family in (model.student_family, model.teacher_family):
+            for p in family.head.parameters():
                 scale = p[0].numel() ** -0.5 if p.dim() > 1 else 0.1
                 p.copy_(torch.randn(p.shape, generator=generator) * scale)
 
@@ -175,7 +175,7 @@ def test_retinanet_cross_head_is_the_hand_written_forward(stages, layer):
     lively_heads(model)
     _, step = step_of(model)
     c_logits, c_deltas, t_logits, t_deltas = term.predictions(step)
-    levels = model.family.head_in_features()
+    levels = model.student_family.levels
     s_feats, t_feats = [step.student_feats[f] for f in levels], [step.teacher_feats[f] for f in levels]
     with torch.no_grad():
         expected = [
@@ -200,14 +200,14 @@ def test_retinanet_losses_are_the_direct_computation(stages):
     losses = term(step)
     with torch.no_grad():
         s, s_deltas, t, t_deltas = term.predictions(step)
-    labels = step.targets["gt_labels"].flatten()  # class, 3 (background) or -1 (ignored)
+    labels = step.targets.gt_labels.flatten()  # class, 3 (background) or -1 (ignored)
     valid = labels >= 0
     num_pos = int((valid & (labels != 3)).sum())
     assert num_pos > 0 and (~valid).any()
     p = t.sigmoid()
     bce = -(p * F.logsigmoid(s) + (1 - p) * F.logsigmoid(-s))
     cls = (bce * (s.sigmoid() - p).abs())[valid].sum() / num_pos
-    anchors = step.targets["anchors"].repeat(2, 1)
+    anchors = step.targets.anchors.repeat(2, 1)
     weight = t.sigmoid().max(dim=1).values * valid
     box = (weight * (1 - giou(decode(s_deltas, anchors), decode(t_deltas, anchors)))).sum() / num_pos
     torch.testing.assert_close(losses["loss_crosskd_cls"], 0.7 * cls, rtol=1e-5, atol=1e-7)
@@ -231,7 +231,7 @@ def test_faster_rcnn_losses_are_the_teacher_head_on_student_features(stages, red
     lively_heads(model)
     _, step = step_of(model)
     losses = term(step)
-    heads, levels, rois = model.teacher.roi_heads, model.family.head_in_features(), step.targets["rois"]
+    heads, levels, rois = model.teacher.roi_heads, model.student_family.levels, step.targets.rois
     with torch.no_grad():
         student = [step.student_feats[f] for f in levels]
         if model.adapters is not None:

@@ -74,7 +74,7 @@ def test_teacher_bands_are_computed_once_per_step(tmp_path, monkeypatch):
     model = distiller(tmp_path, "RetinaNet", [])
     with EventStorage():
         model(random_batch())
-    levels = set(model.in_features) | set(model.family.head_in_features())
+    levels = set(model.in_features) | set(model.teacher_family.levels)
     assert len(calls) == len(levels)  # shared by the explicit and the high-frequency implicit streams
 
 

@@ -12,7 +12,6 @@ from typing import Dict, List, Sequence, Tuple
 import pytest
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
@@ -20,8 +19,9 @@ from torch import Tensor, nn
 
 from conftest import REPO, TINY, load_script, random_batch, tiny_cfg, tiny_stages
 from ds2d2 import add_ds2d2_config
-from ds2d2.distill import DISTILL_TERM_REGISTRY, DistillStep, TermContext
+from ds2d2.distill import DISTILL_TERM_REGISTRY, DistillStep
 from ds2d2.distill.fgd import FGD, fgd_attention, focal_masks
+from kd_baseline_support import checked_term
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 KEYS = {"loss_fgd_fea", "loss_fgd_att", "loss_fgd_global"}
@@ -97,14 +97,7 @@ def fgd_cfg(opts: Sequence = ()) -> CfgNode:
 
 def standalone(opts: Sequence = (), s_width: int = 4, t_width: int = 6) -> FGD:
     """The FGD term on levels p3, p4 of widths ``s_width`` (student) and ``t_width`` (teacher)."""
-    def no_adapters():
-        raise AssertionError("FGD must not ask for the shared adapters")
-
-    s_shapes = {f: ShapeSpec(channels=s_width, stride=s) for f, s in STRIDES.items()}
-    t_shapes = {f: ShapeSpec(channels=t_width, stride=s) for f, s in STRIDES.items()}
-    context = TermContext(fgd_cfg(opts), None, None, s_shapes, t_shapes, list(STRIDES), s_width, t_width,
-                          no_adapters)
-    return FGD(fgd_cfg(opts), context)
+    return checked_term(FGD, fgd_cfg(opts), STRIDES, s_width, t_width)
 
 
 def boxes_of_three_images() -> List[Tensor]:

@@ -12,7 +12,7 @@ from torch import Tensor
 from conftest import assert_step_leaves_teacher, losses_then_shared_step, random_batch, tiny_cfg, tiny_stages
 from ds2d2.distill import DISTILL_TERM_REGISTRY, DistillStep
 from ds2d2.distill.mgd import MGD, random_mask
-from kd_baseline_support import fake_context, train_two_iterations
+from kd_baseline_support import checked_term, train_two_iterations
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 STRIDES = {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}  # RetinaNet's levels
@@ -26,7 +26,7 @@ def mgd_term(opts=(), s_width: int = 3, t_width: int = 4) -> MGD:
     cfg = tiny_cfg("RetinaNet", ["MODEL.DS2D2.TERMS", "['MGD']"])
     cfg.merge_from_list(list(opts))
     torch.manual_seed(0)
-    return MGD(cfg, fake_context(cfg, STRIDES, s_width, t_width))
+    return checked_term(MGD, cfg, STRIDES, s_width, t_width)
 
 
 def features(seed: int, channels: int) -> Dict[str, Tensor]:

@@ -14,7 +14,8 @@ from pytorch_wavelets import DWTForward
 
 from conftest import random_batch, tiny_cfg, tiny_stages
 from ds2d2 import dwt, explicit_loss
-from ds2d2.amplifiers import DenseFamily, RoIFamily
+from ds2d2.distill.ds2d2_implicit import ImplicitKD
+from ds2d2.families import RCNNFamily, RetinaNetFamily
 from ds2d2.losses import dense_box_kd, dense_cls_kd, roi_box_kd, roi_cls_divisor, roi_cls_kd
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -240,8 +241,8 @@ def dense_predictions(head, feats: List[torch.Tensor], num_classes: int):
 def authors_dense_family(head, s_feats, t_feats, targets: Dict, num_classes: int):
     s_logits, s_deltas = dense_predictions(head, s_feats, num_classes)
     t_logits, t_deltas = dense_predictions(head, t_feats, num_classes)
-    labels = targets["gt_labels"]
-    return authors_dense_kd(s_logits, t_logits, s_deltas, t_deltas, targets["anchors"], labels, num_classes)
+    labels = targets.gt_labels
+    return authors_dense_kd(s_logits, t_logits, s_deltas, t_deltas, targets.anchors, labels, num_classes)
 
 
 def sharpen(roi_heads) -> None:
@@ -276,20 +277,28 @@ def family_inputs(family, student, teacher, num_images: int):
         images = student.preprocess_image(batch)
         s_feats = student.backbone(images.tensor)
         t_feats = teacher.backbone(teacher.preprocess_image(batch).tensor)
-        _, targets = family.detection_losses(images, s_feats, [x["instances"] for x in batch])
-    names = family.head_in_features()
+        _, targets, _ = family.detection_losses(images, s_feats, [x["instances"] for x in batch])
+    names = family.levels
     return [s_feats[f] for f in names], [t_feats[f] for f in names], targets
+
+
+def implicit_kd(kd: ImplicitKD, family, head, s_feats, t_feats, targets):
+    """DS2D2's implicit KD of ``head`` on the listed features of ``family.levels`` at ``targets``."""
+    s_preds, t_preds = (family.predict(head, dict(zip(family.levels, x)), targets)
+                        for x in (s_feats, t_feats))
+    return kd(family, s_preds, t_preds, targets)
 
 
 def test_dense_family_matches_authors(detectors):
     student, teacher = detectors("RetinaNet")
-    family = DenseFamily(student, beta=1.0)
+    family = RetinaNetFamily(student)
     s_feats, t_feats, targets = family_inputs(family, student, teacher, num_images=2)
-    labels, k = targets["gt_labels"], student.num_classes
+    labels, k = targets.gt_labels, student.num_classes
     assert (labels == -1).any() and ((labels >= 0) & (labels < k)).any()
 
     with torch.no_grad():
-        ours = family.kd_loss(teacher.head, s_feats, t_feats, targets)
+        kd = ImplicitKD(1.0, TEMPERATURE, ROI_CLS_WEIGHT, "mean")
+        ours = implicit_kd(kd, family, teacher.head, s_feats, t_feats, targets)
     cls, box, box_ignored = authors_dense_family(teacher.head, s_feats, t_feats, targets, k)
     close(ours, cls + box)
     assert box_ignored > 1e-3 * (cls + box)  # dropping the ignored anchors' box KD would fail the check
@@ -359,13 +368,14 @@ def authors_roi_family(head, s_feats, t_feats, rois, reduction: str) -> float:
 )
 def test_roi_family_matches_authors(detectors, num_images, reduction):
     student, teacher = detectors("GeneralizedRCNN")
-    family = RoIFamily(student, TEMPERATURE, ROI_CLS_WEIGHT, reduction)
+    family = RCNNFamily(student)
     s_feats, t_feats, targets = family_inputs(family, student, teacher, num_images)
-    assert targets["num_images"] == len(targets["rois"]) == num_images
+    assert targets.num_images == len(targets.rois) == num_images
     head = teacher.roi_heads
     with torch.no_grad():
-        ours = family.kd_loss(head, s_feats, t_feats, targets)
-    close(ours, authors_roi_family(head, s_feats, t_feats, targets["rois"], reduction))
+        ours = implicit_kd(ImplicitKD(1.0, TEMPERATURE, ROI_CLS_WEIGHT, reduction), family, head, s_feats,
+                           t_feats, targets)
+    close(ours, authors_roi_family(head, s_feats, t_feats, targets.rois, reduction))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,27 +395,27 @@ def test_distiller_full_amplifier_term_matches_authors(tmp_path, monkeypatch, de
         sharpen(model.teacher.roi_heads)
 
     seen = {}
-    detection_losses = model.family.detection_losses
+    detection_losses = model.student_family.detection_losses
 
     def spy(*args):
-        seen["losses"], seen["targets"] = detection_losses(*args)
-        return seen["losses"], seen["targets"]
+        seen["losses"], seen["targets"], predictions = detection_losses(*args)
+        return seen["losses"], seen["targets"], predictions
 
-    monkeypatch.setattr(model.family, "detection_losses", spy)
+    monkeypatch.setattr(model.student_family, "detection_losses", spy)
     for name, part in (("student", model.student.backbone), ("teacher", model.teacher.backbone)):
         part.register_forward_hook(lambda module, inputs, output, name=name: seen.__setitem__(name, output))
     with EventStorage():
         losses = model(random_batch(2, size=64))
 
-    names = model.family.head_in_features()
+    names = model.teacher_family.levels
     with torch.no_grad():
         s_feats = [model.adapters[f](seen["student"][f]) for f in names]
     t_feats = [seen["teacher"][f] for f in names]
-    head = model.family.head_of(model.teacher)
+    head = model.teacher_family.head
     if detector == "RetinaNet":
         num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
         cls, box, _ = authors_dense_family(head, s_feats, t_feats, seen["targets"], num_classes)
         expected = cls + box
     else:
-        expected = authors_roi_family(head, s_feats, t_feats, seen["targets"]["rois"], "sum_per_2_images")
+        expected = authors_roi_family(head, s_feats, t_feats, seen["targets"].rois, "sum_per_2_images")
     close(losses["loss_ds2d2_im_full"].detach(), IMPLICIT_FULL * expected)

@@ -11,7 +11,7 @@ from torch import Tensor
 from conftest import assert_step_leaves_teacher, losses_then_shared_step, random_batch, tiny_cfg, tiny_stages
 from ds2d2.distill import DISTILL_TERM_REGISTRY, DistillStep
 from ds2d2.distill.pkd import PKD
-from kd_baseline_support import fake_context, train_two_iterations
+from kd_baseline_support import checked_term, train_two_iterations
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 STRIDES = {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}  # RetinaNet's levels
@@ -21,7 +21,7 @@ SIZES = {"p3": 6, "p4": 5, "p5": 4, "p6": 3, "p7": 2}  # H = W per level
 def pkd_term(opts=(), s_width: int = 4, t_width: int = 4) -> PKD:
     cfg = tiny_cfg("RetinaNet", ["MODEL.DS2D2.TERMS", "['PKD']"])
     cfg.merge_from_list(list(opts))
-    return PKD(cfg, fake_context(cfg, STRIDES, s_width, t_width))
+    return checked_term(PKD, cfg, STRIDES, s_width, t_width)
 
 
 def features(seed: int, channels: int = 4) -> Dict[str, Tensor]:

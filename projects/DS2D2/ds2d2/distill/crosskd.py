@@ -14,6 +14,9 @@ head, never the student's own predictions, which only the ground truth supervise
   at the RoIs the student sampled for its own loss (through the shared 1x1 adapters when the FPN widths
   differ). Classification KD: KL at temperature 3 (reduced as ``ROI_CLS_REDUCTION`` says); box KD: L1 on the
   deltas of the teacher's most probable class, weighted by its probability (DS2D2's RoI KD primitives).
+- Across families (a RetinaNet teacher and a Faster R-CNN student, or the other way round) the student has no
+  head layers that feed the teacher's: refused, naming ``MODEL.DS2D2.TERMS``.
+The teacher's own predictions are the step's (``DistillStep.teacher_predictions``), shared with other terms.
 """
 from typing import Dict, List, Tuple
 
@@ -21,10 +24,9 @@ import torch
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
-from ..amplifiers import DenseFamily, RoIFamily
-from ..amplifiers.dense import per_anchor
+from ..families import RCNNFamily, RetinaNetFamily
+from ..families.retinanet import per_anchor
 from ..losses import ROI_CLS_REDUCTIONS, dense_box_kd, dense_cls_kd, roi_box_kd, roi_cls_divisor, roi_cls_kd
-from ..config import config_number
 from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext
 
 QFL_BETA = 1.0  # the authors' quality-focal exponent (RetinaNet classification KD)
@@ -93,23 +95,28 @@ class CrossKD(DistillTerm):
     def __init__(self, cfg: CfgNode, context: TermContext):
         super().__init__()
         crosskd = cfg.MODEL.DS2D2.CROSSKD
-        self.cls_weight = config_number(crosskd.CLS_WEIGHT, "MODEL.DS2D2.CROSSKD.CLS_WEIGHT")
-        self.box_weight = config_number(crosskd.BOX_WEIGHT, "MODEL.DS2D2.CROSSKD.BOX_WEIGHT")
-        self.family = context.family
-        self.levels = context.family.head_in_features()
-        self.dense = isinstance(context.family, DenseFamily)
+        self.cls_weight, self.box_weight = float(crosskd.CLS_WEIGHT), float(crosskd.BOX_WEIGHT)
+        family = context.student_family
+        if not context.same_kind:
+            raise ValueError(
+                "MODEL.DS2D2.TERMS lists CrossKD, which runs the student's head features through the "
+                f"teacher's head layers: both must be of one detector family, but the teacher is a "
+                f"{context.teacher_family.kind} and the student a {family.kind}. Remove CrossKD from "
+                "MODEL.DS2D2.TERMS (every other term distils across families)."
+            )
+        self.family = family
+        self.levels = list(family.levels)
+        self.dense = isinstance(family, RetinaNetFamily)
         if self.dense:
             self._init_dense(cfg, context)
-        elif isinstance(context.family, RoIFamily):
+        elif isinstance(family, RCNNFamily):
             self._init_roi(cfg, context)
         else:
-            raise ValueError(
-                f"CrossKD supports RetinaNet and Faster R-CNN, not {type(context.family).__name__}."
-            )
+            raise ValueError(f"CrossKD supports RetinaNet and Faster R-CNN, not {family.kind}.")
 
     def _init_dense(self, cfg: CfgNode, context: TermContext) -> None:
-        student, teacher = context.family.student, context.teacher
-        s_head, t_head = context.family.head_of(student), context.family.head_of(teacher)
+        student, teacher = context.student_family.detector, context.teacher
+        s_head, t_head = context.student_family.head, context.teacher_family.head
         if context.student_width != context.teacher_width:
             raise ValueError(
                 "CrossKD runs the teacher's head layers on the student's head features, as wide as its FPN: "
@@ -164,7 +171,7 @@ class CrossKD(DistillTerm):
                 f"got {ck.ROI_CLS_REDUCTION!r}."
             )
         self.reduction = ck.ROI_CLS_REDUCTION
-        t_heads = context.family.head_of(context.teacher)
+        t_heads = context.teacher_family.head
         if list(t_heads.box_in_features) != self.levels:
             raise ValueError(
                 "CrossKD pools the student's features with the teacher's RoI head: "
@@ -178,15 +185,17 @@ class CrossKD(DistillTerm):
     # ------------------------------------------------------------------------------------------------------------
     def predictions(self, step: DistillStep) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """(cross-head class logits, cross-head box deltas, teacher logits, teacher deltas), the teacher's
-        constants. RetinaNet: [B*A, K] and [B*A, 4], image-major over every level's anchors (as
-        ``step.targets["anchors"]`` repeated per image); Faster R-CNN: [R, K+1] and [R, 4K] (or [R, 4]) on the
-        sampled RoIs of ``step.targets["rois"]``."""
-        return self._dense_predictions(step) if self.dense else self._roi_predictions(step)
+        constants. RetinaNet: [B*A, K] and [B*A, 4], image-major over every level's anchors (the rows of
+        ``step.targets``); Faster R-CNN: [R, K+1] and [R, 4K] (or [R, 4]) on the sampled RoIs of
+        ``step.targets``."""
+        cross = self._dense_cross(step) if self.dense else self._roi_cross(step)
+        teacher = step.teacher_predictions()
+        return cross[0], cross[1], teacher.class_logits, teacher.box_deltas
 
-    def _dense_predictions(self, step: DistillStep) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _dense_cross(self, step: DistillStep) -> Tuple[Tensor, Tensor]:
         n, t_head = self.cross_layer, self._shared["teacher_head"]
         dims = {"cls_subnet": self.family.num_classes, "bbox_subnet": 4}
-        cross, teacher = {}, {}
+        cross = {}
         for subnet, predictor in SUBNETS:
             s_blocks = self._shared["student_blocks"][subnet]
             t_blocks = self._shared["teacher_blocks"][subnet]
@@ -195,44 +204,32 @@ class CrossKD(DistillTerm):
             # through the levels one call at a time.
             with torch.no_grad():
                 t_held = [first_blocks(t_blocks, step.teacher_feats[f], n) for f in self.levels]
-                t_out = [predict(last_blocks(t_blocks, h, n)) for h in t_held]
             s_held = [first_blocks(s_blocks, step.student_feats[f], n) for f in self.levels]
             aligned = [align_statistics(s, t) for s, t in zip(s_held, t_held)]
             c_out = [predict(last_blocks(t_blocks, a, n)) for a in aligned]
             cross[subnet] = per_anchor(c_out, dims[subnet]).flatten(0, 1)
-            teacher[subnet] = per_anchor(t_out, dims[subnet]).flatten(0, 1)
-        return cross["cls_subnet"], cross["bbox_subnet"], teacher["cls_subnet"], teacher["bbox_subnet"]
+        return cross["cls_subnet"], cross["bbox_subnet"]
 
-    def _roi_predictions(self, step: DistillStep) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        heads, adapters, rois = self._shared["teacher_heads"], self._shared["adapters"], step.targets["rois"]
-        if adapters is None and repr(heads.box_pooler) == step.targets["student_pooler"]:
-            pooled = step.targets["student_pooled"]  # the student's features, pooled alike for its own loss
-        else:
-            feats = step.adapted(adapters) if adapters is not None else step.student_feats
-            pooled = heads.box_pooler([feats[f] for f in self.levels], rois)
-        c_scores, c_deltas = heads.box_predictor(heads.box_head(pooled))
-        with torch.no_grad():
-            t_pooled = heads.box_pooler([step.teacher_feats[f] for f in self.levels], rois)
-            t_scores, t_deltas = heads.box_predictor(heads.box_head(t_pooled))
-        return c_scores, c_deltas, t_scores, t_deltas
+    def _roi_cross(self, step: DistillStep) -> Tuple[Tensor, Tensor]:
+        adapters = self._shared["adapters"]
+        feats = step.adapted(adapters) if adapters is not None else step.student_feats
+        cross = step.head_predictions(self._shared["teacher_heads"], feats)
+        return cross.class_logits, cross.box_deltas
 
     def forward(self, step: DistillStep) -> Dict[str, Tensor]:
         c_logits, c_deltas, t_logits, t_deltas = self.predictions(step)
+        targets = step.targets
         if self.dense:
-            gt_labels = step.targets["gt_labels"]  # [B, A]: class, num_classes (background) or -1 (ignored)
-            valid = (gt_labels >= 0).flatten()
-            num_pos = ((gt_labels >= 0) & (gt_labels != self.family.num_classes)).sum()
-            anchors = step.targets["anchors"].repeat(gt_labels.shape[0], 1)
-            transform = self.family.student.box2box_transform
-            c_boxes = transform.apply_deltas(c_deltas, anchors)
+            valid, num_pos = targets.valid, targets.num_pos
+            c_boxes = self.family.decode_boxes(c_deltas, targets)
             with torch.no_grad():
-                t_boxes = transform.apply_deltas(t_deltas, anchors)
+                t_boxes = self.family.decode_boxes(t_deltas, targets)
                 # ignored anchors weigh 0, as in the authors' code
                 box_weight = t_logits.float().sigmoid().amax(dim=1) * valid
             cls = dense_cls_kd(c_logits, t_logits, valid, num_pos, beta=QFL_BETA)
             box = dense_box_kd(c_boxes, t_boxes, box_weight, num_pos)
         else:
-            divisor = roi_cls_divisor(self.reduction, c_logits.shape[0], step.targets["num_images"])
+            divisor = roi_cls_divisor(self.reduction, c_logits.shape[0], targets.num_images)
             cls = roi_cls_kd(c_logits, t_logits, temperature=ROI_TEMPERATURE, divisor=divisor)
             box = roi_box_kd(c_deltas, t_deltas, t_logits)
         return {"loss_crosskd_cls": self.cls_weight * cls, "loss_crosskd_box": self.box_weight * box}

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
-from ..config import config_number
 from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, select_levels
 from .fpn_levels import conv_levels
 
@@ -31,8 +30,8 @@ MASK_CHUNK = 1 << 22  # at most this many (box, cell) pairs are compared at once
 
 
 def fgd_weights(cfg: CfgNode) -> Dict[str, float]:
-    """ALPHA, BETA, GAMMA, LAMBDA of ``MODEL.DS2D2.FGD``, each a finite number >= 0 (else a ValueError)."""
-    return {k: config_number(cfg.MODEL.DS2D2.FGD[k], f"MODEL.DS2D2.FGD.{k}") for k in WEIGHT_KEYS}
+    """ALPHA, BETA, GAMMA, LAMBDA of ``MODEL.DS2D2.FGD`` (checked by ``ds2d2.checks.check_config``)."""
+    return {k: float(cfg.MODEL.DS2D2.FGD[k]) for k in WEIGHT_KEYS}
 
 
 def fgd_attention(feature: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
@@ -125,7 +124,7 @@ class FGD(DistillTerm):
         super().__init__()
         fgd = cfg.MODEL.DS2D2.FGD
         self.alpha, self.beta, self.gamma, self.lam = fgd_weights(cfg).values()
-        self.temperature = config_number(fgd.TEMPERATURE, "MODEL.DS2D2.FGD.TEMPERATURE", strict=True)
+        self.temperature = float(fgd.TEMPERATURE)
         self.in_features = select_levels(
             fgd.IN_FEATURES or conv_levels(context), "MODEL.DS2D2.FGD.IN_FEATURES", context, None
         )

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode
 from torch import Tensor
 
-from ..config import config_number
 from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext
 
 
@@ -19,7 +18,7 @@ class FitNet(DistillTerm):
 
     def __init__(self, cfg: CfgNode, context: TermContext):
         super().__init__()
-        self.weight = config_number(cfg.MODEL.DS2D2.FITNET.WEIGHT, "MODEL.DS2D2.FITNET.WEIGHT", strict=True)
+        self.weight = float(cfg.MODEL.DS2D2.FITNET.WEIGHT)
         self.in_features = list(context.in_features)
         self._shared = {"adapters": context.adapters()}  # owned (and saved) by the distiller
 

@@ -6,14 +6,12 @@ paper; they are trainable submodules of the term (saved with the student, droppe
 by default those an FPN conv computes (RetinaNet P3-P7, Faster R-CNN P2-P5), as the authors'. Keys
 ``MODEL.DS2D2.MGD.{WEIGHT, MASK_RATIO, IN_FEATURES}`` (docs/baselines.md); the authors' RetinaNet recipe
 also inherits the teacher's FPN and head (``MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD``)."""
-import math
 from typing import Dict, Optional
 
 import torch
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
-from ..config import config_number
 from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, select_levels
 from .fpn_levels import conv_levels
 
@@ -44,12 +42,7 @@ class MGD(DistillTerm):
     def __init__(self, cfg: CfgNode, context: TermContext):
         super().__init__()
         mgd = cfg.MODEL.DS2D2.MGD
-        self.weight = config_number(mgd.WEIGHT, "MODEL.DS2D2.MGD.WEIGHT", strict=True)
-        ratio = mgd.MASK_RATIO
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
-                or not 0 <= ratio < 1:
-            raise ValueError(f"MODEL.DS2D2.MGD.MASK_RATIO must be a number in [0, 1), got {ratio!r}.")
-        self.mask_ratio = float(ratio)
+        self.weight, self.mask_ratio = float(mgd.WEIGHT), float(mgd.MASK_RATIO)
         self.in_features = select_levels(
             mgd.IN_FEATURES or conv_levels(context), "MODEL.DS2D2.MGD.IN_FEATURES", context, None
         )

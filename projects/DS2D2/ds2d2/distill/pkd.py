@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode
 from torch import Tensor
 
-from ..config import config_number
 from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, select_levels
 
 EPS = 1e-6  # added to each channel's standard deviation: a constant channel standardises to 0, not NaN
@@ -37,7 +36,7 @@ class PKD(DistillTerm):
     def __init__(self, cfg: CfgNode, context: TermContext):
         super().__init__()
         pkd = cfg.MODEL.DS2D2.PKD
-        self.weight = config_number(pkd.WEIGHT, "MODEL.DS2D2.PKD.WEIGHT", strict=True)
+        self.weight = float(pkd.WEIGHT)
         if context.student_width != context.teacher_width:
             raise ValueError(
                 f"PKD compares the student's and the teacher's FPN channels one to one (no adapter): the "

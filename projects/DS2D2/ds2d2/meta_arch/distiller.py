@@ -11,14 +11,18 @@ Parts:
 - teacher: built from its own files, frozen, in eval mode and kept OUT of the module tree (a plain
   attribute), so it is invisible to the optimizer, to DDP and to ``state_dict()``; it follows ``.to()``
   through ``_apply``.
-- a family adapter (``ds2d2.amplifiers``) that knows how RetinaNet or Faster R-CNN compute their losses once
-  and how their heads produce predictions to compare.
+- ``student_family`` and ``teacher_family`` (``ds2d2.families``): descriptions of the two detectors (their
+  losses with targets, their heads' predictions on given features). Both are RetinaNet or Faster R-CNN, of one
+  kind or not (mixed pairs, docs/method.md "Mixed families"); the levels both FPNs have at one stride are
+  the default distilled ones, logged at build.
 - with ``MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD``, the student's FPN and heads start from the teacher's where
   shapes fit (``inherit.py``), before the trainer loads ``MODEL.WEIGHTS`` (the trunk).
 
 The training step reads top to bottom in ``forward``: the shared work once (``shared_step``: student losses
-with their matching/sampling, teacher trunk), then every term on it (teacher bands computed once on demand).
+with their matching/sampling and predictions, teacher trunk), then every term on it (the teacher's bands,
+targets and predictions computed once on demand).
 """
+import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -27,22 +31,17 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 
-from ..amplifiers import family_for
+from ..families import DetectorFamily, family_for
 from ..checks import check_config
 from ..config import LOSS_KEYS, model_num_classes
 from ..distill import DISTILL_TERM_REGISTRY, DistillStep, TermContext
 from ..teacher import build_frozen_detector, resolve_teacher_config
 from .inherit import INHERIT_KEY, inherit_teacher_neck_head
 
+logger = logging.getLogger(__name__)
+
 
 def _check_teacher_matches(student_cfg: CfgNode, teacher_cfg: CfgNode, teacher_cfg_path: str) -> None:
-    if teacher_cfg.MODEL.META_ARCHITECTURE != student_cfg.MODEL.META_ARCHITECTURE:
-        raise ValueError(
-            f"MODEL.DS2D2.TEACHER_CONFIG '{teacher_cfg_path}' builds a "
-            f"{teacher_cfg.MODEL.META_ARCHITECTURE}, but "
-            f"MODEL.DS2D2.DETECTOR is {student_cfg.MODEL.META_ARCHITECTURE}: "
-            "teacher and student must be the same kind."
-        )
     teacher_head, student_head = model_num_classes(teacher_cfg), model_num_classes(student_cfg)
     if teacher_head and student_head and teacher_head[1] != student_head[1]:
         raise ValueError(
@@ -73,7 +72,7 @@ class DS2D2Distiller(nn.Module):
         teacher_cfg, teacher_source = resolve_teacher_config(cfg)  # the config it was trained with
         _check_teacher_matches(student_cfg, teacher_cfg, teacher_source)
         self.student = META_ARCH_REGISTRY.get(ds.DETECTOR)(student_cfg)
-        self.family = family_for(self.student, ds.LOSS)
+        self.student_family = family_for(self.student)
 
         device = torch.device(cfg.MODEL.DEVICE)
         teacher = build_frozen_detector(
@@ -89,20 +88,29 @@ class DS2D2Distiller(nn.Module):
 
         s_shapes = self.student.backbone.output_shape()
         t_shapes = teacher.backbone.output_shape()
-        self.in_features = list(ds.IN_FEATURES) or list(s_shapes)
-        for f in set(self.in_features) | set(self.family.head_in_features()):
-            if f not in s_shapes or f not in t_shapes or s_shapes[f].stride != t_shapes[f].stride:
-                raise ValueError(
-                    f"Feature '{f}' (MODEL.DS2D2.IN_FEATURES / head inputs) must exist with the same stride "
-                    f"in the student ({sorted(s_shapes)}) and the teacher ({sorted(t_shapes)})."
-                )
+        self.teacher_family = self._teacher_family(teacher, s_shapes, t_shapes, teacher_source)
+        common = [f for f in s_shapes if f in t_shapes and s_shapes[f].stride == t_shapes[f].stride]
+        self.in_features = list(ds.IN_FEATURES) or common
+        bad = [f for f in self.in_features if f not in common]
+        if bad or not self.in_features:
+            raise ValueError(
+                f"MODEL.DS2D2.IN_FEATURES {self.in_features} must be levels the student ({sorted(s_shapes)}) "
+                f"and the teacher ({sorted(t_shapes)}) both have with the same stride ({common})."
+            )
         widths = {s_shapes[f].channels for f in s_shapes}, {t_shapes[f].channels for f in t_shapes}
         if len(widths[0]) != 1 or len(widths[1]) != 1:
             raise ValueError("The distiller expects FPN backbones whose levels all have the same width.")
         s_width, t_width = widths[0].pop(), widths[1].pop()
+        shared = ", ".join(f"{f} (stride {s_shapes[f].stride})" for f in common)
+        logger.info(
+            f"DS2D2Distiller: teacher {self.teacher_family.kind} ({', '.join(t_shapes)}, width {t_width}) -> "
+            f"student {self.student_family.kind} ({', '.join(s_shapes)}, width {s_width}); levels both have "
+            f"at one stride: {shared}; feature terms distil {self.in_features} by default "
+            f"(MODEL.DS2D2.IN_FEATURES); the teacher's head runs on {self.teacher_family.levels}."
+        )
 
         self.adapters: Optional[nn.ModuleDict] = None
-        levels = sorted(set(self.in_features) | set(self.family.head_in_features()))
+        levels = sorted(set(self.in_features) | set(self.teacher_family.levels))
 
         def shared_adapters() -> nn.ModuleDict:
             if self.adapters is None:
@@ -112,7 +120,8 @@ class DS2D2Distiller(nn.Module):
             return self.adapters
 
         context = TermContext(
-            cfg, self.family, teacher, s_shapes, t_shapes, self.in_features, s_width, t_width, shared_adapters
+            cfg, self.student_family, teacher, s_shapes, t_shapes, self.in_features, s_width, t_width,
+            shared_adapters, self.teacher_family,
         )
         self.terms = nn.ModuleDict()
         for name in term_names:
@@ -120,6 +129,27 @@ class DS2D2Distiller(nn.Module):
             if term_class.enabled(cfg):
                 self.terms[name] = term_class(cfg, context)
         self.to(device)
+
+    def _teacher_family(
+        self, teacher: nn.Module, s_shapes: Dict, t_shapes: Dict, source: str
+    ) -> DetectorFamily:
+        """The teacher's family, its head run on the levels the student has at the same stride: all of its
+        head's when both are of one kind (else a ValueError), the shared ones across kinds."""
+        own = family_for(teacher)
+        readable = [f for f in own.levels if f in s_shapes and s_shapes[f].stride == t_shapes[f].stride]
+        if readable == own.levels:
+            return own
+        if own.kind == self.student_family.kind:
+            raise ValueError(
+                f"The teacher's head ({source}) reads {own.levels}; the student must have each of them with "
+                f"the same stride (it has {sorted(s_shapes)})."
+            )
+        if not readable:
+            raise ValueError(
+                f"The teacher's head ({source}) reads {own.levels}, none of which the student has at the "
+                f"same stride ({sorted(s_shapes)}): they share no level to distil predictions on."
+            )
+        return family_for(teacher, readable)
 
     # ----------------------------------------------------------------------------------------------------------------
     @property
@@ -157,13 +187,16 @@ class DS2D2Distiller(nn.Module):
 
     def shared_step(self, batched_inputs: List[Dict]) -> Tuple[Dict[str, Tensor], DistillStep]:
         """The work every term shares, done once: the student's detection losses (its matching / sampling
-        kept as targets) and both trunks' FPN features."""
+        kept as targets, its head's predictions there) and both trunks' FPN features."""
         images = self.student.preprocess_image(batched_inputs)  # each model normalises its own input
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         s_feats = self.student.backbone(images.tensor)
         t_feats = self.teacher_features(batched_inputs, images.tensor.shape[-2:])
-        losses, targets = self.family.detection_losses(images, s_feats, gt_instances)
-        return losses, DistillStep(images, gt_instances, s_feats, t_feats, targets)
+        losses, targets, predictions = self.student_family.detection_losses(images, s_feats, gt_instances)
+        same_kind = self.teacher_family.kind == self.student_family.kind
+        step = DistillStep(images, gt_instances, s_feats, t_feats, targets, predictions, self.teacher_family,
+                           same_kind)
+        return losses, step
 
     # ----------------------------------------------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):

@@ -1,0 +1,36 @@
+"""Detector families: descriptions of the detectors a distiller pairs (``DetectorFamily`` in base.py), one
+file per kind; nothing else looks at architecture names. Adding a detector kind is one more file here and a
+line in ``family_for`` (docs/baselines.md, "Adding a detector family")."""
+from typing import Optional, Sequence
+
+from detectron2.modeling import GeneralizedRCNN, RetinaNet
+from torch import nn
+
+from .base import DetectorFamily, HeadPredictions
+from .rcnn import RCNNFamily, RoITargets
+from .retinanet import AnchorTargets, RetinaNetFamily
+
+
+def family_for(detector: nn.Module, levels: Optional[Sequence[str]] = None) -> DetectorFamily:
+    """The family of ``detector`` (a RetinaNet, or a GeneralizedRCNN with StandardROIHeads), its head run on
+    ``levels`` (None: the head's own input levels)."""
+    if isinstance(detector, RetinaNet):
+        return RetinaNetFamily(detector, levels)
+    if isinstance(detector, GeneralizedRCNN):
+        return RCNNFamily(detector, levels)
+    raise ValueError(
+        f"MODEL.DS2D2.DETECTOR / the teacher's MODEL.META_ARCHITECTURE builds a {type(detector).__name__}; "
+        "the distiller supports RetinaNet and GeneralizedRCNN. Another detector needs one more family file "
+        "in ds2d2/families/ (docs/baselines.md, 'Adding a detector family')."
+    )
+
+
+__all__ = [
+    "AnchorTargets",
+    "DetectorFamily",
+    "HeadPredictions",
+    "RCNNFamily",
+    "RetinaNetFamily",
+    "RoITargets",
+    "family_for",
+]
