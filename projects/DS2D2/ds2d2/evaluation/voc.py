@@ -1,9 +1,17 @@
-"""Pascal-VOC-style per-class AP at IoU 0.5, the metric DIOR papers report."""
+"""Pascal-VOC-style per-class AP at IoU 0.5, the metric DIOR and DIOR-R papers report.
+
+Horizontal boxes (DIOR): ``VOCDetectionEvaluator``. Oriented boxes (DIOR-R, ``box_kind`` "oriented"):
+``RotatedVOCDetectionEvaluator``, the same rules with the exact IoU of rotated boxes (XYWHA_ABS,
+``ds2d2.rotated.ops.pairwise_iou_rotated`` in float64). DIOR-R's AP as its papers report it: AOPG's code
+(OBBDetection, which introduced DIOR-R) scores it with MMDetection's ``eval_map`` rules, VOC07 11-point AP
+at rotated IoU >= 0.5 with difficult objects ignored, mAP over the classes with objects; that is
+``use_07_metric=True`` here (``TEST.VOC_USE_07_METRIC True``).
+"""
 
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -13,7 +21,16 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from tabulate import tabulate
 
-__all__ = ["VOCDetectionEvaluator", "average_precision", "match_detections"]
+from ..rotated.ops import pairwise_iou_rotated
+
+__all__ = [
+    "VOCDetectionEvaluator",
+    "RotatedVOCDetectionEvaluator",
+    "average_precision",
+    "convert_box",
+    "match_detections",
+    "rotated_pairwise_iou",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +48,33 @@ def pairwise_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def rotated_pairwise_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+    """IoU [N, M] of [N, 5] and [M, 5] rotated boxes (cx, cy, w, h, angle in degrees CCW), exact, float64."""
+    iou = pairwise_iou_rotated(
+        torch.as_tensor(boxes1, dtype=torch.float64).reshape(-1, 5),
+        torch.as_tensor(boxes2, dtype=torch.float64).reshape(-1, 5),
+    )
+    return iou.numpy()
+
+
+def convert_box(bbox, from_mode: BoxMode, to_mode: BoxMode) -> list:
+    """``BoxMode.convert`` of one box, also from XYXY_ABS to XYWHA_ABS (angle 0), which Detectron2 lacks."""
+    if from_mode == BoxMode.XYXY_ABS and to_mode == BoxMode.XYWHA_ABS:
+        bbox, from_mode = BoxMode.convert(list(bbox), from_mode, BoxMode.XYWH_ABS), BoxMode.XYWH_ABS
+    return BoxMode.convert(list(bbox), from_mode, to_mode)
+
+
 def match_detections(
-    det_boxes: np.ndarray, gt_boxes: np.ndarray, gt_ignore: np.ndarray
+    det_boxes: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_ignore: np.ndarray,
+    iou: Callable[[np.ndarray, np.ndarray], np.ndarray] = pairwise_iou,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """VOC matching of one image and class.
 
     Args:
-        det_boxes: [D, 4] detections, sorted by decreasing score.
-        gt_boxes: [G, 4] ground truth; gt_ignore: [G] bool, true for difficult objects.
+        det_boxes: [D, 4] detections (or [D, 5] with ``iou=rotated_pairwise_iou``), by decreasing score.
+        gt_boxes: [G, 4] (or [G, 5]) ground truth; gt_ignore: [G] bool, true for difficult objects.
 
     Returns:
         tp, fp: [D] bool. Each detection goes to its highest-IoU ground truth; with IoU >= 0.5 it is a TP if
@@ -49,10 +85,10 @@ def match_detections(
     fp = np.ones(len(det_boxes), dtype=bool)
     if len(det_boxes) == 0 or len(gt_boxes) == 0:
         return tp, fp
-    iou = pairwise_iou(det_boxes, gt_boxes)
-    best = iou.argmax(axis=1)
+    ious = iou(det_boxes, gt_boxes)
+    best = ious.argmax(axis=1)
     taken = np.zeros(len(gt_boxes), dtype=bool)
-    for d in np.flatnonzero(iou[np.arange(len(det_boxes)), best] >= IOU_THRESHOLD):
+    for d in np.flatnonzero(ious[np.arange(len(det_boxes)), best] >= IOU_THRESHOLD):
         g = best[d]
         if gt_ignore[g]:
             fp[d] = False
@@ -91,6 +127,14 @@ class VOCDetectionEvaluator(DatasetEvaluator):
     ``output_dir/voc_predictions.pth``.
     """
 
+    BOX_MODE = BoxMode.XYXY_ABS  # of the predictions (Boxes) and the ground truth it is compared in
+    BOX_WIDTH = 4
+    RESULT_KEY = "voc_ap50"
+
+    @staticmethod
+    def _iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+        return pairwise_iou(boxes1, boxes2)
+
     def __init__(self, dataset_name: str, output_dir: Optional[str] = None, use_07_metric: bool = False):
         self._dataset_name = dataset_name
         self._classes = list(MetadataCatalog.get(dataset_name).thing_classes)
@@ -102,9 +146,19 @@ class VOCDetectionEvaluator(DatasetEvaluator):
         self._predictions = []
 
     def process(self, inputs: List[dict], outputs: List[dict]) -> None:
-        """Keep, per image, boxes [N, 4] (XYXY_ABS, original image pixels), scores [N] and classes [N]."""
+        """Keep, per image, boxes [N, 4] (XYXY_ABS, original image pixels; [N, 5] XYWHA_ABS for the rotated
+        evaluator), scores [N] and classes [N]."""
         for input_, output in zip(inputs, outputs):
             instances = output["instances"].to("cpu")
+            width = instances.pred_boxes.tensor.shape[1]
+            if width != self.BOX_WIDTH:
+                kinds = {4: "horizontal boxes (Boxes)", 5: "rotated boxes (RotatedBoxes)"}
+                raise ValueError(
+                    f"{type(self).__name__} on {self._dataset_name!r} scores {kinds[self.BOX_WIDTH]}, but "
+                    f"the model predicted {kinds.get(width, f'boxes of {width} numbers')} for image "
+                    f"{input_.get('image_id')!r}: evaluate a detector of the dataset's box kind (metadata "
+                    "box_kind), or register the dataset with the other one"
+                )
             self._predictions.append(
                 {
                     "image_id": input_["image_id"],
@@ -123,17 +177,18 @@ class VOCDetectionEvaluator(DatasetEvaluator):
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
             torch.save(predictions, os.path.join(self._output_dir, "voc_predictions.pth"))
-        return {"voc_ap50": self._compute(predictions)}
+        return {self.RESULT_KEY: self._compute(predictions)}
 
     def _ground_truth(self) -> Tuple[Dict[object, int], List[Tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-        """image_id -> index, and per image (boxes [G, 4] XYXY_ABS, classes [G], ignore [G] bool)."""
+        """image_id -> index, and per image (boxes [G, 4] XYXY_ABS or [G, 5] XYWHA_ABS, classes [G], ignore
+        [G] bool)."""
         index, per_image = {}, []
         for record in DatasetCatalog.get(self._dataset_name):
             annotations = record.get("annotations", [])
             boxes = np.array(
-                [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations],
+                [convert_box(a["bbox"], a["bbox_mode"], self.BOX_MODE) for a in annotations],
                 dtype=np.float64,
-            ).reshape(-1, 4)
+            ).reshape(-1, self.BOX_WIDTH)
             classes = np.array([a["category_id"] for a in annotations], dtype=np.int64)
             ignore = np.array(
                 [bool(a.get("difficult", 0) or a.get("iscrowd", 0)) for a in annotations], dtype=bool
@@ -165,7 +220,7 @@ class VOCDetectionEvaluator(DatasetEvaluator):
                 keep = np.flatnonzero(p["classes"] == c)
                 keep = keep[np.argsort(-p["scores"][keep], kind="stable")]
                 gt = gt_classes == c
-                tp, fp = match_detections(p["boxes"][keep], gt_boxes[gt], gt_ignore[gt])
+                tp, fp = match_detections(p["boxes"][keep], gt_boxes[gt], gt_ignore[gt], self._iou)
                 for store, value in zip(per_class[c], (p["scores"][keep], tp, fp)):
                     store.append(value)
         matched = []
@@ -220,3 +275,24 @@ class VOCDetectionEvaluator(DatasetEvaluator):
                 f"prediction for image_id {image_id!r}, which is not in dataset {self._dataset_name!r}"
             )
         return index[image_id]
+
+
+class RotatedVOCDetectionEvaluator(VOCDetectionEvaluator):
+    """``VOCDetectionEvaluator`` for oriented boxes (DIOR-R, ``diorr_*``): predictions ``pred_boxes`` are
+    RotatedBoxes, ground truth XYWHA_ABS (an XYXY_ABS or XYWH_ABS annotation counts as angle 0), IoU the
+    exact rotated one (``rotated_pairwise_iou``), a hit at IoU >= 0.5. VOC07 11-point AP by default, as
+    DIOR-R papers report it (module docstring).
+
+    ``evaluate()`` returns ``{"voc_rotated_ap50": {"mAP50": float, "AP50-<class>": float, ...}}`` in percent.
+    """
+
+    BOX_MODE = BoxMode.XYWHA_ABS
+    BOX_WIDTH = 5
+    RESULT_KEY = "voc_rotated_ap50"
+
+    @staticmethod
+    def _iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+        return rotated_pairwise_iou(boxes1, boxes2)
+
+    def __init__(self, dataset_name: str, output_dir: Optional[str] = None, use_07_metric: bool = True):
+        super().__init__(dataset_name, output_dir, use_07_metric)
