@@ -8,7 +8,8 @@ Boxes are DOTA-like: centres over the image, sides log-uniform, any angle (Detec
   strides 4-64, sizes 32-512, aspect ratios 0.5 / 1 / 2, angles -90 / 0 / 90, on one image), ground truth x
   2000 proposals (RROIHeads' matching), and 2000 x 2000 detections. The Shapely loop (polygons built once,
   then ``intersection(...).area`` per pair) is timed on a random sample of pairs and scaled to N x M: running
-  it whole would take minutes per row. max_abs_diff: against Shapely on those sampled pairs plus as many
+  it whole would take minutes per row; ours and it take turns (medians), so load on the shared cores hits
+  both alike. max_abs_diff: against Shapely on those sampled pairs plus as many
   overlapping ones.
 - NMS: RRPN at test time (5 levels x 1000 proposals, per level, IoU 0.7) and a DOTA merge (detections from
   overlapping patches, per class, IoU 0.3), as jittered copies around objects. The reference is the greedy
@@ -26,7 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import RESULTS, command_line, machine_line, markdown_table, median_time  # noqa: E402
+from benchmarks.common import RESULTS, command_line, machine_line, markdown_table, median_times  # noqa: E402
 from benchmarks.common import set_threads, write_csv, write_report  # noqa: E402
 from ds2d2.rotated import batched_nms_rotated, pairwise_iou_rotated  # noqa: E402
 
@@ -86,26 +87,24 @@ def shapely_iou(p, q) -> float:
     return inter / (p.area + q.area - inter)
 
 
-def sampled_shapely(boxes1: torch.Tensor, boxes2: torch.Tensor, ours: torch.Tensor, samples: int,
-                    generator: random.Random) -> Tuple[float, float]:
-    """(Shapely loop seconds for all N x M pairs, scaled from a timed random sample, polygon building
-    included; max |ours - Shapely| over that sample plus as many pairs that overlap)."""
+def iou_reference(boxes1: torch.Tensor, boxes2: torch.Tensor, ours: torch.Tensor, samples: int,
+                  generator: random.Random) -> Tuple[Callable[[], List[float]], float, float, float]:
+    """The Shapely loop over ``samples`` random pairs (polygons built beforehand), the factor scaling its time
+    to all N x M pairs, the seconds to build the N + M polygons (timed on a sample), and max |ours - Shapely|
+    over those pairs plus as many that overlap."""
     n, m = len(boxes1), len(boxes2)
     pairs = [(generator.randrange(n), generator.randrange(m)) for _ in range(samples)]
     start = time.perf_counter()
-    built1, built2 = polygons(boxes1[:samples]), polygons(boxes2[:samples])
-    build_per_box = (time.perf_counter() - start) / (len(built1) + len(built2))
+    built = polygons(boxes1[:samples]) + polygons(boxes2[:samples])
+    build = (time.perf_counter() - start) / len(built) * (n + m)
     p1, p2 = polygons(boxes1[[i for i, _ in pairs]]), polygons(boxes2[[j for _, j in pairs]])
-    start = time.perf_counter()
-    values = [shapely_iou(p, q) for p, q in zip(p1, p2)]
-    per_pair = (time.perf_counter() - start) / samples
     overlapping = torch.nonzero(ours > 0)
     picked = torch.randperm(len(overlapping), generator=torch.Generator().manual_seed(0))[:samples]
     extra = [tuple(pair) for pair in overlapping[picked].tolist()]
     q1, q2 = polygons(boxes1[[i for i, _ in extra]]), polygons(boxes2[[j for _, j in extra]])
-    values += [shapely_iou(p, q) for p, q in zip(q1, q2)]
+    values = [shapely_iou(p, q) for p, q in zip(p1 + q1, p2 + q2)]
     diff = max(abs(float(ours[i, j]) - v) for (i, j), v in zip(pairs + extra, values))
-    return per_pair * n * m + build_per_box * (n + m), diff
+    return (lambda: [shapely_iou(p, q) for p, q in zip(p1, p2)]), n * m / samples, build, diff
 
 
 def greedy_shapely_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, threshold: float
@@ -139,12 +138,12 @@ def bench_iou(devices: Sequence[str], settings: List[Tuple[str, torch.Tensor, to
     rows = []
     for setting, boxes1, boxes2 in settings:
         ours_cpu = pairwise_iou_rotated(boxes1, boxes2)
-        ref, diff = sampled_shapely(boxes1, boxes2, ours_cpu, samples, random.Random(0))
+        loop, scale, build, diff = iou_reference(boxes1, boxes2, ours_cpu, samples, random.Random(0))
         for device in devices:
             b1, b2 = boxes1.to(device), boxes2.to(device)
-            seconds = median_time(lambda: pairwise_iou_rotated(b1, b2), repeats, device=device)
-            rows.append(row(device, "pairwise IoU", setting, seconds, f"Shapely loop ({samples} pairs timed)",
-                            ref, max_abs_diff=diff))
+            ours, sample = median_times([lambda: pairwise_iou_rotated(b1, b2), loop], repeats, device=device)
+            rows.append(row(device, "pairwise IoU", setting, ours, f"Shapely loop ({samples} pairs timed)",
+                            sample * scale + build, max_abs_diff=diff))
     return rows
 
 
@@ -154,15 +153,14 @@ NMSSetting = Tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, float]  # name
 def bench_nms(devices: Sequence[str], settings: List[NMSSetting], repeats: int) -> List[Dict]:
     rows = []
     for setting, boxes, scores, classes, threshold in settings:
-        start = time.perf_counter()
-        expected = greedy_shapely_nms(boxes, scores, classes, threshold)
-        ref = time.perf_counter() - start
+        reference = lambda: greedy_shapely_nms(boxes, scores, classes, threshold)  # noqa: E731
+        expected = reference()
         for device in devices:
             b, s, c = boxes.to(device), scores.to(device), classes.to(device)
             run: Callable = lambda: batched_nms_rotated(b, s, c, threshold)  # noqa: E731
-            same = run().cpu().tolist() == expected
-            seconds = median_time(run, repeats, device=device)
-            rows.append(row(device, "batched NMS", f"{setting}, kept {len(expected)}", seconds,
+            same = run().cpu().tolist() == expected  # also the warm-up
+            ours, ref = median_times([run, reference], repeats, warmup=0, device=device)
+            rows.append(row(device, "batched NMS", f"{setting}, kept {len(expected)}", ours,
                             "greedy Shapely loop", ref, same_keep=same))
     return rows
 
@@ -171,7 +169,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 by default: on shared cores, more only wait for each other)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs of ours (median)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of ours and the IoU reference (median)")
+    p.add_argument("--nms-repeats", type=int, default=3, help="timed runs of ours and the NMS reference")
     p.add_argument("--samples", type=int, default=5000, help="pairs the Shapely IoU loop is timed on")
     p.add_argument("--image", type=int, default=800, help="image side (anchors, boxes), px")
     p.add_argument("--gt", type=int, default=50, help="ground-truth boxes per image")
@@ -215,16 +214,16 @@ def main(argv: Optional[List[str]] = None) -> str:
          0.3),
     ]
     rows = bench_iou(devices, iou_settings, args.repeats, args.samples)
-    rows += bench_nms(devices, nms_settings, args.repeats)
+    rows += bench_nms(devices, nms_settings, args.nms_repeats)
     machine = "; ".join(machine_line(d) for d in devices)
     write_csv(os.path.join(args.results, "rotated_ops.csv"), rows, COLUMNS)
     notes = (
-        f"Ours: medians of {args.repeats} runs, float32. Pairwise IoU reference: the Shapely loop timed on "
-        f"{args.samples} random pairs (polygon building included) and scaled to N x M; max_abs_diff against "
-        "Shapely on those pairs and as many overlapping ones. NMS reference: the greedy loop on Shapely IoU, "
-        "run once, whole; same_keep: identical kept indices in the same order. Load average over the last "
-        f"minute at the end: {os.getloadavg()[0]:.1f} (other jobs share the cores: ours and the references "
-        "are timed at different moments). "
+        f"Medians of {args.repeats} runs (IoU) and {args.nms_repeats} (NMS), ours and the reference taking "
+        "turns so that the shared cores' load hits both alike; ours in float32. Pairwise IoU reference: the "
+        f"Shapely loop timed on {args.samples} random pairs and scaled to N x M, plus building the N + M "
+        "polygons; max_abs_diff against Shapely on those pairs and as many overlapping ones. NMS reference: "
+        "the greedy loop on Shapely IoU, whole; same_keep: identical kept indices in the same order. Load "
+        f"average over the last minute at the end: {os.getloadavg()[0]:.1f}. "
         f"Command: python benchmarks/bench_rotated_ops.py {command_line(argv)}"
     )
     text = write_report(os.path.join(args.results, "rotated_ops.md"), "Rotated-box op speed", machine,

@@ -354,9 +354,10 @@ def test_bench_rotated_ops_tiny(tmp_path, capsys):
         bench = importlib.import_module("benchmarks.bench_rotated_ops")
     finally:
         sys.path.remove(root)
-    bench.main(["--repeats", "1", "--samples", "50", "--image", "128", "--gt", "4", "--proposals", "20",
-                "--detections", "30", "--rrpn-levels", "2", "--rrpn-per-level", "20", "--merge-objects", "4",
-                "--merge-copies", "5", "--devices", "cpu", "--results", str(tmp_path)])
+    bench.main(["--repeats", "1", "--nms-repeats", "1", "--samples", "50", "--image", "128", "--gt", "4",
+                "--proposals", "20", "--detections", "30", "--rrpn-levels", "2", "--rrpn-per-level", "20",
+                "--merge-objects", "4", "--merge-copies", "5", "--devices", "cpu",
+                "--results", str(tmp_path)])
     assert "| pairwise IoU |" in capsys.readouterr().out
     with open(tmp_path / "rotated_ops.csv") as f:
         rows = list(csv.DictReader(f))
