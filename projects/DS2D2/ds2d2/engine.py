@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import AtomicCheckpointer
 from .checks import check_config
-from .compat import set_step_trainer, step_trainer
+from .compat import detectron2_has_compiled_ops, set_step_trainer, step_trainer
 from .data.coco import refuse_training_without_boxes
 from .data.mapper import CheckedDatasetMapper
 from .data.sampler import ResumableTrainLoader
@@ -39,15 +39,6 @@ from .evaluation.dota import DOTAFullImageEvaluator
 from .evaluation.voc import VOCDetectionEvaluator
 from .solver import build_optimizer
 from .train_loop import CheckedAMPTrainer, CheckedSimpleTrainer, ReseedEachIteration
-
-
-def detectron2_has_compiled_ops() -> bool:
-    """False when tools/install_detectron2.py installed detectron2 as pure Python (``_C`` is a stub)."""
-    try:
-        from detectron2 import _C
-    except ImportError:
-        return False
-    return not getattr(_C, "IS_DS2D2_STUB", False)
 
 
 def build_evaluators(cfg, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluators:
