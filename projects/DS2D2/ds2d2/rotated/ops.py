@@ -125,6 +125,18 @@ def _intersection(half_a: Tensor, center_b: Tensor, cos: Tensor, sin: Tensor, ha
     return (xs * ys.roll(-1, 1) - ys * xs.roll(-1, 1)).sum(1).abs() / 2
 
 
+def _separated(half_a: Tensor, center_b: Tensor, cos: Tensor, sin: Tensor, half_b: Tensor) -> Tensor:
+    """[P] whether boxes A and B (as in ``_intersection``) are apart along one of their axes (the separating
+    axis test, exact for rectangles) by more than SCREEN_SLACK of their sizes: those pairs need no polygon."""
+    a, b, hu, hv = half_a[:, 0], half_a[:, 1], half_b[:, 0], half_b[:, 1]
+    qx, qy = center_b[:, 0], center_b[:, 1]
+    qu, qv = qx * cos - qy * sin, qx * sin + qy * cos  # A's centre from B's, along B's axes (sign aside)
+    cos, sin = cos.abs(), sin.abs()
+    slack = 1 + SCREEN_SLACK
+    return ((qx.abs() > (a + hu * cos + hv * sin) * slack) | (qy.abs() > (b + hu * sin + hv * cos) * slack)
+            | (qu.abs() > (hu + a * cos + b * sin) * slack) | (qv.abs() > (hv + a * sin + b * cos) * slack))
+
+
 def _pair_iou(frames1: _Frames, i: Tensor, frames2: _Frames, j: Tensor) -> Tensor:
     """[P] IoU of boxes1[i] and boxes2[j], computed in the frame of the smaller box of each pair (every
     vertex of the intersection lies within it, so coordinates stay at its scale)."""
@@ -142,9 +154,11 @@ def _pair_iou(frames1: _Frames, i: Tensor, frames2: _Frames, j: Tensor) -> Tenso
     turn = torch.where(swap, -turn, turn)  # B's angle - A's angle
     center_b = torch.stack([delta[:, 0] * cos_a - delta[:, 1] * sin_a,
                             delta[:, 0] * sin_a + delta[:, 1] * cos_a], 1)  # along A's (u, v) axes
-    inter = _intersection(pick(frames1.half[i], frames2.half[j]), center_b.to(dtype),
-                          torch.cos(turn).to(dtype), torch.sin(turn).to(dtype),
-                          pick(frames2.half[j], frames1.half[i]))
+    half_a, half_b = pick(frames1.half[i], frames2.half[j]), pick(frames2.half[j], frames1.half[i])
+    center_b, cos, sin = center_b.to(dtype), torch.cos(turn).to(dtype), torch.sin(turn).to(dtype)
+    inter = torch.zeros_like(area1)
+    meet = torch.nonzero(~_separated(half_a, center_b, cos, sin, half_b)).flatten()
+    inter[meet] = _intersection(half_a[meet], center_b[meet], cos[meet], sin[meet], half_b[meet])
     smaller = torch.minimum(area1, area2)
     noise = smaller * TOUCHING_EPS * torch.finfo(dtype).eps  # what touching boxes leave (float32: 1.2e-5)
     inter = torch.where(inter > noise, torch.minimum(inter, smaller), torch.zeros_like(inter))
