@@ -360,3 +360,26 @@ def test_evaluator_scores_task1_on_rotated_outputs(oriented_patch_set, catalog, 
     task2 = DOTAFullImageEvaluator("tiny_val_ev_r", str(tmp_path))
     with pytest.raises(ValueError, match="Task 2 scores horizontal boxes.*predicted rotated boxes"):
         task2.process(*[[x] for x in next(rotated_outputs(dicts, []))])
+
+
+def test_unlabelled_split_writes_task1_files(tmp_path, catalog):
+    write_dota_folder(tmp_path / "test", sizes=((300, 200),), labels=False)
+    split_dota(tmp_path / "test", tmp_path / "test_p", settings=SplitSettings(PATCH, GAP), num_workers=1,
+               progress=False)
+    register_dota("tiny_test_r", tmp_path / "test_p")
+    d = DatasetCatalog.get("tiny_test_r")[1]
+    inst = Instances((PATCH, PATCH))
+    inst.pred_boxes = RotatedBoxes(torch.tensor([[30.0, 40.0, 20.0, 10.0, 90.0]]))
+    inst.scores = torch.tensor([0.75])
+    inst.pred_classes = torch.tensor([1])
+    evaluator = DOTAFullImageEvaluator("tiny_test_r", str(tmp_path / "out"), task=1)
+    evaluator.reset()
+    evaluator.process([d], [{"instances": inst}])
+    assert evaluator.evaluate() == {}
+    files = sorted(p.name for p in (tmp_path / "out").glob("Task1_*.txt"))
+    assert files == sorted(f"Task1_{c}.txt" for c in DOTA_V1_CLASSES)
+    x, y = d["patch_origin"]
+    # a 20 x 10 box turned 90 degrees counter-clockwise: its own top-left corner is at the bottom left
+    corners = [(25, 50), (25, 30), (35, 30), (35, 50)]
+    expected = ["P0000", "0.750000"] + [f"{v:.2f}" for cx, cy in corners for v in (cx + x, cy + y)]
+    assert (tmp_path / "out" / "Task1_ship.txt").read_text().split() == expected
