@@ -28,7 +28,8 @@ def shapely_rectangle(rotated_box) -> Polygon:
     """Independent polygon of (cx, cy, w, h, angle): counter-clockwise on screen (y down) is clockwise in
     Shapely's y-up frame, hence the negated angle."""
     cx, cy, w, h, angle = (float(v) for v in rotated_box)
-    return affinity.translate(affinity.rotate(box(-w / 2, -h / 2, w / 2, h / 2), -angle, origin=(0, 0)), cx, cy)
+    rectangle = box(-w / 2, -h / 2, w / 2, h / 2)
+    return affinity.translate(affinity.rotate(rectangle, -angle, origin=(0, 0)), cx, cy)
 
 
 def cv2_corners(rotated_box) -> np.ndarray:
@@ -183,7 +184,9 @@ def test_degenerate_polygons_give_zero_height_boxes():
 @NO_CUDA
 def test_cuda_matches_cpu():
     polys = torch.rand(64, 8, dtype=torch.float64) * 100
-    torch.testing.assert_close(polygons_to_rotated_boxes(polys.cuda()).cpu(), polygons_to_rotated_boxes(polys))
+    on_cuda = polygons_to_rotated_boxes(polys.cuda())
+    assert on_cuda.is_cuda
+    torch.testing.assert_close(on_cuda.cpu(), polygons_to_rotated_boxes(polys))
 
 
 @pytest.mark.parametrize("poly,problem", [

@@ -15,8 +15,8 @@ Convention: Detectron2's ``BoxMode.XYWHA_ABS`` (``detectron2.structures.RotatedB
 ``(cx, cy, w, h, angle)``: centre and size in pixels, angle in degrees. Image axes: x to the right, y DOWN. At
 angle 0 the box is the axis-aligned ``w x h`` rectangle, ``w`` along x. A positive angle turns it
 counter-clockwise as seen on screen: the width direction is ``(cos a, -sin a)``, so at ``+90`` the width edge
-points up the image (towards y = 0) and at ``-90`` down. A corner at offset ``(dx, dy)`` from the centre in the
-box's own frame is at ``(cx + dx cos a + dy sin a, cy - dx sin a + dy cos a)``.
+points up the image (towards y = 0) and at ``-90`` down. A corner at offset ``(dx, dy)`` from the centre in
+the box's own frame is at ``(cx + dx cos a + dy sin a, cy - dx sin a + dy cos a)``.
 
 Corner order: the box's own top-left, top-right, bottom-right, bottom-left, i.e. offsets ``(-w/2, -h/2)``,
 ``(w/2, -h/2)``, ``(w/2, h/2)``, ``(-w/2, h/2)``: clockwise on screen, as DOTA lists an object's corners (and
@@ -51,7 +51,7 @@ __all__ = [
     "rotated_boxes_to_polygons",
 ]
 
-# the offsets of the corners in the box's own frame, in units of (w/2, h/2): TL, TR, BR, BL (clockwise on screen)
+# corner offsets in the box's own frame, in units of (w/2, h/2): TL, TR, BR, BL (clockwise on screen)
 _CORNER_SIGNS = ((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0))
 MIN_AREA_FRACTION = 1e-6  # a quadrilateral below this fraction of its bounds' square is degenerate
 
@@ -186,6 +186,6 @@ def quadrilateral_problem(poly: Sequence[float]) -> Optional[str]:
     if side <= 0 or float(hull[2] * hull[3]) <= MIN_AREA_FRACTION * side * side:
         return "degenerate polygon (its points are repeated or collinear: zero area)"
     if _segments_cross(pts[0], pts[1], pts[2], pts[3]) or _segments_cross(pts[1], pts[2], pts[3], pts[0]):
-        return ("self-intersecting polygon (its outline crosses itself: list the 4 corners in order around the "
-                "object, clockwise as DOTA does)")
+        return ("self-intersecting polygon (its outline crosses itself: list the 4 corners in order around "
+                "the object, clockwise as DOTA does)")
     return None
