@@ -5,6 +5,8 @@
     python datasets/make_synthetic.py --format dota --out datasets/synthetic_dota --num-images 6 --seed 0
 
 Equal arguments give byte-identical files; an output folder that already holds the same dataset is left as is.
+Both layouts carry oriented labels: dior writes DIOR's horizontal XMLs and DIOR-R's oriented ones
+(Annotations/Oriented Bounding Boxes: synthetic_diorr_* reads them), dota writes each object's 4 corners.
 """
 import argparse
 import sys

@@ -5,7 +5,10 @@ ds2d2.data.dota_split).
     python datasets/prepare_dota.py --src DOTA/train --dst datasets/DOTA-v1.0_1024/train
     python datasets/prepare_dota.py --src DOTA/val --dst datasets/DOTA-v1.0_1024_ms/val --rates 0.5 1.0 1.5
 
-Re-running the same command finishes an interrupted split (finished images are skipped).
+Re-running the same command finishes an interrupted split (finished images are skipped). A patch set holds
+both box kinds (dota_v1_train_1024 reads horizontal boxes, dota_v1_train_1024_oriented oriented ones);
+``--boxes oriented`` also refuses collinear and self-intersecting label polygons, which only oriented boxes
+cannot use.
 """
 
 import argparse
@@ -50,6 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         f"{DEFAULT_MAX_PIXELS})",
     )
     p.add_argument(
+        "--boxes",
+        choices=("horizontal", "oriented"),
+        default="horizontal",
+        help="the box kind the labels are checked for (default horizontal); the patches serve both",
+    )
+    p.add_argument(
         "--skip-invalid",
         action="store_true",
         help="leave out bad label lines (each one is reported, with the count) instead of stopping at the "
@@ -70,7 +79,8 @@ def main(argv=None) -> int:
         return 1
     try:
         report = split_dota(
-            args.src, args.dst, classes, settings, args.workers, args.skip_invalid, max_pixels=args.max_pixels
+            args.src, args.dst, classes, settings, args.workers, args.skip_invalid,
+            max_pixels=args.max_pixels, boxes=args.boxes,
         )
     except (OSError, ValueError) as e:
         print(f"prepare_dota: error: {e}", file=sys.stderr)

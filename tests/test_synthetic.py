@@ -76,7 +76,7 @@ def test_dior_layout_is_the_release_layout(dior):
     files = {str(p.relative_to(dior)) for p in dior.rglob("*") if p.is_file()}
     ids = [f"{i:05d}" for i in range(1, 41)]
     # 40 images, split 50/20/30: test = 12 images, val = 8, train = 20; trainval holds ids 1-28.
-    expected = {f"{HBB}/{i}.xml" for i in ids}
+    expected = {f"{HBB}/{i}.xml" for i in ids} | {f"Annotations/Oriented Bounding Boxes/{i}.xml" for i in ids}
     expected |= {f"JPEGImages-trainval/{i}.jpg" for i in ids[:28]}
     expected |= {f"JPEGImages-test/{i}.jpg" for i in ids[28:]}
     expected |= {f"ImageSets/Main/{s}.txt" for s in ("train", "val", "test")} | {MARKER_FILE}

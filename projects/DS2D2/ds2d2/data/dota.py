@@ -9,7 +9,13 @@ Release layout (one folder per split)::
 A patch set (``datasets/prepare_dota.py`` output) holds ``dota_split.json`` (settings, class list, source
 image names), ``annotations/NAME.json`` (one record per source image: size, its objects, and every patch with
 its origin, scale and boxes) and ``images/*.png`` (the patches). ``register_dota(name, root)`` needs nothing
-else.
+else. One patch set serves both box kinds: ``boxes="horizontal"`` (XYXY_ABS, the default) or ``"oriented"``
+(XYWHA_ABS: cx, cy, w, h, angle in degrees CCW, the convention of ``ds2d2.rotated.boxes``).
+
+Label checks: a line that is not 9 or 10 fields, a non-numeric or non-finite coordinate, an unknown category
+or polygon bounds of zero width or height is an error naming ``file:line``. Read for oriented boxes, a
+polygon must also be a usable quadrilateral (``quadrilateral_problem``: not collinear, not self-intersecting);
+for horizontal boxes only its bounds are used, so such polygons are accepted as before.
 """
 
 import argparse
@@ -26,7 +32,8 @@ from detectron2.structures import BoxMode
 from ds2d2_onnx import image_io
 from ds2d2_onnx.image_io import DEFAULT_MAX_PIXELS, ImageReadError
 
-from .voc import IMAGE_EXTENSIONS, register_dataset
+from ..rotated.boxes import quadrilateral_problem
+from .voc import BOX_KINDS, IMAGE_EXTENSIONS, check_box_kind, register_dataset
 
 __all__ = [
     "DOTA_V1_CLASSES",
@@ -58,7 +65,8 @@ DOTA_V1_5_CLASSES = DOTA_V1_CLASSES + ("container-crane",)
 
 HEADER_PREFIXES = ("imagesource:", "gsd:")
 SPLIT_INFO_FILE = "dota_split.json"
-SPLIT_FORMAT = "ds2d2-dota-split/1"
+SPLIT_FORMAT = "ds2d2-dota-split/2"  # /2: patch annotations also hold "polygon" and "rbox"
+HORIZONTAL_ONLY_FORMATS = ("ds2d2-dota-split/1",)  # readable, for horizontal boxes only
 RECORDS_DIR = "annotations"
 PATCHES_DIR = "images"
 
@@ -86,7 +94,9 @@ class DotaObject:
         return (min(xs), min(ys), max(xs), max(ys))
 
 
-def _parse_line(fields: List[str], classes: Optional[Sequence[str]], where: str, line_no: int) -> DotaObject:
+def _parse_line(
+    fields: List[str], classes: Optional[Sequence[str]], where: str, line_no: int, oriented: bool
+) -> DotaObject:
     if len(fields) not in (9, 10):
         raise DotaFormatError(
             f"{where}: expected 9 or 10 fields 'x1 y1 x2 y2 x3 y3 x4 y4 category [difficult]', "
@@ -110,19 +120,27 @@ def _parse_line(fields: List[str], classes: Optional[Sequence[str]], where: str,
     x0, y0, x1, y1 = obj.bbox
     if x1 <= x0 or y1 <= y0:
         raise DotaFormatError(f"{where}: degenerate polygon (its bounds have zero width or height)")
+    problem = quadrilateral_problem(polygon) if oriented else None
+    if problem is not None:
+        raise DotaFormatError(f"{where}: {problem} (read for oriented boxes)")
     return obj
 
 
 def parse_dota_labels(
-    path: Union[str, Path], classes: Optional[Sequence[str]] = None, skipped: Optional[List[str]] = None
+    path: Union[str, Path],
+    classes: Optional[Sequence[str]] = None,
+    skipped: Optional[List[str]] = None,
+    boxes: str = "horizontal",
 ) -> List[DotaObject]:
     """Objects of one DOTA label file, in file order.
 
     Header lines (``imagesource:``, ``gsd:``) and blank lines are not objects. A bad line raises
     :class:`DotaFormatError` naming ``path:line``, unless ``skipped`` is a list: then the message is appended
     to it and the line is left out (the caller reports them). ``classes=None`` accepts any category. A line
-    that is not UTF-8 is always an error (the file is not a label file).
+    that is not UTF-8 is always an error (the file is not a label file). ``boxes="oriented"`` also refuses
+    collinear and self-intersecting polygons (see the module docstring).
     """
+    oriented = check_box_kind(boxes, "boxes") == "oriented"
     objects = []
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
@@ -135,7 +153,7 @@ def parse_dota_labels(
             if not text or text.startswith(HEADER_PREFIXES):
                 continue
             try:
-                objects.append(_parse_line(text.split(), classes, f"{path}:{line_no}", line_no))
+                objects.append(_parse_line(text.split(), classes, f"{path}:{line_no}", line_no, oriented))
             except DotaFormatError as e:
                 if skipped is None:
                     raise
@@ -232,7 +250,7 @@ def read_split_info(root: Union[str, Path]) -> dict:
         )
     with open(path) as f:
         info = json.load(f)
-    if info.get("format") != SPLIT_FORMAT:
+    if info.get("format") not in (SPLIT_FORMAT,) + HORIZONTAL_ONLY_FORMATS:
         raise DotaFormatError(f"{path}: format {info.get('format')!r} is not {SPLIT_FORMAT!r}")
     return info
 
@@ -275,15 +293,45 @@ def _check_classes(root: Union[str, Path], info: dict, classes: Optional[Sequenc
     return list(classes)
 
 
-def load_dota_patches(root: Union[str, Path], classes: Optional[Sequence[str]] = None) -> List[dict]:
+def _check_oriented_split(root: Union[str, Path], info: dict) -> None:
+    if info["format"] in HORIZONTAL_ONLY_FORMATS:
+        raise DotaFormatError(
+            f"{Path(root) / SPLIT_INFO_FILE}: this patch set was written in format {info['format']!r}, "
+            "without the objects' polygons and oriented boxes; split the source again "
+            "(datasets/prepare_dota.py) into a new folder to read it with oriented boxes"
+        )
+
+
+def _oriented_annotation(annotation: dict, record: dict, root: Union[str, Path]) -> dict:
+    """The XYWHA_ABS annotation of one kept object; an error naming the object's label line when its box is
+    degenerate (a collinear polygon, which the horizontal reading accepts)."""
+    rbox = [float(v) for v in annotation["rbox"]]
+    if not rbox[2] * rbox[3] > 0:
+        obj = record.get("objects", [{}] * (annotation["object"] + 1))[annotation["object"]]
+        raise DotaFormatError(
+            f"{Path(root) / RECORDS_DIR / (record['image'] + '.json')}: object at line {obj.get('line')} of "
+            f"{record['image']}'s label file has a degenerate polygon {obj.get('polygon')} (zero area): no "
+            "oriented box. Fix the label, then split again (prepare_dota.py --boxes oriented checks labels)"
+        )
+    return {"bbox": rbox, "bbox_mode": BoxMode.XYWHA_ABS}
+
+
+def load_dota_patches(
+    root: Union[str, Path], classes: Optional[Sequence[str]] = None, boxes: str = "horizontal"
+) -> List[dict]:
     """Detectron2 dataset dicts of a patch set, one per patch, ``image_id`` = running index (int).
 
     Extra keys: ``source_image`` (stem of the original image), ``patch_origin`` (x, y of the patch's top-left
     in the original image's pixels) and ``patch_scale`` (patch pixels per original pixel), so that a patch
-    point p maps to ``p / patch_scale + patch_origin`` in the original image. ``annotations`` (XYXY_ABS boxes
-    in patch pixels, ``category_id`` into ``classes``, ``difficult``) is present only for labelled splits.
+    point p maps to ``p / patch_scale + patch_origin`` in the original image. ``annotations`` (boxes in patch
+    pixels, ``category_id`` into ``classes``, ``difficult``) is present only for labelled splits; boxes are
+    XYXY_ABS (``boxes="horizontal"``) or XYWHA_ABS (``"oriented"``: the minimum-area rectangle of the
+    object's polygon clipped to the patch).
     """
+    oriented = check_box_kind(boxes, "boxes") == "oriented"
     info = read_split_info(root)
+    if oriented:
+        _check_oriented_split(root, info)
     class_list = _check_classes(root, info, classes)
     class_ids = {c: i for i, c in enumerate(class_list)}
     size = info["patch_size"]
@@ -302,8 +350,8 @@ def load_dota_patches(root: Union[str, Path], classes: Optional[Sequence[str]] =
             if info["has_labels"]:
                 d["annotations"] = [
                     {
-                        "bbox": list(a["bbox"]),
-                        "bbox_mode": BoxMode.XYXY_ABS,
+                        **(_oriented_annotation(a, record, root) if oriented
+                           else {"bbox": list(a["bbox"]), "bbox_mode": BoxMode.XYXY_ABS}),
                         "category_id": class_ids[a["category"]],
                         "difficult": a["difficult"],
                     }
@@ -314,14 +362,15 @@ def load_dota_patches(root: Union[str, Path], classes: Optional[Sequence[str]] =
 
 
 def _load_registered(
-    name: str, root: str, classes: Sequence[str], has_labels: bool, env_root: str
+    name: str, root: str, classes: Sequence[str], has_labels: bool, env_root: str, boxes: str
 ) -> List[dict]:
     """Loader of a lazily registered patch set: explains a missing folder, checks what the folder says."""
     if not (Path(root) / SPLIT_INFO_FILE).is_file():
         raise FileNotFoundError(
             f"Dataset {name!r}: no DOTA patch set at {root} ({SPLIT_INFO_FILE} missing). Builtin DOTA "
             f"datasets are looked up under $DETECTRON2_DATASETS (now {env_root!r}); make this one with "
-            f"'python datasets/prepare_dota.py --src <DOTA split folder> --dst {root}'."
+            f"'python datasets/prepare_dota.py --src <DOTA split folder> --dst {root}"
+            f"{' --boxes oriented' if boxes == 'oriented' else ''}'."
         )
     info = read_split_info(root)
     if bool(info["has_labels"]) != has_labels:
@@ -329,27 +378,33 @@ def _load_registered(
             f"Dataset {name!r}: {Path(root) / SPLIT_INFO_FILE} says has_labels={info['has_labels']}, but "
             f"this name was registered with has_labels={has_labels}"
         )
-    return load_dota_patches(root, classes)
+    return load_dota_patches(root, classes, boxes)
 
 
-def _metadata(root: str, classes: Sequence[str], has_labels: bool) -> dict:
+def _metadata(root: str, classes: Sequence[str], has_labels: bool, boxes: str) -> dict:
     return dict(thing_classes=list(classes), evaluator_type="dota_patches", dota_root=str(root),
-                has_labels=has_labels)
+                has_labels=has_labels, box_kind=boxes)
 
 
-def register_dota(name: str, root: Union[str, Path], classes: Optional[Sequence[str]] = None) -> None:
+def register_dota(
+    name: str, root: Union[str, Path], classes: Optional[Sequence[str]] = None, boxes: str = "horizontal"
+) -> None:
     """Register the patch set in ``root`` (written by ``datasets/prepare_dota.py``) as Detectron2 dataset
-    ``name``.
+    ``name``, with ``boxes`` "horizontal" (XYXY_ABS) or "oriented" (XYWHA_ABS) annotations.
 
     Metadata: thing_classes (the recorded list, or ``classes`` if given: it must contain every recorded
-    class), evaluator_type="dota_patches", dota_root (the folder), has_labels. Reads only ``dota_split.json``
-    now. Registering the same patch set again is a no-op; another one under a taken name is a ValueError.
+    class), evaluator_type="dota_patches", dota_root (the folder), has_labels, box_kind (``boxes``). Reads
+    only ``dota_split.json`` now. Registering the same patch set again is a no-op; another one under a taken
+    name is a ValueError.
     """
     root = str(root)
+    boxes = check_box_kind(boxes, "boxes")
     info = read_split_info(root)
+    if boxes == "oriented":
+        _check_oriented_split(root, info)
     class_list = _check_classes(root, info, classes)
-    metadata = _metadata(root, class_list, bool(info["has_labels"]))
-    register_dataset(name, partial(load_dota_patches, root, class_list), metadata, replace=False)
+    metadata = _metadata(root, class_list, bool(info["has_labels"]), boxes)
+    register_dataset(name, partial(load_dota_patches, root, class_list, boxes), metadata, replace=False)
 
 
 # builtin name prefix -> (folder under the data root, classes)
@@ -360,18 +415,24 @@ _BUILTIN_VERSIONS = {
 _BUILTIN_SPLITS = {"train": True, "val": True, "test": False}  # split -> has labels
 
 
+_BUILTIN_SUFFIXES = {"horizontal": "", "oriented": "_oriented"}  # box kind -> name suffix
+
+
 def register_all_dota(root: Union[str, Path]) -> None:
-    """Register ``dota_v1_{train,val,test}_1024`` and ``dota_v1.5_{...}_1024`` lazily.
+    """Register ``dota_v1_{train,val,test}_1024`` and ``dota_v1.5_{...}_1024`` (horizontal boxes) and
+    ``dota_v1_{train,val,test}_1024_oriented``, ``dota_v1.5_{...}_1024_oriented`` (oriented boxes) lazily.
 
     They are the patch sets ``<root>/DOTA-v1.0_1024/{train,val,test}`` and ``<root>/DOTA-v1.5_1024/...``
-    (patch size 1024, gap 200: datasets/prepare_dota.py defaults). Nothing is read now; a missing folder is
-    reported when the dataset is loaded. Calling it again with the same root is a no-op; with another root
-    it re-registers the names.
+    (patch size 1024, gap 200: datasets/prepare_dota.py defaults); both kinds read the same patch set. Nothing
+    is read now; a missing folder is reported when the dataset is loaded. Calling it again with the same
+    root is a no-op; with another root it re-registers the names.
     """
     root = str(root)
     for prefix, (folder, classes) in _BUILTIN_VERSIONS.items():
         for split, has_labels in _BUILTIN_SPLITS.items():
-            name = f"{prefix}_{split}_1024"
-            split_root = os.path.join(root, folder, split)
-            loader = partial(_load_registered, name, split_root, classes, has_labels, root)
-            register_dataset(name, loader, _metadata(split_root, classes, has_labels), replace=True)
+            for boxes in BOX_KINDS:
+                name = f"{prefix}_{split}_1024{_BUILTIN_SUFFIXES[boxes]}"
+                split_root = os.path.join(root, folder, split)
+                loader = partial(_load_registered, name, split_root, classes, has_labels, root, boxes)
+                metadata = _metadata(split_root, classes, has_labels, boxes)
+                register_dataset(name, loader, metadata, replace=True)

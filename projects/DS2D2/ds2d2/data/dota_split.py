@@ -6,13 +6,18 @@ Rules (the devkit's, ``dotadevkit/ops/ImgSplit.py``):
   the last window of a row/column is moved back to end at the image border; an image smaller than a patch
   gives one window, zero-padded at the bottom/right (every patch is ``patch_size`` x ``patch_size``);
 - an object is kept in a patch when more than ``min_inside`` (default 0.7) of its polygon's area is inside;
-  its box there is the bounds of the polygon clipped to the patch. The devkit also writes the rest of the cut
-  objects with difficult=2; here they are left out of the patch, and an object kept in no patch at some rate
-  is listed in the image's record (``lost_objects``) and counted in the report, never dropped unseen.
+  there it keeps its polygon clipped to the patch (``polygon``), its horizontal box is the clipped polygon's
+  bounds (``bbox``) and its oriented box (``rbox``: cx, cy, w, h, angle in degrees CCW, the convention of
+  ``ds2d2.rotated.boxes``) the minimum-area rectangle around the clipped polygon (for an object wholly
+  inside, around its 4 labelled corners). The devkit also writes the rest of the cut objects with
+  difficult=2; here they are left out of the patch, and an object kept in no patch at some rate is listed in
+  the image's record (``lost_objects``) and counted in the report, never dropped unseen.
 
 Differences from the devkit, and why: polygons are clipped with our own Sutherland-Hodgman code (no shapely,
-and clipped polygons with more than 5 corners are kept, where the devkit drops them); patch coordinates are
-not truncated to integers; downscaling uses area interpolation (the devkit always uses bicubic). Patches are
+and clipped polygons with more than 5 corners are kept, where the devkit drops them); a clipped polygon is
+kept whole (the devkit merges the shortest edge of a 5-corner one into its midpoint to write 4 corners, so
+its oriented box would miss part of the visible object); patch coordinates are not truncated to integers nor
+clamped to [1, patch size]; downscaling uses area interpolation (the devkit always uses bicubic). Patches are
 named as the devkit names them: ``NAME__RATE__LEFT___UP.png``.
 
 Output, next to the patches: ``dota_split.json`` (settings, class list, image names) and one
@@ -29,11 +34,13 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ds2d2_onnx.image_io import DEFAULT_MAX_PIXELS
 
 from ..checkpoint import atomic_write
+from ..rotated.boxes import min_area_rotated_boxes, polygons_to_rotated_boxes
 from .dota import (
     DOTA_V1_5_CLASSES,
     DOTA_V1_CLASSES,
@@ -144,29 +151,51 @@ def inside_fraction(
     return float(np.prod(chi - clo) / np.prod(hi - lo)), clipped
 
 
-def _patch_annotations(
-    polygons: np.ndarray, boxes: np.ndarray, window: Tuple[int, int, int, int], min_inside: float
-) -> List[Tuple[int, List[float]]]:
-    """(object index, box xyxy relative to the window's top-left) of the objects kept in one window.
+@dataclass(frozen=True)
+class KeptObject:
+    """An object kept in a patch, in the patch's pixels: index (into the image's objects), bbox (x0, y0, x1,
+    y1), polygon (x1, y1, ..., xM, yM: the labelled corners, or the part inside the patch of a cut object)
+    and rbox (cx, cy, w, h, angle in degrees CCW: minimum-area rectangle around the polygon)."""
 
-    polygons (N, 4, 2) and boxes (N, 4) in the resized image's pixels; window (x0, y0, x1, y1) within the
-    image.
+    index: int
+    bbox: List[float]
+    polygon: List[float]
+    rbox: List[float]
+
+
+def _patch_annotations(
+    polygons: np.ndarray,
+    boxes: np.ndarray,
+    rboxes: np.ndarray,
+    window: Tuple[int, int, int, int],
+    min_inside: float,
+) -> List[KeptObject]:
+    """The objects kept in one window, with their boxes relative to the window's top-left.
+
+    polygons (N, 4, 2), boxes (N, 4) xyxy and rboxes (N, 5) (minimum-area rectangles of the polygons) in the
+    resized image's pixels; window (x0, y0, x1, y1) within the image.
     """
     x0, y0, x1, y1 = window
     overlaps = (boxes[:, 0] < x1) & (boxes[:, 2] > x0) & (boxes[:, 1] < y1) & (boxes[:, 3] > y0)
     contained = (boxes[:, 0] >= x0) & (boxes[:, 2] <= x1) & (boxes[:, 1] >= y0) & (boxes[:, 3] <= y1)
     kept = []
+    shift = np.array([x0, y0], dtype=np.float64)
     for i in np.flatnonzero(overlaps):
         if contained[i]:
-            box = boxes[i]
+            box, points, rbox = boxes[i], polygons[i], rboxes[i].copy()
         else:
-            fraction, clipped = inside_fraction(polygons[i], window)
+            fraction, points = inside_fraction(polygons[i], window)
             if fraction <= min_inside:
                 continue
-            box = np.concatenate([clipped.min(0), clipped.max(0)])
-        kept.append(
-            (int(i), [float(box[0] - x0), float(box[1] - y0), float(box[2] - x0), float(box[3] - y0)])
-        )
+            box = np.concatenate([points.min(0), points.max(0)])
+            rbox = min_area_rotated_boxes(torch.from_numpy(points[None])).numpy()[0]
+        rbox[:2] -= shift
+        kept.append(KeptObject(
+            index=int(i),
+            bbox=[float(box[0] - x0), float(box[1] - y0), float(box[2] - x0), float(box[3] - y0)],
+            polygon=[float(v) for v in (points - shift).reshape(-1)],
+            rbox=[float(v) for v in rbox],
+        ))
     return kept
 
 
@@ -212,7 +241,8 @@ def _split_image(task: Tuple[str, str, Optional[List[DotaObject]], str, SplitSet
     if objects is not None:
         record["lost_objects"] = {}
         record["objects"] = [
-            {"bbox": list(o.bbox), "category": o.category, "difficult": o.difficult, "line": o.line}
+            {"bbox": list(o.bbox), "polygon": list(o.polygon), "category": o.category,
+             "difficult": o.difficult, "line": o.line}
             for o in objects
         ]
     polygons = np.array([o.polygon for o in objects or []], dtype=np.float64).reshape(-1, 4, 2)
@@ -221,6 +251,7 @@ def _split_image(task: Tuple[str, str, Optional[List[DotaObject]], str, SplitSet
         sh, sw = scaled.shape[:2]
         polys = polygons * rate
         boxes = np.concatenate([polys.min(1), polys.max(1)], axis=1)
+        rboxes = polygons_to_rotated_boxes(torch.from_numpy(polys.reshape(-1, 8))).numpy()
         seen = np.zeros(len(polys), dtype=bool)
         for left, up, patch in cut_patches(scaled, size, settings.gap):
             name = f"{stem}__{float(rate)}__{left}___{up}.png"
@@ -228,17 +259,19 @@ def _split_image(task: Tuple[str, str, Optional[List[DotaObject]], str, SplitSet
             entry = {"file": name, "origin": [left / rate, up / rate], "scale": rate, "offset": [left, up]}
             if objects is not None:
                 window = (left, up, min(left + size, sw), min(up + size, sh))
-                kept = _patch_annotations(polys, boxes, window, settings.min_inside)
+                kept = _patch_annotations(polys, boxes, rboxes, window, settings.min_inside)
                 entry["annotations"] = [
                     {
-                        "bbox": box,
-                        "category": objects[i].category,
-                        "difficult": objects[i].difficult,
-                        "object": i,
+                        "bbox": k.bbox,
+                        "polygon": k.polygon,
+                        "rbox": k.rbox,
+                        "category": objects[k.index].category,
+                        "difficult": objects[k.index].difficult,
+                        "object": k.index,
                     }
-                    for i, box in kept
+                    for k in kept
                 ]
-                seen[[i for i, _ in kept]] = True
+                seen[[k.index for k in kept]] = True
             record["patches"].append(entry)
         if objects is not None:
             record["lost_objects"][str(float(rate))] = np.flatnonzero(~seen).tolist()
@@ -295,11 +328,14 @@ def split_dota(
     skip_invalid: bool = False,
     progress: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    boxes: str = "horizontal",
 ) -> SplitReport:
     """Split the release-layout folder ``src`` (images/, optional labelTxt/) into a patch set in ``dst``.
 
     classes: the label categories (None: DOTA v1.0's, or v1.5's if needed). All label files, and every
-    image's header (format, and at most ``max_pixels`` pixels), are checked before any image is cut. Images
+    image's header (format, and at most ``max_pixels`` pixels), are checked before any image is cut; labels
+    are checked for ``boxes`` (``parse_dota_labels``: "oriented" refuses collinear and self-intersecting
+    polygons), and the patch set serves both box kinds. Images
     whose record already exists in ``dst`` are skipped (resume after an interruption); ``num_workers``
     processes (default: all cores) cut the rest. Bad input is a DotaFormatError naming the file (and line).
     """
@@ -310,7 +346,7 @@ def split_dota(
     has_labels = files[0][2] is not None
     report = SplitReport(images=len(files))
     skipped = report.invalid_lines if skip_invalid else None
-    objects = {s: parse_dota_labels(lab, classes, skipped) for s, _, lab in files if lab is not None}
+    objects = {s: parse_dota_labels(lab, classes, skipped, boxes) for s, _, lab in files if lab is not None}
     label_files = {s: lab for s, _, lab in files if lab is not None}
     class_list = list(classes) if classes is not None else _choose_classes(objects, label_files)
     for _, image_path, _ in files:

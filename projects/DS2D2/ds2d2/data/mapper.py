@@ -4,7 +4,9 @@ Detectron2's mapper decodes with PIL: a truncated JPEG stops training with "imag
 image declaring billions of pixels with PIL's DecompressionBombError, neither naming the file. Here a
 missing, truncated, undecodable image, or one of more than ``INPUT.MAX_PIXELS`` pixels (refused from its
 header), is an ``ImageReadError`` naming the file. Augmentations, annotations and proposals are handled as
-DatasetMapper handles them. Semantic-segmentation inputs (``sem_seg_file_name``) are not supported.
+DatasetMapper handles them, except oriented boxes (XYWHA_ABS), which DatasetMapper would turn into their
+horizontal hulls: they move with their corners (``rotated_annotations``) into RotatedBoxes ``gt_boxes``.
+Semantic-segmentation inputs (``sem_seg_file_name``) are not supported.
 """
 
 import copy
@@ -19,6 +21,8 @@ from PIL import Image
 
 from ds2d2_onnx import image_io
 from ds2d2_onnx.image_io import DEFAULT_MAX_PIXELS
+
+from .rotated_annotations import has_rotated_boxes, rotated_annotations_to_instances
 
 __all__ = ["CheckedDatasetMapper"]
 
@@ -47,6 +51,14 @@ class CheckedDatasetMapper(DatasetMapper):
             return bgr
         rgb = Image.fromarray(np.ascontiguousarray(bgr[:, :, ::-1]))
         return utils.convert_PIL_to_numpy(rgb, self.image_format)
+
+    def _transform_annotations(self, dataset_dict: dict, transforms: T.TransformList, image_shape) -> None:
+        """DatasetMapper's, except for oriented (XYWHA_ABS) annotations: see ``rotated_annotations``."""
+        if not has_rotated_boxes(dataset_dict["annotations"], dataset_dict["file_name"]):
+            super()._transform_annotations(dataset_dict, transforms, image_shape)
+            return
+        instances = rotated_annotations_to_instances(dataset_dict.pop("annotations"), transforms, image_shape)
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)
 
     def __call__(self, dataset_dict: dict) -> dict:
         """One dataset dict -> the model's input dict: ``image`` (C, H, W) uint8 tensor after augmentation,

@@ -1,4 +1,5 @@
-"""Deterministic synthetic remote-sensing detection data, written in the real DIOR and DOTA release layouts.
+"""Deterministic synthetic remote-sensing detection data, written in the real DIOR (with DIOR-R's oriented
+annotations) and DOTA release layouts.
 
 One scene renderer (:func:`render_scene`) draws a textured background (multi-scale noise, fields with crop
 rows, roads, unannotated buildings) and annotated objects: many small ones, some large ones, crowded groups
@@ -39,7 +40,7 @@ __all__ = [
 RGB = tuple[int, int, int]
 
 MARKER_FILE = ".synthetic.json"
-_GENERATOR_VERSION = 2  # bump when the rendering changes, so that old outputs are regenerated
+_GENERATOR_VERSION = 3  # bump when the output changes, so that old outputs are regenerated (3: DIOR-R XMLs)
 _REF_SIZE = 128  # object sizes below are in pixels of a 128 px DIOR image (SceneLayout.scale = 1)
 _SUPERSAMPLE = 4  # objects are rasterised on a 4x finer grid, then box-filtered (anti-aliased)
 _SENSOR_NOISE = 2.5  # std of the per-pixel Gaussian noise (grey levels)
@@ -472,6 +473,8 @@ def render_scene(rng: np.random.Generator, height: int, width: int, styles: Mapp
 # ------------------------------------------------------------------------------------------------------------
 DEFAULT_SPLIT = (0.5, 0.2, 0.3)  # train, val, test fractions
 _DIOR_DIRS = ("Annotations", "JPEGImages-trainval", "JPEGImages-test", "ImageSets")
+_DIOR_HBB = Path("Annotations") / "Horizontal Bounding Boxes"
+_DIOR_OBB = Path("Annotations") / "Oriented Bounding Boxes"
 _DOTA_DIRS = ("train", "val", "test")
 _FORMAT_CODES = {"dior": 0, "dota": 1}
 
@@ -551,11 +554,30 @@ def _voc_xml(filename: str, width: int, height: int, objects: list[SceneObject])
     return "\n".join(lines + ["</annotation>"]) + "\n"
 
 
+def _diorr_xml(filename: str, width: int, height: int, objects: list[SceneObject]) -> str:
+    """DIOR-R's Oriented-Bounding-Boxes XML: VOC fields, each object's <robndbox> with its 4 corners (pixels,
+    0.1 px, not clipped to the image) from the object's rear-left corner clockwise on screen, <difficult>."""
+    lines = ["<annotation>", f"\t<filename>{filename}</filename>", "\t<source>",
+             "\t\t<database>DIOR</database>", "\t</source>", "\t<size>", f"\t\t<width>{width}</width>",
+             f"\t\t<height>{height}</height>", "\t\t<depth>3</depth>", "\t</size>",
+             "\t<segmented>0</segmented>"]
+    tags = ("left_top", "right_top", "right_bottom", "left_bottom")
+    for obj in objects:
+        lines += ["\t<object>", "\t\t<type>robndbox</type>", f"\t\t<name>{obj.name}</name>",
+                  "\t\t<pose>Unspecified</pose>", "\t\t<truncated>0</truncated>",
+                  f"\t\t<difficult>{int(obj.difficult)}</difficult>", "\t\t<robndbox>"]
+        for tag, (x, y) in zip(tags, obj.corners):
+            lines += [f"\t\t\t<x_{tag}>{x:.1f}</x_{tag}>", f"\t\t\t<y_{tag}>{y:.1f}</y_{tag}>"]
+        lines += ["\t\t</robndbox>", "\t</object>"]
+    return "\n".join(lines + ["</annotation>"]) + "\n"
+
+
 def write_synthetic_dior(out: str | Path, num_images: int, seed: int, image_size: int = 128, *,
                          split: Sequence[float] = DEFAULT_SPLIT, jpeg_quality: int = 95) -> Path:
     """Write a synthetic dataset in DIOR's release layout under ``out`` and return ``out``.
 
-    Layout: ``Annotations/Horizontal Bounding Boxes/NNNNN.xml``, ``JPEGImages-trainval/NNNNN.jpg`` (ids 1 to
+    Layout: ``Annotations/Horizontal Bounding Boxes/NNNNN.xml`` (DIOR), ``Annotations/Oriented Bounding
+    Boxes/NNNNN.xml`` (DIOR-R: the same objects' oriented boxes), ``JPEGImages-trainval/NNNNN.jpg`` (ids 1 to
     train+val), ``JPEGImages-test/NNNNN.jpg`` (the following ids), ``ImageSets/Main/{train,val,test}.txt``
     (5-digit ids; train and val are interleaved random subsets of the trainval ids). Images are square,
     ``image_size`` px; objects are 6-42 px at 128 px and scale with the image. Classes:
@@ -576,8 +598,8 @@ def write_synthetic_dior(out: str | Path, num_images: int, seed: int, image_size
     if not _start(out, args):
         return out
     layout = replace(_DIOR_LAYOUT, scale=image_size / _REF_SIZE)
-    annotations = out / "Annotations" / "Horizontal Bounding Boxes"
-    annotations.mkdir(parents=True, exist_ok=True)
+    for folder in (_DIOR_HBB, _DIOR_OBB):
+        (out / folder).mkdir(parents=True, exist_ok=True)
     n_trainval = n_train + n_val
     for index in range(num_images):
         image_id = f"{index + 1:05d}"
@@ -586,7 +608,9 @@ def write_synthetic_dior(out: str | Path, num_images: int, seed: int, image_size
         folder = "JPEGImages-trainval" if index < n_trainval else "JPEGImages-test"
         _write_image(out / folder / f"{image_id}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
         xml = _voc_xml(f"{image_id}.jpg", image_size, image_size, objects)
-        (annotations / f"{image_id}.xml").write_text(xml)
+        (out / _DIOR_HBB / f"{image_id}.xml").write_text(xml)
+        xml = _diorr_xml(f"{image_id}.jpg", image_size, image_size, objects)
+        (out / _DIOR_OBB / f"{image_id}.xml").write_text(xml)
     ids = [f"{i + 1:05d}" for i in range(num_images)]
     train = set(_rng(seed, "dior", 0).permutation(n_trainval)[:n_train].tolist())
     lists = {"train": [ids[i] for i in range(n_trainval) if i in train],

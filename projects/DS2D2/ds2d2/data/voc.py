@@ -10,6 +10,14 @@ is an error naming the XML and the object. Valid boxes partly outside the image 
 empty (wholly outside) are dropped; both are counted in the log, per XML and in total. XML is parsed with
 ``defusedxml``: entity declarations (entity expansion, "billion laughs") and external references are refused
 with the file named.
+
+Oriented boxes (``boxes="oriented"``, DIOR-R's ``Annotations/Oriented Bounding Boxes``): each ``<object>``
+holds ``<robndbox>`` with the 4 corners ``x_left_top y_left_top x_right_top y_right_top x_right_bottom
+y_right_bottom x_left_bottom y_left_bottom`` (pixels, used as continuous coordinates as given, like DOTA's;
+DIOR-R's extra ``<angle>`` is not read: the corners say it all). The box is the minimum-area rectangle of the
+corners (``ds2d2.rotated.boxes``: XYWHA_ABS, cx, cy, w, h, angle in degrees CCW). A non-finite corner, or
+corners that are collinear or whose outline crosses itself, is an error naming the XML and the object. Boxes
+wholly outside the image are dropped (counted like the horizontal ones); the others are not clipped.
 """
 
 import logging
@@ -21,11 +29,17 @@ from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import defusedxml
 import defusedxml.ElementTree
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from ..rotated.boxes import polygons_to_rotated_boxes, quadrilateral_problem
+
 __all__ = [
+    "BOX_KINDS",
     "IMAGE_EXTENSIONS",
+    "ROBNDBOX_CORNERS",
+    "check_box_kind",
     "check_voc_paths",
     "collect_voc_classes",
     "load_voc_detection",
@@ -39,9 +53,22 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 """Image file extensions (compared lower-case) of every reader here: VOC image folders, DOTA ``images/``."""
 
+BOX_KINDS = ("horizontal", "oriented")
+"""Box kinds of every reader here: horizontal (BoxMode.XYXY_ABS) or oriented (BoxMode.XYWHA_ABS)."""
+ROBNDBOX_CORNERS = ("x_left_top", "y_left_top", "x_right_top", "y_right_top", "x_right_bottom",
+                    "y_right_bottom", "x_left_bottom", "y_left_bottom")
+"""DIOR-R's ``<robndbox>`` children, in the order of a polygon x1 y1 ... x4 y4."""
+
 SplitFiles = Union[str, Sequence[str], None]
 
 _LOGGED_FILES = 10  # XMLs whose clipped / dropped boxes get a log line of their own; the rest are counted
+
+
+def check_box_kind(value: object, where: str) -> str:
+    """``value`` if it is one of BOX_KINDS, else a ValueError naming ``where`` (an argument or config key)."""
+    if value not in BOX_KINDS:
+        raise ValueError(f"{where} must be 'horizontal' or 'oriented', got {value!r}")
+    return str(value)
 
 
 def _as_list(split_file: SplitFiles) -> List[str]:
@@ -170,6 +197,28 @@ def _parse_box(obj: ET.Element, where: str, name: str) -> List[float]:
     return [xmin - 1.0, ymin - 1.0, xmax, ymax]
 
 
+def _parse_corners(obj: ET.Element, where: str, name: str) -> List[float]:
+    """DIOR-R <robndbox> -> polygon [x1, y1, ..., x4, y4]; missing, non-numeric or non-finite corners and
+    unusable quadrilaterals (collinear, self-intersecting) are errors."""
+    robndbox = obj.find("robndbox")
+    if robndbox is None:
+        raise ValueError(f"{where}: no <robndbox> (an oriented box: {', '.join(ROBNDBOX_CORNERS)})")
+    polygon = []
+    for tag in ROBNDBOX_CORNERS:
+        text = _text(robndbox, tag, f"{where} <robndbox>")
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{where}: <{tag}> is not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: <{tag}> is not finite: {text!r}")
+        polygon.append(value)
+    problem = quadrilateral_problem(polygon)
+    if problem is not None:
+        raise ValueError(f"{where} ({name}): {problem}")
+    return polygon
+
+
 def _parse_difficult(obj: ET.Element, where: str) -> int:
     element = obj.find("difficult")
     if element is None or element.text is None or not element.text.strip():
@@ -180,12 +229,40 @@ def _parse_difficult(obj: ET.Element, where: str) -> int:
     return int(text)
 
 
+def _oriented_annotations(
+    root: ET.Element, xml_file: str, class_to_id: Dict[str, int], width: int, height: int
+) -> Tuple[List[dict], int]:
+    """The XYWHA_ABS annotations of a DIOR-R XML and the number of boxes dropped as wholly outside the
+    image."""
+    polygons, kept = [], []
+    for index, obj in enumerate(root.findall("object")):
+        where = f"{xml_file} object #{index}"
+        name = _text(obj, "name", where)
+        if name not in class_to_id:
+            raise ValueError(f"{where}: unknown class {name!r}; known classes: {list(class_to_id)}")
+        polygon = _parse_corners(obj, where, name)
+        difficult = _parse_difficult(obj, where)
+        xs, ys = polygon[0::2], polygon[1::2]
+        if max(xs) <= 0 or min(xs) >= width or max(ys) <= 0 or min(ys) >= height:
+            continue
+        polygons.append(polygon)
+        kept.append({"category_id": class_to_id[name], "difficult": difficult})
+    boxes = polygons_to_rotated_boxes(torch.tensor(polygons, dtype=torch.float64).reshape(-1, 8)).tolist()
+    annotations = [{"bbox": box, "bbox_mode": BoxMode.XYWHA_ABS, **a} for box, a in zip(boxes, kept)]
+    return annotations, len(root.findall("object")) - len(kept)
+
+
 def _parse_annotation(
-    xml_file: str, image_file: str, image_id: str, class_to_id: Dict[str, int]
+    xml_file: str, image_file: str, image_id: str, class_to_id: Dict[str, int], oriented: bool = False
 ) -> Tuple[dict, int, int]:
-    """One VOC XML -> (Detectron2 dataset dict, number of clipped boxes, number of boxes dropped as empty)."""
+    """One VOC XML -> (Detectron2 dataset dict, number of clipped boxes, number of boxes dropped as empty);
+    ``oriented``: DIOR-R's <robndbox> corners instead of <bndbox>."""
     root = parse_xml(xml_file)
     width, height = _parse_size(root, xml_file)
+    record = {"file_name": image_file, "image_id": image_id, "height": height, "width": width}
+    if oriented:
+        record["annotations"], dropped = _oriented_annotations(root, xml_file, class_to_id, width, height)
+        return record, 0, dropped
     annotations = []
     clipped = dropped = 0
     for index, obj in enumerate(root.findall("object")):
@@ -214,13 +291,7 @@ def _parse_annotation(
                 "difficult": difficult,
             }
         )
-    record = {
-        "file_name": image_file,
-        "image_id": image_id,
-        "height": height,
-        "width": width,
-        "annotations": annotations,
-    }
+    record["annotations"] = annotations
     return record, clipped, dropped
 
 
@@ -252,7 +323,11 @@ def _log_unused_images(images: Dict[str, List[str]], xml_names: set, image_dir: 
 
 
 def load_voc_detection(
-    image_dir: str, annotation_dir: str, classes: Sequence[str], split_file: SplitFiles = None
+    image_dir: str,
+    annotation_dir: str,
+    classes: Sequence[str],
+    split_file: SplitFiles = None,
+    boxes: str = "horizontal",
 ) -> List[dict]:
     """Read a Pascal-VOC-format detection dataset into Detectron2 dataset dicts.
 
@@ -264,18 +339,22 @@ def load_voc_detection(
         split_file: a text file (or several, concatenated) with one id per line; blank lines are ignored.
             Without it, every ``*.xml`` in ``annotation_dir`` (sorted) is loaded, and images without an XML
             are counted in a warning.
+        boxes: "horizontal" (``<bndbox>``) or "oriented" (DIOR-R's ``<robndbox>`` corners).
 
     Returns:
         One dict per image: file_name, image_id (the id / XML stem), height, width (pixels, from the XML) and
         annotations: [{bbox [x0, y0, x1, y1] (float, continuous pixel coords), bbox_mode XYXY_ABS,
         category_id, difficult (0/1)}]. Boxes are clipped to the image; boxes empty after clipping are
         dropped; both are counted in one log line per XML concerned (the first few) and in a total.
+        Oriented: bbox [cx, cy, w, h, angle] (degrees CCW), bbox_mode XYWHA_ABS, not clipped; boxes wholly
+        outside the image are dropped and counted.
 
     Raises:
         FileNotFoundError / ValueError naming the file (and line or object) for any bad input.
     """
     check_voc_paths(image_dir, annotation_dir, split_file)
     _check_classes(classes)
+    oriented = check_box_kind(boxes, "boxes") == "oriented"
     class_to_id = {name: i for i, name in enumerate(classes)}
     split_files = _as_list(split_file)
     xml_names = {name for name in os.listdir(annotation_dir) if name.endswith(".xml")}
@@ -294,7 +373,9 @@ def load_voc_detection(
         if len(candidates) != 1:
             problem = "no image" if not candidates else f"several images {sorted(candidates)}"
             raise FileNotFoundError(f"{xml_file}: {problem} named {image_id}.<ext> in {image_dir!r}")
-        record, n_clipped, n_dropped = _parse_annotation(xml_file, candidates[0], image_id, class_to_id)
+        record, n_clipped, n_dropped = _parse_annotation(
+            xml_file, candidates[0], image_id, class_to_id, oriented
+        )
         dicts.append(record)
         clipped += n_clipped
         dropped += n_dropped
@@ -341,21 +422,24 @@ def register_voc_detection(
     classes: Sequence[str],
     split_file: SplitFiles = None,
     evaluator_type: str = "voc_detection",
+    boxes: str = "horizontal",
 ) -> None:
     """Register a Pascal-VOC-format dataset under ``name`` (see :func:`load_voc_detection` for the arguments).
 
     Directories and split files are checked now (FileNotFoundError); the XMLs are read, and their errors
     raised, when the dataset is loaded with ``DatasetCatalog.get(name)``. Metadata: thing_classes,
-    evaluator_type, image_dir, annotation_dir, split_file.
+    evaluator_type, image_dir, annotation_dir, split_file, box_kind (``boxes``).
     """
     check_voc_paths(image_dir, annotation_dir, split_file)
     _check_classes(classes)
+    boxes = check_box_kind(boxes, "boxes")
     metadata = {
         "thing_classes": list(classes),
         "evaluator_type": evaluator_type,
         "image_dir": image_dir,
         "annotation_dir": annotation_dir,
         "split_file": split_file,
+        "box_kind": boxes,
     }
-    loader = partial(load_voc_detection, image_dir, annotation_dir, list(classes), split_file)
+    loader = partial(load_voc_detection, image_dir, annotation_dir, list(classes), split_file, boxes)
     register_dataset(name, loader, metadata, replace=False)
