@@ -383,3 +383,16 @@ def test_unlabelled_split_writes_task1_files(tmp_path, catalog):
     corners = [(25, 50), (25, 30), (35, 30), (35, 50)]
     expected = ["P0000", "0.750000"] + [f"{v:.2f}" for cx, cy in corners for v in (cx + x, cy + y)]
     assert (tmp_path / "out" / "Task1_ship.txt").read_text().split() == expected
+
+
+def test_oriented_patch_set_is_scored_as_task1_from_its_records(oriented_patch_set, catalog, tmp_path):
+    root, scenes = oriented_patch_set
+    register_dota("tiny_val_oriented", root / "val_p", boxes="oriented")
+    dicts = DatasetCatalog.get("tiny_val_oriented")
+    evaluator = DOTAFullImageEvaluator("tiny_val_oriented", str(tmp_path))  # the task from the box kind
+    evaluator.reset()
+    for inp, out in rotated_outputs(dicts, objects_as_rotated_results(dicts, scenes)):
+        evaluator.process([inp], [out])
+    result = evaluator.evaluate()["dota_task1"]  # ground truth: the polygons recorded at split time
+    assert result["mAP"] == pytest.approx(100.0)
+    assert all(result[f"AP-{c}"] == pytest.approx(100.0) for c in CLASSES)
