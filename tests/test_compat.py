@@ -81,16 +81,18 @@ def test_checkpointers_read_files_through_the_hook_compat_overrides(tmp_path):
         "ds2d2.compat.with_file_reader (safe checkpoint reading) must follow"
     )
     seen = []
+    state = {"weight": torch.full((1, 2), 3.0), "bias": torch.full((1,), -1.0)}
 
-    def read(checkpointer, filename, default):
+    def read(checkpointer, filename):
         seen.append(filename)
-        return default(filename)
+        return {"model": state}
 
     reading = compat.with_file_reader(DetectionCheckpointer, read, "Reading")
     model = nn.Linear(2, 1)
-    torch.save({"model": model.state_dict()}, tmp_path / "w.pth")
-    reading(nn.Linear(2, 1)).load(str(tmp_path / "w.pth"))
+    (tmp_path / "w.pth").write_bytes(b"")  # only the reader's dict is loaded: the file is never parsed
+    reading(model).load(str(tmp_path / "w.pth"))
     assert reading.__name__ == "Reading" and seen == [str(tmp_path / "w.pth")]
+    assert torch.equal(model.weight, state["weight"]) and torch.equal(model.bias, state["bias"])
 
 
 def test_default_trainer_steps_and_checkpoints_through_the_trainer_compat_sets():

@@ -282,13 +282,10 @@ class _AtomicSaves(DetectionCheckpointer):
         )
 
 
-def _read_safely(
-    checkpointer: _AtomicSaves, filename: str, detectron2_reader: Callable[[str], Dict]
-) -> Dict:
+def _read_safely(checkpointer: _AtomicSaves, filename: str) -> Dict:
     """Every file through ``read_checkpoint``; a bad file in the run's own folder names the other checkpoints
-    to resume from. ``detectron2_reader`` is deliberately never called: it unpickles ``.pkl`` and ``.pyth``
-    files with code, and other files with ``torch.load`` defaults that an environment variable can turn to
-    full unpickling."""
+    to resume from. It replaces Detectron2's reader, which unpickles ``.pkl`` and ``.pyth`` files with code,
+    and other files with ``torch.load`` defaults that an environment variable can turn to full unpickling."""
     try:
         return read_checkpoint(filename)
     except CheckpointError as e:

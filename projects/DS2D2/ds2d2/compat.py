@@ -41,12 +41,12 @@ def with_file_reader(
     checkpointer_class: Type[Checkpointer], read: Callable, name: str
 ) -> Type[Checkpointer]:
     """A subclass ``name`` of ``checkpointer_class`` whose ``load()`` reads each file with
-    ``read(checkpointer, filename, default)``, ``default(filename)`` being the class's own reader.
-    Private: fvcore's ``Checkpointer._load_file``, the hook ``load()`` calls per file (its docstring
-    invites subclasses to override it for other formats; there is no public one)."""
+    ``read(checkpointer, filename)`` instead of the class's own reader. Private: fvcore's
+    ``Checkpointer._load_file``, the hook ``load()`` calls per file (its docstring invites subclasses to
+    override it for other formats; there is no public one)."""
 
     def _load_file(self, filename: str) -> Dict:
-        return read(self, filename, super(checked, self)._load_file)
+        return read(self, filename)
 
     checked = type(name, (checkpointer_class,), {"_load_file": _load_file})
     checked.__module__ = checkpointer_class.__module__
