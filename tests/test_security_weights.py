@@ -226,7 +226,8 @@ def test_load_for_evaluation_takes_the_checkpoints_of_stages_2_and_3(tmp_path, s
 
 
 def test_load_for_evaluation_takes_a_checkpoint_written_under_ddp(tmp_path):
-    """A multi-process run saves its DistributedDataParallel model: every name starts with ``module.``."""
+    """Every name starting with ``module.``, as code that saves a DistributedDataParallel model's own
+    state_dict writes it (ds2d2's runs never do: fvcore's Checkpointer saves the model inside DDP)."""
     model = build_model(tiny_cfg("GeneralizedRCNN"))
     trained = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
     torch.save({"model": {f"module.{k}": v for k, v in trained.items()}}, tmp_path / "model_final.pth")
