@@ -9,12 +9,14 @@ the image (y pointing down), so a box's corners are ``(cx, cy) + R (+-w/2, +-h/2
   coordinates clamped) is a closed path around exactly A's part inside it: its shoelace area is the
   intersection, from 20 points (each edge's corner and its 4 crossings of A's side lines, in order), with no
   tolerances and no special case for parallel or touching edges; batched over pairs. Only pairs whose
-  axis-aligned bounding rectangles meet are computed, screened and computed in bounded chunks, so N x M of
-  several thousand (or a hundred x a million anchors) stays in memory.
+  axis-aligned bounding rectangles meet and that no separating axis splits get a polygon; pairs are screened
+  and computed in bounded chunks, so N x M of several thousand (or a hundred x a million anchors) stays in
+  memory.
 - NMS: greedy NMS (a box goes when its IoU with a kept, higher-scoring box is > the threshold), resolved as a
-  fixed point over the suppressing pairs instead of box by box; pairs whose bounding rectangles bound their
-  IoU below the threshold are skipped unevaluated. The class-aware variant only pairs boxes of the same class
-  (no coordinate offsets, which would cost float32 precision).
+  fixed point over the pairs that may suppress instead of box by box, a pair's IoU computed only once its
+  higher-scoring box is kept (as the greedy loop does); pairs whose bounding rectangles bound their IoU
+  below the threshold are never evaluated. The class-aware variant only pairs boxes of the same class (no
+  coordinate offsets, which would cost float32 precision).
 - ROIAlignRotated: Detectron2's sampling grid (``sampling_ratio`` points per bin side, or
   ``ceil(size / bins)`` when 0), rotated about the box centre, bilinear samples (zero beyond one pixel
   outside the map, edge values within it) averaged per bin, through ``grid_sample`` so both devices and
