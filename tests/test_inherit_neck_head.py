@@ -1,7 +1,8 @@
 """MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD (ds2d2.meta_arch.inherit): an FGD / MGD student's FPN and heads equal
 the teacher's at iteration 0 wherever the shapes fit, the others keep their own init and are logged by name,
 the trunk comes from MODEL.WEIGHTS after the trainer's resume_or_load(resume=False); a student with nothing
-to inherit (a narrower FPN) and a config with the old FGD-only key are refused, the key named."""
+to inherit (a narrower FPN) is refused, the key named; configs recorded with the old FGD-only key load, True
+refused naming the new key."""
 import itertools
 import logging
 import os
@@ -16,9 +17,11 @@ import torchvision
 from detectron2.modeling import build_model
 from torch import nn
 
-from conftest import REPO, random_batch, tiny_stages
+from conftest import REPO, random_batch, tiny_cfg, tiny_stages
+from ds2d2.checks import check_config
 from ds2d2.config import load_config
 from ds2d2.engine import Trainer
+from ds2d2.teacher import resolve_teacher_config
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 KEY = "MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD"
@@ -122,8 +125,41 @@ def test_a_non_boolean_is_refused_naming_the_key(tmp_path):
         build_model(cfg)
 
 
-def test_the_old_fgd_key_names_the_new_one(tmp_path):
-    config = tmp_path / "old.yaml"
-    config.write_text("MODEL:\n  DS2D2:\n    FGD:\n      INHERIT_TEACHER_NECK_HEAD: False\n")
-    with pytest.raises(KeyError, match=f"MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD was renamed to {KEY}"):
-        load_config(str(config), register=False)
+OLD_KEY = "MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD"
+
+
+def recorded_before_the_rename(folder: Path, opts: Sequence, old_value: bool) -> Path:
+    """``folder/config.yaml`` as a run recorded it before the key moved: a dump writes every key of the
+    defaults then, so the FGD one (``old_value``) and not the new one."""
+    cfg = tiny_cfg("RetinaNet", opts)
+    del cfg.MODEL.DS2D2["INHERIT_TEACHER_NECK_HEAD"]
+    cfg.MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD = old_value
+    folder.mkdir(exist_ok=True)
+    (folder / "config.yaml").write_text(cfg.dump())
+    return folder / "config.yaml"
+
+
+def test_a_teacher_recorded_with_the_old_key_at_false_loads(tmp_path):
+    recorded_before_the_rename(tmp_path / "teacher", [], False)
+    weights = str(tmp_path / "teacher" / "model_final.pth")  # only its folder is read here
+    student = tiny_cfg("RetinaNet", ["MODEL.DS2D2.TEACHER_WEIGHTS", weights])
+    teacher_cfg, source = resolve_teacher_config(student)
+    assert source == str(tmp_path / "teacher" / "config.yaml")
+    assert teacher_cfg.MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD is False
+    assert teacher_cfg.MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD is False
+
+
+@pytest.mark.parametrize("old_value", [False, True])
+def test_an_fgd_run_recorded_with_the_old_key_loads_and_true_names_the_new_key(tmp_path, old_value):
+    """As --eval-only, export or a resumed run reads an older stage-3 run's config.yaml."""
+    fgd_run = ["MODEL.META_ARCHITECTURE", "DS2D2Distiller", "MODEL.DS2D2.TERMS", "['FGD']"]
+    cfg = load_config(str(recorded_before_the_rename(tmp_path, fgd_run, old_value)), register=False)
+    assert cfg.MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD is old_value
+    assert cfg.MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD is False  # the default: the old key is not carried over
+    if not old_value:
+        check_config(cfg, datasets=())
+        return
+    with pytest.raises(ValueError, match=f"{OLD_KEY} is deprecated .* Set {KEY} True instead"):
+        check_config(cfg, datasets=())
+    cfg.merge_from_list([KEY, True, OLD_KEY, False])  # the fix the message gives
+    check_config(cfg, datasets=())

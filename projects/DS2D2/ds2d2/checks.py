@@ -145,6 +145,18 @@ def _check_rpn_min_iou(cfg: CfgNode) -> None:
         )
 
 
+def _check_deprecated_keys(cfg: CfgNode) -> None:
+    """MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD: kept (False) for configs recorded before its renaming."""
+    old = cfg.MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD
+    if old is not False:
+        raise ValueError(
+            f"MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD is deprecated (only False is accepted, and "
+            f"ignored), got {old!r}: inheriting the teacher's neck and head is a distiller option for every "
+            "method now. Set MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD True instead, and "
+            "MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD False (or remove it)."
+        )
+
+
 def check_config(cfg: CfgNode, datasets: Sequence[str] = ("TRAIN", "TEST")) -> None:
     """Every check of a config that needs no model, each error naming its key: SOLVER.CHECKPOINT_MAX_TO_KEEP;
     for stages 2 and 3 MODEL.DS2D2.WAVELET; for stage 2 AMPLIFIER_INIT; for stage 3 the loss weights (>= 0),
@@ -160,6 +172,7 @@ def check_config(cfg: CfgNode, datasets: Sequence[str] = ("TRAIN", "TEST")) -> N
             f"got {keep!r}"
         )
     _check_rpn_min_iou(cfg)
+    _check_deprecated_keys(cfg)
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch in ("DS2D2Amplifier", "DS2D2Distiller"):
         validate_wavelet(cfg.MODEL.DS2D2.WAVELET, "MODEL.DS2D2.WAVELET")

@@ -60,10 +60,6 @@ def add_ds2d2_config(cfg: CN) -> None:
     # FPN). MODEL.WEIGHTS (the ImageNet trunk) is loaded afterwards and holds no FPN or head tensor; a
     # --resume checkpoint replaces everything. Any method may use it (ds2d2/meta_arch/inherit.py).
     _C.MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD = False
-    _C.register_renamed_key(
-        "MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD", "MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD",
-        message="inheriting the teacher's neck and head is a distiller option for every method now",
-    )
 
     # Distillation terms the distiller adds to the student's detection losses (names registered in
     # ds2d2.distill, one file per method; each reads its own keys). DS2D2 = its explicit + implicit streams.
@@ -105,6 +101,10 @@ def add_ds2d2_config(cfg: CN) -> None:
     # Levels distilled (empty: those of MODEL.DS2D2.IN_FEATURES, by default every student level, that an FPN
     # conv computes: RetinaNet P3-P7, Faster R-CNN P2-P5, its max-pooled P6 left out, as the authors).
     _C.MODEL.DS2D2.FGD.IN_FEATURES = []
+    # Deprecated: replaced by MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD; False is ignored. Kept so that configs
+    # recorded before (every config.yaml of a run holds every key) still load; True is refused, naming the
+    # new key (ds2d2.checks.check_config).
+    _C.MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD = False
     # PKD term ("PKD" in TERMS; Cao et al., NeurIPS 2022): WEIGHT * sum_l mean((z(S_l) - z(T_l))^2) / 2, z
     # each channel standardised over (images of this process, H, W), = 1 - the mean Pearson correlation per
     # level. No adapter: the student's MODEL.FPN.OUT_CHANNELS must equal the teacher's.
@@ -184,7 +184,7 @@ def add_ds2d2_config(cfg: CN) -> None:
     _C.DATASETS.OWN = CN(new_allowed=True)
 
 
-def detector_architecture(cfg) -> str:
+def detector_architecture(cfg: CN) -> str:
     """The meta-architecture of the detector a config trains: MODEL.DS2D2.DETECTOR for the DS2D2 stages 2-3
     (which wrap one), else MODEL.META_ARCHITECTURE."""
     arch = cfg.MODEL.META_ARCHITECTURE
