@@ -2,6 +2,7 @@
 label checks for oriented reading, DIOR-R XMLs, the builtin names, and rotated boxes through the mapper's
 flips and resizes (against Detectron2's own rotated-box transforms, Shapely, and the drawn pixels)."""
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -16,14 +17,18 @@ from shapely.geometry import Polygon, box
 from test_dota_scenes import GAP, PATCH, write_dota_folder
 
 import ds2d2.data  # noqa: F401  (registers the builtin names)
+from ds2d2.config import load_config
 from ds2d2.data.builtin import DIOR_CLASSES, register_all_dior
 from ds2d2.data.dota import DotaFormatError, load_dota_patches, parse_dota_labels, register_dota
 from ds2d2.data.dota_split import SplitSettings, split_dota
 from ds2d2.data.mapper import CheckedDatasetMapper
-from ds2d2.data.synthetic import write_synthetic_dior
+from ds2d2.data.synthetic import write_synthetic_dior, write_synthetic_dota
 from ds2d2.data.voc import ROBNDBOX_CORNERS, load_voc_detection
 from ds2d2.rotated.boxes import canonical_rotated_boxes, polygons_to_rotated_boxes
 
+REPO = Path(__file__).resolve().parents[1]
+DOTA_BASE = str(REPO / "configs" / "own" / "dota" / "Base-RetinaNet.yaml")
+VOC_BASE = str(REPO / "configs" / "own" / "voc" / "Base-RetinaNet.yaml")
 RATES = (0.5, 1.0, 1.5)  # objects are cut by patch borders at 1.5
 SETTINGS = SplitSettings(PATCH, GAP, RATES, 0.7)
 
@@ -261,6 +266,74 @@ def test_builtin_diorr_names():
         assert meta.box_kind == "oriented" and meta.evaluator_type == "voc_detection"
         assert meta.annotation_dir.endswith(str(Path("Annotations") / "Oriented Bounding Boxes"))
         assert MetadataCatalog.get(f"dior_{split}").box_kind == "horizontal"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# DATASETS.OWN entries with BOXES: oriented
+# ------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("own_oriented")
+    dota = write_synthetic_dota(root / "dota", num_images=5, seed=0, image_size=160, object_scale=0.5)
+    dior = write_synthetic_dior(root / "dior", num_images=8, seed=0, image_size=64)
+    return {"dota": dota, "dior": dior}
+
+
+def dota_entry(root: Path, cache: Path, boxes: str) -> list:
+    key = "DATASETS.OWN.my_dota_train"
+    return [f"{key}.ROOT", str(root), f"{key}.CACHE", str(cache), f"{key}.BOXES", boxes,
+            "DATASETS.TEST", "()"]
+
+
+@pytest.mark.usefixtures("restore_catalogs")
+def test_own_dota_entry_with_oriented_boxes(synthetic, tmp_path):
+    cfg = load_config(DOTA_BASE, dota_entry(synthetic["dota"] / "train", tmp_path / "cache", "oriented"))
+    assert cfg.DATASETS.OWN.my_dota_train.BOXES == "oriented"
+    assert MetadataCatalog.get("my_dota_train").box_kind == "oriented"
+    dicts = DatasetCatalog.get("my_dota_train")
+    boxes = [a for d in dicts for a in d["annotations"]]
+    assert boxes and all(a["bbox_mode"] == BoxMode.XYWHA_ABS and len(a["bbox"]) == 5 for a in boxes)
+    with pytest.raises(ValueError, match=r"^DATASETS.OWN.my_dota_train.BOXES must be 'horizontal' or "
+                                         r"'oriented', got 'rotated'$"):
+        load_config(DOTA_BASE, dota_entry(synthetic["dota"] / "train", tmp_path / "other", "rotated"))
+
+
+@pytest.mark.usefixtures("restore_catalogs")
+def test_own_dota_entry_names_an_unusable_polygon(synthetic, tmp_path):
+    raw = tmp_path / "train"
+    shutil.copytree(synthetic["dota"] / "train", raw)
+    label = sorted((raw / "labelTxt").glob("*.txt"))[0]
+    lines = label.read_text().splitlines()
+    lines.append("10 10 30 20 30 10 10 20 ship 0")  # a bow tie
+    label.write_text("\n".join(lines) + "\n")
+    expected = rf"^DATASETS.OWN.my_dota_train: {label}:{len(lines)}: self-intersecting polygon"
+    with pytest.raises(ValueError, match=expected):
+        load_config(DOTA_BASE, dota_entry(raw, tmp_path / "cache", "oriented"))
+    load_config(DOTA_BASE, dota_entry(raw, tmp_path / "cache", "horizontal"))  # bounds only: accepted
+
+
+def voc_entry(dior: Path, annotations: str) -> list:
+    key = "DATASETS.OWN.my_voc_train"
+    return [f"{key}.ROOT", str(dior), f"{key}.IMAGES", "JPEGImages-trainval", f"{key}.ANNOTATIONS",
+            annotations, f"{key}.SPLIT_FILE", "ImageSets/Main/train.txt", f"{key}.BOXES", "oriented",
+            "DATASETS.TEST", "()"]
+
+
+@pytest.mark.usefixtures("restore_catalogs")
+def test_own_voc_entry_reads_diorr_xmls(synthetic, tmp_path):
+    dior = tmp_path / "dior"
+    shutil.copytree(synthetic["dior"], dior)
+    cfg = load_config(VOC_BASE, voc_entry(dior, "Annotations/Oriented Bounding Boxes"))
+    assert cfg.DATASETS.OWN.my_voc_train.BOXES == "oriented"
+    dicts = DatasetCatalog.get("my_voc_train")
+    assert all(a["bbox_mode"] == BoxMode.XYWHA_ABS for d in dicts for a in d["annotations"])
+    assert sum(len(d["annotations"]) for d in dicts) > 10
+    xml = dior / "Annotations" / "Oriented Bounding Boxes" / f"{dicts[0]['image_id']}.xml"
+    text = xml.read_text()
+    start = text.index("<x_right_top>") + len("<x_right_top>")
+    xml.write_text(text[:start] + "inf" + text[text.index("</x_right_top>"):])
+    with pytest.raises(ValueError, match=rf"{xml.name} object #0: <x_right_top> is not finite: 'inf'"):
+        DatasetCatalog.get("my_voc_train")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -11,14 +11,17 @@ registration, in every process.
 Keys per format (defaults in brackets; relative paths are taken from ROOT, ROOT from the current directory):
 
 - ``voc``: ROOT, IMAGES ["JPEGImages"], ANNOTATIONS ["Annotations"], SPLIT_FILE ["": every XML], CLASSES
-  [[]: every object name in the XMLs of ANNOTATIONS, sorted]. Evaluated with COCO AP + VOC per-class AP50.
+  [[]: every object name in the XMLs of ANNOTATIONS, sorted], BOXES ["horizontal": ``<bndbox>``; "oriented":
+  DIOR-R's ``<robndbox>`` corners, XYWHA boxes]. Evaluated with COCO AP + VOC per-class AP50.
 - ``coco``: ROOT, JSON, IMAGES ["": ROOT], CLASSES [[]: the JSON's categories in id order; if given, they must
   be equal], ALLOW_OUTSIDE_IMAGES [False: an image file_name leading outside IMAGES (``../``, an absolute
   path, a symbolic link to elsewhere) is an error naming the JSON entry; True accepts it]. Evaluated with
   COCO AP.
 - ``dota``: ROOT (a DOTA-format split folder: images/, labelTxt/), CLASSES [[]: DOTA v1.0's, or v1.5's, if
   they hold every label category, else the categories sorted], CACHE ["": $DETECTRON2_DATASETS/ds2d2_cache/
-  <name>-<hash of ROOT and settings>], PATCH_SIZE [1024], GAP [200], RATES [[1.0]], MIN_INSIDE [0.7]. Split
+  <name>-<hash of ROOT and settings>], PATCH_SIZE [1024], GAP [200], RATES [[1.0]], MIN_INSIDE [0.7], BOXES
+  ["horizontal"; "oriented": XYWHA boxes, the minimum-area rectangles of the label polygons, which must then
+  be neither collinear nor self-intersecting; one CACHE serves both]. Split
   into patches in CACHE on first use (``split_dota``, resumable; every image's header is checked first, and
   one of more than the config's ``INPUT.MAX_PIXELS`` pixels is refused naming the file), registered as a patch
   set, evaluated with COCO AP on patches + DOTA Task 2 on full images.
@@ -41,13 +44,14 @@ from .coco import register_coco_detection
 from .dota import (
     DOTA_V1_5_CLASSES,
     DOTA_V1_CLASSES,
+    SPLIT_FORMAT,
     SPLIT_INFO_FILE,
     pair_dota_files,
     parse_dota_labels,
     register_dota,
 )
 from .dota_split import SplitSettings, split_dota
-from .voc import collect_voc_classes, register_voc_detection
+from .voc import check_box_kind, collect_voc_classes, register_voc_detection
 
 __all__ = [
     "FORMATS",
@@ -65,11 +69,12 @@ logger = logging.getLogger(__name__)
 FORMATS: Dict[str, Dict[str, object]] = {
     "voc": {
         "ROOT": "", "IMAGES": "JPEGImages", "ANNOTATIONS": "Annotations", "SPLIT_FILE": "", "CLASSES": [],
+        "BOXES": "horizontal",
     },
     "coco": {"ROOT": "", "JSON": "", "IMAGES": "", "CLASSES": [], "ALLOW_OUTSIDE_IMAGES": False},
     "dota": {
         "ROOT": "", "CLASSES": [], "CACHE": "", "PATCH_SIZE": 1024, "GAP": 200, "RATES": [1.0],
-        "MIN_INSIDE": 0.7,
+        "MIN_INSIDE": 0.7, "BOXES": "horizontal",
     },
 }
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -270,6 +275,7 @@ def _resolve_voc(entry: CfgNode, key: str) -> Tuple[dict, Callable[[str, List[st
         "IMAGES": _path(entry, key, "IMAGES", root, "folder"),
         "ANNOTATIONS": _path(entry, key, "ANNOTATIONS", root, "folder"),
         "SPLIT_FILE": _path(entry, key, "SPLIT_FILE", root, "file"),
+        "BOXES": check_box_kind(entry["BOXES"], f"{key}.BOXES"),
     }
     for sub in ("IMAGES", "ANNOTATIONS"):
         if not spec[sub]:
@@ -289,6 +295,7 @@ def _resolve_voc(entry: CfgNode, key: str) -> Tuple[dict, Callable[[str, List[st
             annotation_dir=spec["ANNOTATIONS"],
             classes=classes,
             split_file=spec["SPLIT_FILE"] or None,
+            boxes=spec["BOXES"],
         )
         return classes
 
@@ -341,8 +348,10 @@ def _dota_settings(entry: CfgNode, key: str) -> SplitSettings:
 
 
 def _default_cache(name: str, spec: dict) -> str:
-    """``$DETECTRON2_DATASETS/ds2d2_cache/<name>-<hash>``: one folder per source folder and split settings."""
+    """``$DETECTRON2_DATASETS/ds2d2_cache/<name>-<hash>``: one folder per source folder, split settings and
+    patch-set format (both box kinds read one patch set)."""
     settings = {k: spec[k] for k in ("ROOT", "PATCH_SIZE", "GAP", "RATES", "MIN_INSIDE")}
+    settings["format"] = SPLIT_FORMAT
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     data_root = os.environ.get("DETECTRON2_DATASETS", "datasets")
     return os.path.abspath(os.path.join(data_root, "ds2d2_cache", f"{name}-{digest}"))
@@ -380,6 +389,7 @@ def _resolve_dota(
         "GAP": settings.gap,
         "RATES": list(settings.rates),
         "MIN_INSIDE": settings.min_inside,
+        "BOXES": check_box_kind(entry["BOXES"], f"{key}.BOXES"),
     }
     cache = _string(entry, key, "CACHE")
     spec["CACHE"] = os.path.abspath(cache) if cache else _default_cache(name, spec)
@@ -397,13 +407,15 @@ def _resolve_dota(
                     f"CACHE {spec['CACHE']} holds the patches of {source!r}, not of ROOT {root!r}; choose "
                     "another CACHE or delete that folder"
                 )
-        report = split_dota(root, spec["CACHE"], classes, settings, progress=False, max_pixels=max_pixels)
+        report = split_dota(
+            root, spec["CACHE"], classes, settings, progress=False, max_pixels=max_pixels, boxes=spec["BOXES"]
+        )
         lost = sum(report.lost.values())
         logger.info(
             f"{key}: {root} -> {spec['CACHE']}: {report.images} images ({report.split_now} split now), "
             f"{report.patches} patches, {report.objects} objects, {lost} of them in no patch (lost_objects)"
         )
-        register_dota(name, spec["CACHE"], classes)
+        register_dota(name, spec["CACHE"], classes, boxes=spec["BOXES"])
         return classes
 
     return spec, register
