@@ -2,42 +2,35 @@
 Faster R-CNN (Detectron2's RRPN + RROIHeads), from the shipped configs. RotatedRetinaNet is checked against
 Detectron2's RetinaNet on horizontal objects (same labels, losses and detections), its regression targets
 against the rectangles' corners."""
+import json
 import math
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import HookBase, default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, Instances, RotatedBoxes
 from detectron2.utils.events import EventStorage
 
+from conftest import load_script
 from ds2d2.config import load_config
+from ds2d2.engine import Trainer
 from ds2d2.modeling import RotatedRetinaNet
 from ds2d2.modeling.rotated_retinanet import nearest_spelling
 from ds2d2.rotated.boxes import rotated_boxes_to_polygons
+from rotated_setup import CONFIGS, DETECTORS, TINY, TINY_TRAINING, register_oriented_dataset, tiny_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ROTATED_CONFIGS = sorted(
     p.relative_to(CONFIGS).as_posix()
     for d in ("DOTA", "DIOR-R", "synthetic") for p in (CONFIGS / d).glob("*.yaml")
     if p.name.startswith(("rotated_", "Base-RR"))
 )
-# tiny CPU models: ResNet-18, narrow FPN and heads, few proposals, every box scored
-TINY = [
-    "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", 18,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.FPN.OUT_CHANNELS", 32,
-    "MODEL.RETINANET.NUM_CLASSES", 3, "MODEL.RETINANET.NUM_CONVS", 1,
-    "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0,
-    "MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
-    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 100, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 50,
-    "MODEL.RPN.PRE_NMS_TOPK_TEST", 100, "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
-]
-
-
-def tiny_config(name: str, opts=()):
-    return load_config(str(CONFIGS / name), [str(v) for v in [*TINY, *opts]], register=False)
 
 
 def rotated_batch(num_images: int = 2, size: int = 64, seed: int = 0, angles: bool = True):
@@ -252,3 +245,135 @@ def test_rotated_retinanet_angles_give_rotated_anchors():
     assert model.head.bbox_pred.out_channels == 27 * 5 and model.head.cls_score.out_channels == 27 * 3
     assert sorted(set(list(model.anchor_generator.cell_anchors)[0][:, 4].tolist())) == [-60, 0, 60]
     assert math.isclose(model.head.cls_score.bias[0].item(), -math.log(99), rel_tol=1e-6)  # RetinaNet's prior
+
+
+# ---- end to end: train_net.py in this process on a small registered dataset of oriented boxes ----
+TRAIN_NET = load_script(CONFIGS.parent / "train_net.py", "train_net")
+
+
+@pytest.fixture
+def oriented_dataset(tmp_path, restore_catalogs) -> str:
+    return register_oriented_dataset(tmp_path / "images")
+
+
+def train_net_args(config: str, output: Path, opts=(), flags=()):
+    opts = [*TINY, *TINY_TRAINING, *opts, "OUTPUT_DIR", output]
+    argv = ["--config-file", str(CONFIGS / config), *flags, *map(str, opts)]
+    return default_argument_parser().parse_args(argv)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", DETECTORS)
+def test_train_net_trains_a_rotated_detector_and_writes_a_plain_checkpoint(config, oriented_dataset, tmp_path,
+                                                                          single_torch_thread):
+    out = tmp_path / "out"
+    datasets = ["DATASETS.TRAIN", (oriented_dataset,), "DATASETS.TEST", ()]
+    TRAIN_NET.main(train_net_args(config, out, ["SOLVER.MAX_ITER", 4, *datasets]))
+    checkpoint = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert checkpoint["iteration"] == 3 and checkpoint["trainer"]["_trainer"]["optimizer"]["state"]
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert all(math.isfinite(m["total_loss"]) for m in metrics if "total_loss" in m)
+
+    # a plain Detectron2 checkpoint: Detectron2's own checkpointer loads every tensor of the detector
+    cfg = load_config(str(out / "config.yaml"), register=False)
+    model = build_model(cfg)
+    loaded = DetectionCheckpointer(model).load(str(out / "model_final.pth"))
+    assert "model" not in loaded  # consumed: nothing left unloaded
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, checkpoint["model"][key], msg=key)
+
+
+class CrashAt(HookBase):
+    """Raises before iteration ``at``, like a process that dies there."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def before_step(self):
+        if self.trainer.iter == self.at:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", DETECTORS)
+def test_rotated_detector_resumes_exactly(config, oriented_dataset, tmp_path, single_torch_thread):
+    """4 iterations straight == a run that crashes before iteration 2, then a new Trainer resumed from its
+    checkpoint: weights, momentum and (RetinaNet) the loss normaliser's EMA; RRPN and RROIHeads sample from
+    torch's RNG, reseeded per iteration."""
+
+    def trainer(output):
+        torch.manual_seed(0)  # the same initial weights
+        opts = ["SOLVER.MAX_ITER", 4, "DATASETS.TRAIN", (oriented_dataset,), "DATASETS.TEST", ()]
+        cfg = tiny_config(config, [*TINY_TRAINING, *opts, "OUTPUT_DIR", output])
+        return Trainer(cfg)
+
+    straight = trainer(tmp_path / "straight")
+    straight.resume_or_load(resume=False)
+    straight.train()
+
+    crashing = trainer(tmp_path / "split")
+    crashing.register_hooks([CrashAt(2)])
+    crashing.resume_or_load(resume=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.train()
+    resumed = trainer(tmp_path / "split")
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2
+    resumed.train()
+
+    final = [torch.load(tmp_path / run / "model_final.pth", map_location="cpu", weights_only=True)
+             for run in ("straight", "split")]
+    assert final[0]["model"].keys() == final[1]["model"].keys()
+    for key in final[0]["model"]:
+        torch.testing.assert_close(final[0]["model"][key], final[1]["model"][key], rtol=1e-5, atol=1e-8)
+    momentum = [f["trainer"]["_trainer"]["optimizer"]["state"] for f in final]
+    assert momentum[0].keys() == momentum[1].keys() and momentum[0]
+    for key in momentum[0]:
+        torch.testing.assert_close(momentum[0][key]["momentum_buffer"], momentum[1][key]["momentum_buffer"],
+                                   rtol=1e-5, atol=1e-8)
+    assert final[0]["trainer"]["loss_normalizers"] == final[1]["trainer"]["loss_normalizers"]
+    if "retinanet" in config:
+        assert set(final[0]["trainer"]["loss_normalizers"]) == {""}  # the model is the RotatedRetinaNet
+
+
+# ---- the tools name the classes the run recorded ----
+INFER = load_script(CONFIGS.parent / "tools" / "infer_large_image.py", "infer_large_image")
+
+
+def write_dota_folder(root: Path, size: int = 96) -> Path:
+    """A DOTA-format folder (images/, labelTxt/) of one scene with one tilted "tree"; its image's path."""
+    (root / "images").mkdir(parents=True)
+    (root / "labelTxt").mkdir()
+    image = np.zeros((size, size, 3), np.uint8)
+    corners = np.array([[30, 20], [60, 35], [50, 55], [20, 40]])
+    cv2.fillPoly(image, [corners.astype(np.int32)], (40, 160, 40))
+    cv2.imwrite(str(root / "images" / "P0001.png"), image)
+    (root / "labelTxt" / "P0001.txt").write_text(" ".join(map(str, corners.ravel())) + " tree 0\n")
+    return root / "images" / "P0001.png"
+
+
+@pytest.mark.slow
+def test_infer_large_image_names_the_classes_the_run_recorded(tmp_path, restore_catalogs):
+    """A run on own DOTA-format data records its class list (DATASETS.OWN.<name>.CLASSES) in
+    OUTPUT_DIR/config.yaml; tiled inference from that file labels the boxes with it, in a process where the
+    dataset is not registered."""
+    image = write_dota_folder(tmp_path / "trees")
+    key = "DATASETS.OWN.my_trees"
+    opts = [f"{key}.FORMAT", "dota", f"{key}.ROOT", tmp_path / "trees", f"{key}.CACHE", tmp_path / "cache",
+            f"{key}.PATCH_SIZE", 64, f"{key}.GAP", 16, "DATASETS.TRAIN", ("my_trees",), "DATASETS.TEST", (),
+            "MODEL.RETINANET.NUM_CLASSES", 1]
+    cfg = load_config(str(CONFIGS / "synthetic/retinanet_R18_student.yaml"), [str(v) for v in [*TINY, *opts]])
+    assert list(cfg.DATASETS.OWN.my_trees.CLASSES) == ["tree"]  # collected from the labels, recorded
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(cfg.dump())
+    torch.save({"model": build_model(cfg).state_dict()}, run / "model_final.pth")
+    DatasetCatalog.remove("my_trees")  # as in a new process: nothing registered
+    MetadataCatalog.remove("my_trees")
+
+    argv = ["--config-file", run / "config.yaml", "--weights", run / "model_final.pth", "--input", image,
+            "--output", tmp_path / "out", "--patch-size", 64, "--gap", 16, "--draw-score", 0]
+    assert INFER.main([str(a) for a in argv]) == 0
+    report = json.loads((tmp_path / "out" / "P0001.json").read_text())
+    assert report["classes"] == ["tree"]
+    assert report["detections"] and {d["category"] for d in report["detections"]} == {"tree"}

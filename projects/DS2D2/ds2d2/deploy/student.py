@@ -4,11 +4,11 @@ MODEL.DS2D2.TERMS trained it: DS2D2's streams, FitNet, ...) or a plain detector'
 from typing import List, Optional
 
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from torch import nn
 
 from ..checkpoint import load_state_strictly, read_checkpoint
+from ..data.own import dataset_classes
 from ..export import STUDENT_PREFIX, student_config
 
 DETECTORS = ("RetinaNet", "GeneralizedRCNN")
@@ -46,10 +46,11 @@ def load_detector(cfg: CfgNode, checkpoint: str, key: str = "--checkpoint", devi
 
 
 def class_names_for(cfg: CfgNode, dataset: Optional[str], num_classes: int) -> List[str]:
-    """Class names from the metadata of ``dataset`` (default: the config's first test set, else its first
-    training set), else class_<i>."""
+    """Class names of ``dataset`` (default: the config's first test set, else its first training set): the
+    CLASSES its ``DATASETS.OWN`` entry recorded (a run's OUTPUT_DIR/config.yaml holds them, registered or
+    not), else its metadata's; else class_<i>."""
     name = dataset or next(iter(cfg.DATASETS.TEST or cfg.DATASETS.TRAIN), None)
-    names = MetadataCatalog.get(name).get("thing_classes", None) if name else None
+    names = dataset_classes(cfg, name) if name else None
     if names is not None and len(names) >= num_classes:
         return list(names[:num_classes])
     return [f"class_{i}" for i in range(num_classes)]
