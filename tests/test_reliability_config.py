@@ -13,8 +13,9 @@ from detectron2.modeling import build_model
 
 import ds2d2.data.own as own
 import ds2d2.meta_arch.distiller as distiller
-from ds2d2.checks import check_config
-from ds2d2.config import load_config
+from ds2d2.checks import TERM_WEIGHTS, check_config
+from ds2d2.config import LOSS_KEYS, load_config
+from ds2d2.distill import DISTILL_TERM_REGISTRY
 from ds2d2.engine import Trainer
 from reliability_setup import (
     register_in_process,
@@ -159,14 +160,71 @@ def test_bad_distiller_key_is_named_before_the_teacher_is_built(monkeypatch, key
     assert built == []
 
 
-@pytest.mark.parametrize("term", ["FitNet", "PKD", "MGD"])
-def test_single_weight_term_listed_with_weight_zero_is_refused(term):
-    key = f"{term.upper()}.WEIGHT"
-    cfg = load_config(SYNTHETIC_RETINANET, register=False)
-    set_ds2d2_key(cfg, key, 0.0)
-    check_config(cfg, datasets=())  # not in TERMS: 0 is a valid weight
-    cfg.MODEL.DS2D2.TERMS = ["DS2D2Explicit", term]
-    with pytest.raises(ValueError, match=rf"MODEL.DS2D2.{key} must be a finite number > 0, got 0.0"):
+def terms_config(terms, zero_weights=()):
+    """The synthetic RetinaNet distiller config with MODEL.DS2D2.TERMS ``terms``, ``zero_weights`` at 0."""
+    cfg = load_config(SYNTHETIC_RETINANET, ["MODEL.DEVICE", "cpu"], register=False)
+    cfg.MODEL.DS2D2.TERMS = list(terms)
+    for key in zero_weights:
+        set_ds2d2_key(cfg, key, 0.0)
+    return cfg
+
+
+def test_term_weights_name_every_registered_term():
+    assert set(TERM_WEIGHTS) == {name for name, _ in DISTILL_TERM_REGISTRY}
+
+
+@pytest.mark.parametrize("term", sorted(TERM_WEIGHTS))
+def test_a_lone_term_with_all_weights_zero_is_refused_and_any_one_weight_turns_it_on(term):
+    """Issue 24's TERMS [] case, reached through weights: the teacher would be built to distil nothing."""
+    weights = TERM_WEIGHTS[term]
+    cfg = terms_config([term], weights)
+    if len(weights) == 1:  # a term with one weight and no other switch
+        message = rf"MODEL.DS2D2.{weights[0]} must be a finite number > 0, got 0.0"
+    else:
+        named = ", ".join(rf"MODEL.DS2D2.{key} 0.0" for key in weights)
+        message = rf"No term of MODEL.DS2D2.TERMS \['{term}'\] distils anything, .*\({named}\)"
+    with pytest.raises(ValueError, match=message):
+        check_config(cfg, datasets=())
+    for key in weights:
+        on = terms_config([term], [k for k in weights if k != key])
+        set_ds2d2_key(on, key, 1e-3)
+        check_config(on, datasets=())
+
+
+def test_ds2d2_with_its_four_loss_weights_zero_is_refused_before_the_teacher_is_built(monkeypatch):
+    built = []
+    monkeypatch.setattr(distiller, "resolve_teacher_config", lambda cfg: built.append("teacher config"))
+    monkeypatch.setattr(distiller, "build_frozen_detector", lambda *args, **kw: built.append("teacher"))
+    cfg = terms_config(["DS2D2Explicit", "DS2D2Implicit"], [f"LOSS.{k}" for k in LOSS_KEYS])
+    message = r"distils anything.*MODEL.DS2D2.LOSS.EXPLICIT_LOW 0.0, .*MODEL.DS2D2.LOSS.IMPLICIT_HIGH 0.0"
+    with pytest.raises(ValueError, match=message):
+        check_config(cfg, datasets=())
+    with pytest.raises(ValueError, match=message):
+        build_model(cfg)
+    assert built == []
+
+
+@pytest.mark.parametrize("terms, off", [
+    (["DS2D2Explicit", "DS2D2Implicit"], "DS2D2Explicit"),  # an ablated DS2D2 stream
+    (["DS2D2Explicit", "DS2D2Implicit"], "DS2D2Implicit"),
+    (["FGD", "PKD"], "FGD"),
+])
+def test_a_term_that_turns_itself_off_may_be_listed_beside_one_that_distils(terms, off):
+    cfg = terms_config(terms, TERM_WEIGHTS[off])
+    check_config(cfg, datasets=())
+    assert not DISTILL_TERM_REGISTRY.get(off).enabled(cfg)  # so the distiller does not build it
+
+
+@pytest.mark.parametrize("term", ["FitNet", "CrossKD", "PKD", "MGD"])
+def test_a_term_built_whatever_its_weights_is_refused_at_zero_beside_others(term):
+    weights = TERM_WEIGHTS[term]
+    check_config(terms_config(["DS2D2Explicit"], weights), datasets=())  # not in TERMS: 0 is a valid weight
+    cfg = terms_config(["DS2D2Explicit", term], weights)
+    if len(weights) == 1:
+        message = rf"MODEL.DS2D2.{weights[0]} must be a finite number > 0, got 0.0"
+    else:
+        message = rf"MODEL.DS2D2.TERMS lists {term}, whose weights are all 0 \(MODEL.DS2D2.{weights[0]} 0.0"
+    with pytest.raises(ValueError, match=message):
         check_config(cfg, datasets=())
 
 

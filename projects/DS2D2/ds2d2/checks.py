@@ -14,7 +14,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .config import (
     AMPLIFIER_INITS,
     IMPLICIT_INPUTS,
-    LOSS_KEYS,
     config_number,
     detector_architecture,
     model_num_classes,
@@ -26,27 +25,23 @@ from .wavelet import validate_wavelet
 
 __all__ = ["check_config", "check_dataset_classes", "check_datasets_registered"]
 
-# Keys under MODEL.DS2D2 that are finite numbers >= 0 (> 0: POSITIVE_WHEN_LISTED): the loss weights, of
-# DS2D2's streams and of every term's section (checked whether or not the term is in TERMS: a negative weight
-# is a mistake anywhere).
-NON_NEGATIVE_KEYS = (
-    *(f"LOSS.{k}" for k in LOSS_KEYS),
-    "LOSS.ROI_CLS_WEIGHT",
-    "FITNET.WEIGHT",
-    "CROSSKD.CLS_WEIGHT",
-    "CROSSKD.BOX_WEIGHT",
-    "FGD.ALPHA",
-    "FGD.BETA",
-    "FGD.GAMMA",
-    "FGD.LAMBDA",
-    "PKD.WEIGHT",
-    "MGD.WEIGHT",
-)
+# The weights of each term, under MODEL.DS2D2: with all of its weights 0, a term adds no loss.
+TERM_WEIGHTS = {
+    "DS2D2Explicit": ("LOSS.EXPLICIT_LOW", "LOSS.EXPLICIT_HIGH"),
+    "DS2D2Implicit": ("LOSS.IMPLICIT_FULL", "LOSS.IMPLICIT_HIGH"),
+    "FitNet": ("FITNET.WEIGHT",),
+    "CrossKD": ("CROSSKD.CLS_WEIGHT", "CROSSKD.BOX_WEIGHT"),
+    "FGD": ("FGD.ALPHA", "FGD.BETA", "FGD.GAMMA", "FGD.LAMBDA"),
+    "PKD": ("PKD.WEIGHT",),
+    "MGD": ("MGD.WEIGHT",),
+}
+# Keys under MODEL.DS2D2 that are finite numbers >= 0: every term's weights (checked whether or not the term
+# is in TERMS: a negative weight is a mistake anywhere) and the RoI classification weight. A term with one
+# weight has no other switch: while it is listed in TERMS, that weight must be > 0 (leave the term out of
+# TERMS to turn it off).
+NON_NEGATIVE_KEYS = (*(key for keys in TERM_WEIGHTS.values() for key in keys), "LOSS.ROI_CLS_WEIGHT")
 # Keys under MODEL.DS2D2 that are finite numbers > 0: exponents and temperatures.
 POSITIVE_KEYS = ("LOSS.DENSE_BETA", "LOSS.ROI_TEMPERATURE", "FGD.TEMPERATURE")
-# Terms with one weight and no other switch: while listed in TERMS, that weight must be > 0 (to turn such a
-# term off, leave it out of TERMS).
-POSITIVE_WHEN_LISTED = {"FitNet": "FITNET.WEIGHT", "PKD": "PKD.WEIGHT", "MGD": "MGD.WEIGHT"}
 
 
 def _value(cfg: CfgNode, key: str) -> object:
@@ -76,15 +71,45 @@ def _check_terms(cfg: CfgNode) -> List[str]:
     return names
 
 
+def _weights_text(cfg: CfgNode, names: Sequence[str]) -> str:
+    """"MODEL.DS2D2.<key> <value>" for each weight of the terms ``names``, comma-separated."""
+    keys = [key for name in names for key in TERM_WEIGHTS[name]]
+    return ", ".join(f"MODEL.DS2D2.{key} {_value(cfg, key)!r}" for key in keys)
+
+
+def _check_terms_distil(cfg: CfgNode, names: Sequence[str]) -> None:
+    """At least one of the terms ``names`` (MODEL.DS2D2.TERMS, weights checked) adds a loss: its class is
+    ``enabled(cfg)`` and one of its weights is > 0. A term whose class turns itself off with its weights
+    (``enabled``: DS2D2's two streams, FGD) is not built, so it may be listed at 0 beside others (an
+    ablation); one built whatever its weights (CrossKD) would add a zero loss, so is refused at 0."""
+    enabled = {name: DISTILL_TERM_REGISTRY.get(name).enabled(cfg) for name in names}
+    silent = [n for n in names if not (enabled[n] and any(_value(cfg, k) > 0 for k in TERM_WEIGHTS[n]))]
+    if len(silent) == len(names):
+        raise ValueError(
+            f"No term of MODEL.DS2D2.TERMS {list(names)} distils anything, its weights are all 0 "
+            f"({_weights_text(cfg, names)}): the distiller would train the student without distillation "
+            "while building a teacher. Set a weight > 0, or train the student alone "
+            "(MODEL.META_ARCHITECTURE = MODEL.DS2D2.DETECTOR)."
+        )
+    built = [n for n in silent if enabled[n]]
+    if built:
+        raise ValueError(
+            f"MODEL.DS2D2.TERMS lists {built[0]}, whose weights are all 0 ({_weights_text(cfg, built[:1])}): "
+            f"the distiller would still build it and add a zero loss. Set one > 0, or remove {built[0]} from "
+            "MODEL.DS2D2.TERMS."
+        )
+
+
 def _check_distiller_keys(cfg: CfgNode) -> None:
     """The MODEL.DS2D2 keys of the distiller (stage 3), each error naming its key."""
     ds = cfg.MODEL.DS2D2
     names = _check_terms(cfg)
-    positive = {key for name, key in POSITIVE_WHEN_LISTED.items() if name in names}
+    positive = {keys[0] for name, keys in TERM_WEIGHTS.items() if name in names and len(keys) == 1}
     for key in NON_NEGATIVE_KEYS:
         config_number(_value(cfg, key), f"MODEL.DS2D2.{key}", strict=key in positive)
     for key in POSITIVE_KEYS:
         config_number(_value(cfg, key), f"MODEL.DS2D2.{key}", strict=True)
+    _check_terms_distil(cfg, names)
     ratio = ds.MGD.MASK_RATIO
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
             or not 0 <= ratio < 1:
@@ -160,7 +185,8 @@ def _check_deprecated_keys(cfg: CfgNode) -> None:
 def check_config(cfg: CfgNode, datasets: Sequence[str] = ("TRAIN", "TEST")) -> None:
     """Every check of a config that needs no model, each error naming its key: SOLVER.CHECKPOINT_MAX_TO_KEEP;
     for stages 2 and 3 MODEL.DS2D2.WAVELET; for stage 2 AMPLIFIER_INIT; for stage 3 the loss weights (>= 0),
-    exponents and temperatures (> 0), MGD.MASK_RATIO, IMPLICIT_INPUT, the RoI reductions and TERMS; and, for
+    exponents and temperatures (> 0), MGD.MASK_RATIO, IMPLICIT_INPUT, the RoI reductions and TERMS (a listed
+    term distils: ``_check_terms_distil``); and, for
     the ``DATASETS.<datasets>`` keys (none: skipped), that the datasets are registered and agree on their
     classes with each other and with the model's head.
     Called by the trainer, train_net.py --eval-only, run_pipeline.py and the DS2D2 meta-architectures, before
