@@ -2,9 +2,10 @@
 declared in the config (``DATASETS.OWN``, see ``own.py``). The synthetic generator (``synthetic.py``, for the
 tests, the demo and the benchmarks) is imported only by what uses it.
 
-Importing this package registers the builtin names (dior_*, synthetic_dior_*, dota_v1_*_1024, ...) under
-$DETECTRON2_DATASETS (default ./datasets); they load lazily, so missing folders only matter when a dataset is
-used.
+Importing this package registers the builtin names (dior_*, synthetic_dior_*, dota_v1_*_1024, ... with
+horizontal boxes; diorr_*, synthetic_diorr_*, dota_v1_*_1024_oriented, ... with oriented ones, XYWHA_ABS)
+under $DETECTRON2_DATASETS (default ./datasets); they load lazily, so missing folders only matter when a
+dataset is used. Metadata ``box_kind`` says which kind a dataset's boxes are.
 """
 import os
 
