@@ -307,10 +307,10 @@ def _oriented_annotation(annotation: dict, record: dict, root: Union[str, Path])
     degenerate (a collinear polygon, which the horizontal reading accepts)."""
     rbox = [float(v) for v in annotation["rbox"]]
     if not rbox[2] * rbox[3] > 0:
-        obj = record.get("objects", [{}] * (annotation["object"] + 1))[annotation["object"]]
+        obj = record["objects"][annotation["object"]]
         raise DotaFormatError(
-            f"{Path(root) / RECORDS_DIR / (record['image'] + '.json')}: object at line {obj.get('line')} of "
-            f"{record['image']}'s label file has a degenerate polygon {obj.get('polygon')} (zero area): no "
+            f"{Path(root) / RECORDS_DIR / (record['image'] + '.json')}: object at line {obj['line']} of "
+            f"{record['image']}'s label file has a degenerate polygon {obj['polygon']} (zero area): no "
             "oriented box. Fix the label, then split again (prepare_dota.py --boxes oriented checks labels)"
         )
     return {"bbox": rbox, "bbox_mode": BoxMode.XYWHA_ABS}
