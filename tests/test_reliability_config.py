@@ -1,8 +1,9 @@
 """Bad configs fail before the first iteration, naming the key and the value or file. The distiller's own
 checks (teacher/amplifier files, depth, class count and list) are tested at build time in test_distiller.py;
-here: dataset names, SOLVER.CHECKPOINT_MAX_TO_KEEP, the whole train_net.py path for two bad configs, every
-MODEL.DS2D2 key ``checks.check_config`` refuses before the teacher is built, and DATASETS.OWN entries whose
-files cannot be read."""
+here: dataset names, SOLVER.CHECKPOINT_MAX_TO_KEEP, the keys read at build time (INPUT.MAX_PIXELS,
+SOLVER.CLIP_GRADIENTS, MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD), the whole train_net.py path for two bad
+configs, every MODEL.DS2D2 key ``checks.check_config`` refuses before the teacher is built (terms that all
+distil nothing included), and DATASETS.OWN entries whose files cannot be read."""
 import json
 from pathlib import Path
 
@@ -56,6 +57,48 @@ def test_bad_checkpoint_max_to_keep_is_named_before_building(data_root, tmp_path
     monkeypatch.setattr(Trainer, "build_model", classmethod(build_model))
     with pytest.raises(ValueError, match=rf"SOLVER.CHECKPOINT_MAX_TO_KEEP must be an integer >= 0.*{value}"):
         Trainer(cfg)
+
+
+# Keys outside MODEL.DS2D2 that the data mapper, the optimizer or the distiller read only once the model (and
+# a teacher) is built: each is refused by check_config before.
+BAD_BUILD_TIME_KEYS = [
+    ("INPUT.MAX_PIXELS", 0, r"INPUT.MAX_PIXELS must be an integer >= 1 \(pixels.*got 0"),
+    ("INPUT.MAX_PIXELS", 1e6, r"INPUT.MAX_PIXELS must be an integer >= 1 \(pixels.*got 1000000.0"),
+    ("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "full", r"CLIP_TYPE must be one of \(.value., .norm., .full_mo"),
+    ("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 0.0, r"CLIP_GRADIENTS.CLIP_VALUE must be a finite number > 0"),
+    ("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", float("inf"), r"CLIP_GRADIENTS.CLIP_VALUE must be a finite"),
+    ("SOLVER.CLIP_GRADIENTS.NORM_TYPE", -2.0, r"CLIP_GRADIENTS.NORM_TYPE must be a number > 0"),
+    ("SOLVER.CLIP_GRADIENTS.NORM_TYPE", float("nan"), r"CLIP_GRADIENTS.NORM_TYPE must be a number > 0"),
+    ("MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD", "yes", r"INHERIT_TEACHER_NECK_HEAD must be True or False"),
+]
+
+
+@pytest.mark.parametrize("key, value, message", BAD_BUILD_TIME_KEYS)
+def test_build_time_keys_are_named_before_the_trainer_builds_anything(data_root, tmp_path, monkeypatch, key,
+                                                                     value, message):
+    cfg = tiny_trainer_config("RetinaNet", register_in_process(data_root), tmp_path)
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    check_config(cfg)  # the clipping defaults (value, 1.0, L2) pass
+    set_key(cfg, key, value)
+
+    def build_model(cls, cfg):
+        raise AssertionError(f"the model was built before {key} was checked")
+
+    monkeypatch.setattr(Trainer, "build_model", classmethod(build_model))
+    with pytest.raises(ValueError, match=message):
+        Trainer(cfg)
+
+
+def test_clipping_settings_are_only_checked_when_enabled_and_the_max_norm_may_be_inf():
+    cfg = load_config(SYNTHETIC_RETINANET, register=False)
+    cfg.merge_from_list(["SOLVER.CLIP_GRADIENTS.ENABLED", False, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "full",
+                         "SOLVER.CLIP_GRADIENTS.NORM_TYPE", -1.0])
+    check_config(cfg, datasets=())  # not enabled: ignored, as Detectron2 ignores them
+    cfg.merge_from_list(["SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm"])
+    with pytest.raises(ValueError, match="SOLVER.CLIP_GRADIENTS.NORM_TYPE must be a number > 0"):
+        check_config(cfg, datasets=())
+    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = float("inf")  # Detectron2's documented L-inf
+    check_config(cfg, datasets=())
 
 
 @pytest.mark.slow
@@ -128,13 +171,18 @@ def test_check_config_names_each_bad_ds2d2_key(arch, key, value, message):
         check_config(cfg, datasets=())
 
 
-def set_ds2d2_key(cfg, key: str, value) -> None:
-    """``cfg.MODEL.DS2D2.<key> = value`` for a dotted ``key``."""
-    node, _, leaf = f"MODEL.DS2D2.{key}".rpartition(".")
+def set_key(cfg, key: str, value) -> None:
+    """``cfg.<key> = value`` for a dotted ``key``, the value as it is (no YAML parsing)."""
+    node, _, leaf = key.rpartition(".")
     target = cfg
     for part in node.split("."):
         target = target[part]
     target[leaf] = value
+
+
+def set_ds2d2_key(cfg, key: str, value) -> None:
+    """``cfg.MODEL.DS2D2.<key> = value`` for a dotted ``key``."""
+    set_key(cfg, f"MODEL.DS2D2.{key}", value)
 
 
 # One per class of key (issue 24 point 5): a weight < 0, an exponent or a temperature <= 0, no term at all.

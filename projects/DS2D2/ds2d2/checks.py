@@ -21,6 +21,7 @@ from .config import (
 from .distill import DISTILL_TERM_REGISTRY
 from .losses import ROI_CLS_REDUCTIONS
 from .rpn import MIN_IOU_KEY, low_quality_min_iou
+from .solver import check_clip_gradients
 from .wavelet import validate_wavelet
 
 __all__ = ["check_config", "check_dataset_classes", "check_datasets_registered"]
@@ -170,8 +171,12 @@ def _check_rpn_min_iou(cfg: CfgNode) -> None:
         )
 
 
-def _check_deprecated_keys(cfg: CfgNode) -> None:
-    """MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD: kept (False) for configs recorded before its renaming."""
+def _check_inherit_keys(cfg: CfgNode) -> None:
+    """MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD a bool, and the deprecated MODEL.DS2D2.FGD one False: it is kept
+    only so that configs recorded before its renaming load."""
+    value = cfg.MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD
+    if not isinstance(value, bool):
+        raise ValueError(f"MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD must be True or False, got {value!r}.")
     old = cfg.MODEL.DS2D2.FGD.INHERIT_TEACHER_NECK_HEAD
     if old is not False:
         raise ValueError(
@@ -182,13 +187,23 @@ def _check_deprecated_keys(cfg: CfgNode) -> None:
         )
 
 
+def _check_max_pixels(cfg: CfgNode) -> None:
+    """INPUT.MAX_PIXELS, the image size limit of the data mappers, an integer >= 1 (pixels)."""
+    value = cfg.INPUT.MAX_PIXELS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"INPUT.MAX_PIXELS must be an integer >= 1 (pixels: width x height), got {value!r}."
+        )
+
+
 def check_config(cfg: CfgNode, datasets: Sequence[str] = ("TRAIN", "TEST")) -> None:
-    """Every check of a config that needs no model, each error naming its key: SOLVER.CHECKPOINT_MAX_TO_KEEP;
-    for stages 2 and 3 MODEL.DS2D2.WAVELET; for stage 2 AMPLIFIER_INIT; for stage 3 the loss weights (>= 0),
-    exponents and temperatures (> 0), MGD.MASK_RATIO, IMPLICIT_INPUT, the RoI reductions and TERMS (a listed
-    term distils: ``_check_terms_distil``); and, for
-    the ``DATASETS.<datasets>`` keys (none: skipped), that the datasets are registered and agree on their
-    classes with each other and with the model's head.
+    """Every check of a config that needs no model, each error naming its key: SOLVER.CHECKPOINT_MAX_TO_KEEP,
+    SOLVER.CLIP_GRADIENTS, INPUT.MAX_PIXELS, MODEL.RPN.LOW_QUALITY_MIN_IOU and INHERIT_TEACHER_NECK_HEAD (the
+    deprecated FGD key False); for stages 2 and 3 MODEL.DS2D2.WAVELET; for stage 2 AMPLIFIER_INIT; for stage 3
+    the loss weights (>= 0), exponents and temperatures (> 0), MGD.MASK_RATIO, IMPLICIT_INPUT, the RoI
+    reductions and TERMS (a listed term distils: ``_check_terms_distil``); and, for the
+    ``DATASETS.<datasets>`` keys (none: skipped), that the datasets are registered and agree on their classes
+    with each other and with the model's head.
     Called by the trainer, train_net.py --eval-only, run_pipeline.py and the DS2D2 meta-architectures, before
     they build anything."""
     keep = cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP
@@ -198,7 +213,9 @@ def check_config(cfg: CfgNode, datasets: Sequence[str] = ("TRAIN", "TEST")) -> N
             f"got {keep!r}"
         )
     _check_rpn_min_iou(cfg)
-    _check_deprecated_keys(cfg)
+    _check_inherit_keys(cfg)
+    _check_max_pixels(cfg)
+    check_clip_gradients(cfg)
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch in ("DS2D2Amplifier", "DS2D2Distiller"):
         validate_wavelet(cfg.MODEL.DS2D2.WAVELET, "MODEL.DS2D2.WAVELET")
