@@ -5,6 +5,7 @@ SOLVER.CLIP_GRADIENTS, MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD), the whole train_n
 configs, every MODEL.DS2D2 key ``checks.check_config`` refuses before the teacher is built (terms that all
 distil nothing included), and DATASETS.OWN entries whose files cannot be read."""
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -12,10 +13,12 @@ import numpy as np
 import pytest
 from detectron2.modeling import build_model
 
+from conftest import tiny_cfg
 import ds2d2.data.own as own
 import ds2d2.meta_arch.distiller as distiller
 from ds2d2.checks import TERM_WEIGHTS, check_config
 from ds2d2.config import LOSS_KEYS, load_config
+from ds2d2.data import register_coco_detection
 from ds2d2.distill import DISTILL_TERM_REGISTRY
 from ds2d2.engine import Trainer
 from reliability_setup import (
@@ -99,6 +102,40 @@ def test_clipping_settings_are_only_checked_when_enabled_and_the_max_norm_may_be
         check_config(cfg, datasets=())
     cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = float("inf")  # Detectron2's documented L-inf
     check_config(cfg, datasets=())
+
+
+def register_coco_set(folder: Path, name: str, with_boxes: bool) -> str:
+    """Register COCO dataset ``name`` in ``folder``: one 80x60 image with one 'ship' box, or (images-only)
+    none; its JSON path returned."""
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), np.zeros((60, 80, 3), np.uint8))
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10], "area": 100, "iscrowd": 0}
+    content = {"images": [{"id": 1, "file_name": "a.jpg", "width": 80, "height": 60}],
+               "annotations": [box] if with_boxes else [], "categories": [{"id": 1, "name": "ship"}]}
+    (folder / "x.json").write_text(json.dumps(content))
+    register_coco_detection(name, str(folder / "x.json"), str(folder))
+    return str(folder / "x.json")
+
+
+def test_training_needs_one_dataset_with_boxes_checked_before_building(catalog, tmp_path, monkeypatch):
+    images_only = register_coco_set(tmp_path / "images_only", "images_only", with_boxes=False)
+    register_coco_set(tmp_path / "labelled", "labelled", with_boxes=True)
+    cfg = tiny_cfg("RetinaNet", ["MODEL.RETINANET.NUM_CLASSES", 1, "DATALOADER.NUM_WORKERS", 0])
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST, cfg.OUTPUT_DIR = ("images_only",), ("images_only",), str(tmp_path)
+
+    def build_model(cls, cfg):
+        raise AssertionError("the model was built before the training data was checked for boxes")
+
+    monkeypatch.setattr(Trainer, "build_model", classmethod(build_model))
+    message = re.escape(f"DATASETS.TRAIN: dataset 'images_only' comes from {images_only}, whose "
+                        "'annotations' list is empty: nothing to train on")
+    with pytest.raises(ValueError, match=message):
+        Trainer(cfg)
+    check_config(cfg, datasets=["TEST"])  # --eval-only: a test set needs no boxes
+    cfg.DATASETS.TRAIN = ("images_only", "labelled")  # beside a labelled set: its images are filtered out
+    check_config(cfg)
+    loader = Trainer.build_train_loader(cfg)
+    assert [d["file_name"] for d in loader.dataset] == [str(tmp_path / "labelled" / "a.jpg")]
 
 
 @pytest.mark.slow

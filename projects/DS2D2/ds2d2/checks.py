@@ -24,7 +24,12 @@ from .rpn import MIN_IOU_KEY, low_quality_min_iou
 from .solver import check_clip_gradients
 from .wavelet import validate_wavelet
 
-__all__ = ["check_config", "check_dataset_classes", "check_datasets_registered"]
+__all__ = [
+    "check_config",
+    "check_dataset_classes",
+    "check_datasets_registered",
+    "check_train_datasets_have_boxes",
+]
 
 # The weights of each term, under MODEL.DS2D2: with all of its weights 0, a term adds no loss.
 TERM_WEIGHTS = {
@@ -160,6 +165,24 @@ def check_dataset_classes(cfg: CfgNode, keys: Sequence[str] = ("TRAIN", "TEST"))
         )
 
 
+def check_train_datasets_have_boxes(dataset_names: Sequence[str]) -> None:
+    """ValueError naming the JSON files when every dataset of ``dataset_names`` (DATASETS.TRAIN, registered)
+    is a COCO file whose 'annotations' list is empty (metadata ``num_annotations`` 0): nothing to train on
+    (Detectron2 would stop with a bare "No valid data found" assertion). One such file beside a dataset with
+    boxes passes: its images are filtered out (DATALOADER.FILTER_EMPTY_ANNOTATIONS) or train as background."""
+    metas = {name: MetadataCatalog.get(name) for name in dataset_names}
+    if not metas or any(meta.get("num_annotations", None) != 0 for meta in metas.values()):
+        return
+    empty = "; ".join(
+        f"dataset {name!r} comes from {meta.json_file}, whose 'annotations' list is empty"
+        for name, meta in metas.items()
+    )
+    raise ValueError(
+        f"DATASETS.TRAIN: {empty}: nothing to train on (an images-only COCO file can be used in "
+        "DATASETS.TEST, or in DATASETS.TRAIN beside a dataset with boxes)."
+    )
+
+
 def _check_rpn_min_iou(cfg: CfgNode) -> None:
     """MODEL.RPN.LOW_QUALITY_MIN_IOU in [0, 1], and only set (non-zero) for the RPN that reads it."""
     value = low_quality_min_iou(cfg)
@@ -203,7 +226,7 @@ def check_config(cfg: CfgNode, datasets: Sequence[str] = ("TRAIN", "TEST")) -> N
     the loss weights (>= 0), exponents and temperatures (> 0), MGD.MASK_RATIO, IMPLICIT_INPUT, the RoI
     reductions and TERMS (a listed term distils: ``_check_terms_distil``); and, for the
     ``DATASETS.<datasets>`` keys (none: skipped), that the datasets are registered and agree on their classes
-    with each other and with the model's head.
+    with each other and with the model's head, and that some TRAIN dataset has boxes.
     Called by the trainer, train_net.py --eval-only, run_pipeline.py and the DS2D2 meta-architectures, before
     they build anything."""
     keep = cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP
@@ -226,3 +249,5 @@ def check_config(cfg: CfgNode, datasets: Sequence[str] = ("TRAIN", "TEST")) -> N
     if datasets:
         check_datasets_registered(cfg, datasets)
         check_dataset_classes(cfg, datasets)
+    if "TRAIN" in datasets:
+        check_train_datasets_have_boxes(cfg.DATASETS.TRAIN)

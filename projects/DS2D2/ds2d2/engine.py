@@ -30,9 +30,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import AtomicCheckpointer
-from .checks import check_config
+from .checks import check_config, check_train_datasets_have_boxes
 from .compat import detectron2_has_compiled_ops, set_step_trainer, step_trainer
-from .data.coco import refuse_training_without_boxes
 from .data.mapper import CheckedDatasetMapper
 from .data.sampler import ResumableTrainLoader
 from .evaluation.dota import DOTAFullImageEvaluator
@@ -172,8 +171,10 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg) -> ResumableTrainLoader:
         """Detectron2's training data (datasets, DatasetMapper, sampler and aspect-ratio grouping settings) in
-        a resumable order seeded by ``run_seed(cfg)``; images read by ``CheckedDatasetMapper``."""
-        refuse_training_without_boxes(cfg.DATASETS.TRAIN)
+        a resumable order seeded by ``run_seed(cfg)``; images read by ``CheckedDatasetMapper``. Refuses, as
+        ``check_config`` does before the model is built, TRAIN datasets that have no box at all (for callers
+        that build the loader on its own)."""
+        check_train_datasets_have_boxes(cfg.DATASETS.TRAIN)
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
