@@ -1,6 +1,7 @@
 """The ds2d2 package imports one way (issue 22): no module imports, at module level or inside a function, a
 module that imports it back, directly or through others. A function-level import cannot hide a circle
-here: the graph below holds every import of a ds2d2 module wherever it is written."""
+here: the graph below holds every import of a ds2d2 module wherever it is written, and the subpackage
+__init__ files each import runs first (importing ds2d2.data.own runs ds2d2/data/__init__.py)."""
 import ast
 import os
 from typing import Dict, List, Optional, Set
@@ -44,10 +45,23 @@ def _imports(module: str, path: str, modules: Dict[str, str]) -> Set[str]:
     return {t for t in targets if t in modules and t != module}
 
 
+def _enclosing_packages(module: str) -> Set[str]:
+    """The subpackages holding ``module`` (the root package left out): ds2d2.a.b.c -> {ds2d2.a, ds2d2.a.b}."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(2, len(parts))}
+
+
 def import_graph(package_dir: str = PACKAGE_DIR) -> Dict[str, Set[str]]:
-    """module -> the ds2d2 modules it imports (see ``_imports``)."""
+    """module -> the ds2d2 modules it imports (see ``_imports``), and the subpackages (their __init__) each
+    import runs first: those holding the target but not the importer, whose own package has started
+    already. The root package, which imports its subpackages and holds every module, is left out."""
     modules = _modules(package_dir)
-    return {m: _imports(m, p, modules) for m, p in modules.items()}
+    graph = {}
+    for module, path in modules.items():
+        targets = _imports(module, path, modules)
+        runs = {p for t in targets for p in _enclosing_packages(t)} - _enclosing_packages(module) - {module}
+        graph[module] = targets | runs
+    return graph
 
 
 def find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
@@ -97,6 +111,23 @@ def test_import_graph_sees_relative_absolute_and_function_level_imports(tmp_path
         "ds2d2.top": {"ds2d2.sub.leaf", "ds2d2.sub"},
     }
     assert find_cycle(graph) == ["ds2d2.sub", "ds2d2.sub.leaf", "ds2d2.top", "ds2d2.sub"]
+
+
+def test_import_graph_runs_the_subpackage_init_of_each_import(tmp_path):
+    """b imports a.m, which runs a/__init__, which imports b back: a circle no import statement spells."""
+    pkg = tmp_path / PACKAGE
+    (pkg / "a" / "deep").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from . import a, b\n")
+    (pkg / "a" / "__init__.py").write_text("from .. import b\nfrom . import m\n")
+    (pkg / "a" / "m.py").write_text("from .deep import leaf\n")  # inside a: a has started already
+    (pkg / "a" / "deep" / "__init__.py").write_text("")
+    (pkg / "a" / "deep" / "leaf.py").write_text("")
+    (pkg / "b.py").write_text("from ds2d2.a.m import x\n")
+    graph = import_graph(str(pkg))
+    assert graph["ds2d2.b"] == {"ds2d2.a.m", "ds2d2.a"}
+    assert graph["ds2d2.a.m"] == {"ds2d2.a.deep.leaf", "ds2d2.a.deep"}
+    assert graph["ds2d2.a"] == {"ds2d2.b", "ds2d2.a.m"}
+    assert find_cycle(graph) == ["ds2d2.a", "ds2d2.b", "ds2d2.a"]
 
 
 def test_ds2d2_modules_import_one_way():
