@@ -187,9 +187,10 @@ def test_distiller_student_and_amplifier_label_with_the_minimum(tmp_path):
 
 def test_min_iou_with_the_plain_rpn_is_refused_by_key():
     """A non-zero MODEL.RPN.LOW_QUALITY_MIN_IOU that Detectron2's own RPN would silently ignore is refused."""
-    cfg = load_config("configs/synthetic/faster_rcnn_R18_student.yaml", register=False)
+    cfg = load_config(str(CONFIGS / "synthetic" / "faster_rcnn_R18_student.yaml"), register=False)
     cfg.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
-    with pytest.raises(ValueError, match=r"MODEL\.RPN\.LOW_QUALITY_MIN_IOU is 0\.3.*PROPOSAL_GENERATOR\.NAME"):
+    message = r"MODEL\.RPN\.LOW_QUALITY_MIN_IOU is 0\.3.*PROPOSAL_GENERATOR\.NAME"
+    with pytest.raises(ValueError, match=message):
         check_config(cfg, datasets=())
     cfg.MODEL.RPN.LOW_QUALITY_MIN_IOU = 0.0
     check_config(cfg, datasets=())

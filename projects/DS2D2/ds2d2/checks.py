@@ -189,8 +189,9 @@ def _check_rpn_min_iou(cfg: CfgNode) -> None:
     name = cfg.MODEL.PROPOSAL_GENERATOR.NAME
     if value > 0 and name != "DS2D2RPN" and detector_architecture(cfg) == "GeneralizedRCNN":
         raise ValueError(
-            f"{MIN_IOU_KEY} is {value:g}, but MODEL.PROPOSAL_GENERATOR.NAME is {name!r}, which ignores it: set "
-            f"MODEL.PROPOSAL_GENERATOR.NAME DS2D2RPN (Detectron2's RPN with that rule), or {MIN_IOU_KEY} 0."
+            f"{MIN_IOU_KEY} is {value:g}, but MODEL.PROPOSAL_GENERATOR.NAME is {name!r}, which ignores it: "
+            f"set MODEL.PROPOSAL_GENERATOR.NAME DS2D2RPN (Detectron2's RPN with that rule), or "
+            f"{MIN_IOU_KEY} 0."
         )
 
 

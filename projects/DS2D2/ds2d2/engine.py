@@ -18,6 +18,7 @@ import os
 import weakref
 from typing import List, Optional
 
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data.common import DatasetFromList
 from detectron2.data.samplers import RepeatFactorTrainingSampler
@@ -28,6 +29,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
 
 from .checkpoint import AtomicCheckpointer
 from .checks import check_config, check_train_datasets_have_boxes
@@ -40,7 +43,9 @@ from .solver import build_optimizer
 from .train_loop import CheckedAMPTrainer, CheckedSimpleTrainer, ReseedEachIteration
 
 
-def build_evaluators(cfg, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluators:
+def build_evaluators(
+    cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+) -> DatasetEvaluators:
     """COCO-style AP plus the dataset's own protocol, chosen by ``MetadataCatalog.get(name).evaluator_type``.
 
     ``voc_detection``: COCO AP/AP50/AP75/APs/m/l + VOC per-class AP50 (what DIOR papers report).
@@ -75,7 +80,7 @@ def build_evaluators(cfg, dataset_name: str, output_folder: Optional[str] = None
     return DatasetEvaluators(evaluators)
 
 
-def run_seed(cfg) -> int:
+def run_seed(cfg: CfgNode) -> int:
     """``SEED`` if set (>= 0), else one random seed shared by all processes."""
     return cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
 
@@ -87,7 +92,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 class Trainer(DefaultTrainer):
     """DefaultTrainer with metadata-driven evaluators, configurable DDP, exact resume and safe checkpoints."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: CfgNode):
         check_config(cfg)
         TrainerBase.__init__(self)
         logger = logging.getLogger("detectron2")
@@ -164,12 +169,12 @@ class Trainer(DefaultTrainer):
                 detectors[name].loss_normalizer = value
 
     @classmethod
-    def build_optimizer(cls, cfg, model):
+    def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> Optimizer:
         """Detectron2's, plus SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model" (MMDetection's clipping)."""
         return build_optimizer(cfg, model)
 
     @classmethod
-    def build_train_loader(cls, cfg) -> ResumableTrainLoader:
+    def build_train_loader(cls, cfg: CfgNode) -> ResumableTrainLoader:
         """Detectron2's training data (datasets, DatasetMapper, sampler and aspect-ratio grouping settings) in
         a resumable order seeded by ``run_seed(cfg)``; images read by ``CheckedDatasetMapper``. Refuses, as
         ``check_config`` does before the model is built, TRAIN datasets that have no box at all (for callers
@@ -209,10 +214,12 @@ class Trainer(DefaultTrainer):
         )
 
     @classmethod
-    def build_test_loader(cls, cfg, dataset_name):
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> DataLoader:
         """Detectron2's test loader with images read by ``CheckedDatasetMapper`` (INPUT.MAX_PIXELS)."""
         return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False))
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+    ) -> DatasetEvaluators:
         return build_evaluators(cfg, dataset_name, output_folder)

@@ -9,6 +9,7 @@ code. ``DS2D2RPN`` is Detectron2's ``RPN`` with that one matcher swapped: same s
 from typing import Dict, List
 
 import torch
+from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec, nonzero_tuple
 from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.matcher import Matcher
@@ -41,7 +42,7 @@ class MinIoULowQualityMatcher(Matcher):
         match_labels[pred_inds_with_highest_quality] = 1
 
 
-def low_quality_min_iou(cfg) -> float:
+def low_quality_min_iou(cfg: CfgNode) -> float:
     """``MODEL.RPN.LOW_QUALITY_MIN_IOU`` checked to lie in [0, 1]."""
     value = config_number(cfg.MODEL.RPN.LOW_QUALITY_MIN_IOU, MIN_IOU_KEY)
     if value > 1:
