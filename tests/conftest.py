@@ -99,11 +99,13 @@ def random_batch(num_images: int = 2, size: int = 64, num_classes: int = 3, seed
 
 
 def tiny_stages(
-    folder: Path, detector: str, teacher_opts: Sequence = (), student_opts: Sequence = ()
+    folder: Path, detector: str, teacher_opts: Sequence = (), student_opts: Sequence = (),
+    teacher_detector: str = "",
 ) -> CfgNode:
-    """Write a random tiny teacher (YAML + weights, FPN width 64) and its amplifier checkpoint under
-    ``folder``; return the distiller config (student FPN width 32, every loss weight 1) that uses them."""
-    teacher_cfg = tiny_cfg(detector, ["MODEL.FPN.OUT_CHANNELS", 64, *teacher_opts])
+    """Write a random tiny teacher (YAML + weights, FPN width 64; ``teacher_detector``, or ``detector``) and
+    its amplifier checkpoint under ``folder``; return the distiller config (a ``detector`` student, FPN width
+    32, every loss weight 1) that uses them."""
+    teacher_cfg = tiny_cfg(teacher_detector or detector, ["MODEL.FPN.OUT_CHANNELS", 64, *teacher_opts])
     paths = {name: str(folder / name) for name in ("teacher.yaml", "teacher.pth", "amplifier.pth")}
     Path(paths["teacher.yaml"]).write_text(teacher_cfg.dump())
     torch.save({"model": build_model(teacher_cfg).state_dict()}, paths["teacher.pth"])

@@ -49,28 +49,36 @@ def checked_term(
 
 
 def write_tiny_teacher(folder: Path, detector: str) -> List[str]:
-    """A random tiny teacher (YAML + weights, FPN width 64, the synthetic classes) under ``folder``; returns
-    the overrides that point a distiller config at it."""
+    """A random tiny ``detector`` teacher (YAML + weights, FPN width 64, the synthetic classes) and its
+    stage-2 amplifier checkpoint under ``folder``; returns the overrides that point a distiller config at
+    them."""
     cfg = tiny_cfg(
         detector, ["MODEL.FPN.OUT_CHANNELS", TEACHER_WIDTH, NUM_CLASSES_KEY[detector], SYNTHETIC_CLASSES]
     )
     (folder / "teacher.yaml").write_text(cfg.dump())
     torch.save({"model": build_model(cfg).state_dict()}, folder / "teacher.pth")
+    amplifier = cfg.clone()
+    amplifier.merge_from_list(["MODEL.META_ARCHITECTURE", "DS2D2Amplifier",
+                               "MODEL.DS2D2.TEACHER_WEIGHTS", str(folder / "teacher.pth")])
+    torch.save({"model": build_model(amplifier).state_dict()}, folder / "amplifier.pth")
     return ["MODEL.DS2D2.TEACHER_CONFIG", str(folder / "teacher.yaml"),
-            "MODEL.DS2D2.TEACHER_WEIGHTS", str(folder / "teacher.pth")]
+            "MODEL.DS2D2.TEACHER_WEIGHTS", str(folder / "teacher.pth"),
+            "MODEL.DS2D2.AMPLIFIER_WEIGHTS", str(folder / "amplifier.pth")]
 
 
 def train_two_iterations(
     data_root: Path, folder: Path, config: str, detector: str, student_width: int, term: str,
-    shared: Sequence[str] = (),
+    shared: Sequence[str] = (), teacher_detector: str = "", loss_prefix: str = "",
 ) -> Dict[str, Tensor]:
-    """Train ``config`` (tiny student, ``student_width`` FPN) for 2 iterations with train_net.py, check the
-    checkpoint (student, ``terms.<term>.`` and the distiller's ``shared`` prefixes, e.g. ``adapters.``, only)
-    and the student export; return its state dict."""
+    """Train ``config`` (tiny ``detector`` student, ``student_width`` FPN; a tiny ``teacher_detector``
+    teacher, or one of the student's kind) for 2 iterations with train_net.py, check that a loss named
+    ``loss_prefix`` (default ``loss_<term>``) was logged, the checkpoint (student, ``terms.<term>.`` and the
+    distiller's ``shared`` prefixes, e.g. ``adapters.``, only) and the student export; return its state
+    dict."""
     out = folder / "out"
     opts: Sequence = [
         *TINY[detector], NUM_CLASSES_KEY[detector], SYNTHETIC_CLASSES,
-        "MODEL.FPN.OUT_CHANNELS", student_width, *write_tiny_teacher(folder, detector),
+        "MODEL.FPN.OUT_CHANNELS", student_width, *write_tiny_teacher(folder, teacher_detector or detector),
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", 64, "INPUT.MIN_SIZE_TEST", 64,
         "INPUT.MAX_SIZE_TEST", 64, "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2,
         "DATALOADER.NUM_WORKERS", 0, "TEST.EVAL_PERIOD", 0, "DATASETS.TEST", "()", "OUTPUT_DIR", str(out),
@@ -83,7 +91,8 @@ def train_two_iterations(
     assert done.returncode == 0, log
 
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
-    assert any(f"loss_{term.lower()}" in m for m in metrics), (metrics, log)  # the term was trained
+    loss_prefix = loss_prefix or f"loss_{term.lower()}"
+    assert any(k.startswith(loss_prefix) for m in metrics for k in m), (metrics, log)  # the term was trained
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
     assert all(k.startswith(("student.", f"terms.{term}.", *shared)) for k in state), sorted(state)
     assert not any("teacher" in k for k in state)

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.layers import CycleBatchNormList
 from detectron2.modeling import RetinaNet
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.structures import Boxes, ImageList, Instances
@@ -61,6 +62,12 @@ class RetinaNetFamily:
                 f"A RetinaNet's head can run on the first of its levels {own} only (its anchors are "
                 f"generated level by level in that order); got {self.levels}."
             )
+        if self.levels != own and any(isinstance(m, CycleBatchNormList) for m in detector.head.modules()):
+            raise ValueError(
+                f"A RetinaNet head with per-level norms (MODEL.RETINANET.NORM set) runs on all its levels "
+                f"{own} only; the student lacks {own[len(self.levels):]}. Set the teacher's "
+                "MODEL.RETINANET.NORM to '' or give the student those levels."
+            )
         self.detector = detector
 
     @property
@@ -103,7 +110,12 @@ class RetinaNetFamily:
         self, head: nn.Module, features: Dict[str, Tensor], targets: AnchorTargets
     ) -> HeadPredictions:
         """A RetinaNetHead on the ``levels`` of ``features``: [B*A, K] logits and [B*A, 4] deltas."""
-        cls_out, box_out = head([features[f] for f in self.levels])
+        feats = [features[f] for f in self.levels]
+        if len(feats) == len(self.detector.head_in_features):
+            cls_out, box_out = head(feats)
+        else:  # RetinaNetHead.forward, on fewer levels than it was built for (no per-level norm: __init__)
+            cls_out = [head.cls_score(head.cls_subnet(x)) for x in feats]
+            box_out = [head.bbox_pred(head.bbox_subnet(x)) for x in feats]
         logits, deltas = per_anchor(cls_out, self.num_classes), per_anchor(box_out, 4)
         if logits.shape[1] != targets.gt_labels.shape[1]:
             raise ValueError(
