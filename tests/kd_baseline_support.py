@@ -48,12 +48,12 @@ def checked_term(
     return term_class(cfg, fake_context(cfg, strides, s_width, t_width))
 
 
-def write_tiny_teacher(folder: Path, detector: str) -> List[str]:
-    """A random tiny ``detector`` teacher (YAML + weights, FPN width 64, the synthetic classes) and its
+def write_tiny_teacher(folder: Path, detector: str, width: int = TEACHER_WIDTH) -> List[str]:
+    """A random tiny ``detector`` teacher (YAML + weights, FPN ``width``, the synthetic classes) and its
     stage-2 amplifier checkpoint under ``folder``; returns the overrides that point a distiller config at
     them."""
     cfg = tiny_cfg(
-        detector, ["MODEL.FPN.OUT_CHANNELS", TEACHER_WIDTH, NUM_CLASSES_KEY[detector], SYNTHETIC_CLASSES]
+        detector, ["MODEL.FPN.OUT_CHANNELS", width, NUM_CLASSES_KEY[detector], SYNTHETIC_CLASSES]
     )
     (folder / "teacher.yaml").write_text(cfg.dump())
     torch.save({"model": build_model(cfg).state_dict()}, folder / "teacher.pth")
@@ -69,16 +69,18 @@ def write_tiny_teacher(folder: Path, detector: str) -> List[str]:
 def train_two_iterations(
     data_root: Path, folder: Path, config: str, detector: str, student_width: int, term: str,
     shared: Sequence[str] = (), teacher_detector: str = "", loss_prefix: str = "",
+    teacher_width: int = TEACHER_WIDTH, log_has: str = "",
 ) -> Dict[str, Tensor]:
     """Train ``config`` (tiny ``detector`` student, ``student_width`` FPN; a tiny ``teacher_detector``
-    teacher, or one of the student's kind) for 2 iterations with train_net.py, check that a loss named
-    ``loss_prefix`` (default ``loss_<term>``) was logged, the checkpoint (student, ``terms.<term>.`` and the
-    distiller's ``shared`` prefixes, e.g. ``adapters.``, only) and the student export; return its state
-    dict."""
+    teacher, or one of the student's kind, ``teacher_width`` FPN) for 2 iterations with train_net.py, check
+    that its output holds ``log_has``, that a loss named ``loss_prefix`` (default ``loss_<term>``) was logged,
+    the checkpoint (student, ``terms.<term>.`` and the distiller's ``shared`` prefixes, e.g. ``adapters.``,
+    only) and the student export; return its state dict."""
     out = folder / "out"
     opts: Sequence = [
         *TINY[detector], NUM_CLASSES_KEY[detector], SYNTHETIC_CLASSES,
-        "MODEL.FPN.OUT_CHANNELS", student_width, *write_tiny_teacher(folder, teacher_detector or detector),
+        "MODEL.FPN.OUT_CHANNELS", student_width,
+        *write_tiny_teacher(folder, teacher_detector or detector, teacher_width),
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", 64, "INPUT.MIN_SIZE_TEST", 64,
         "INPUT.MAX_SIZE_TEST", 64, "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2,
         "DATALOADER.NUM_WORKERS", 0, "TEST.EVAL_PERIOD", 0, "DATASETS.TEST", "()", "OUTPUT_DIR", str(out),
@@ -89,6 +91,7 @@ def train_two_iterations(
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     log = done.stdout[-3000:] + done.stderr[-3000:]
     assert done.returncode == 0, log
+    assert log_has in done.stdout + done.stderr, log
 
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     loss_prefix = loss_prefix or f"loss_{term.lower()}"

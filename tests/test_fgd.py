@@ -3,11 +3,8 @@ part against a direct computation, zero for identical features, config checks, g
 levels in a tiny distiller, and 2 iterations through train_net.py (the teacher's neck and head inherited,
 checkpoint without teacher tensors, student export) for each family."""
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import pytest
 import torch
@@ -17,11 +14,12 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 from torch import Tensor, nn
 
-from conftest import REPO, TINY, load_script, random_batch, tiny_cfg, tiny_stages
+from conftest import random_batch, tiny_stages
 from ds2d2 import add_ds2d2_config
 from ds2d2.distill import DISTILL_TERM_REGISTRY, DistillStep
 from ds2d2.distill.fgd import FGD, fgd_attention, focal_masks
-from kd_baseline_support import checked_term
+from ds2d2.meta_arch.inherit import INHERIT_KEY
+from kd_baseline_support import checked_term, train_two_iterations
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 KEYS = {"loss_fgd_fea", "loss_fgd_att", "loss_fgd_global"}
@@ -283,16 +281,6 @@ def test_default_levels_are_the_fpn_convs_outputs(tmp_path, detector, levels):
 
 
 # ---- through train_net.py ----------------------------------------------------------------------------------
-NUM_CLASSES = {"RetinaNet": "MODEL.RETINANET.NUM_CLASSES", "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES"}
-
-
-def tiny_opts(detector: str) -> List[str]:
-    """conftest's tiny settings with the synthetic data's 20 classes and no score threshold override."""
-    pairs = zip(TINY[detector][::2], TINY[detector][1::2])
-    kept = [v for k, v in pairs if "NUM_CLASSES" not in k and "SCORE_THRESH" not in k for v in (k, v)]
-    return [*kept, NUM_CLASSES[detector], 20]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "detector, config",
@@ -300,34 +288,7 @@ def tiny_opts(detector: str) -> List[str]:
      ("GeneralizedRCNN", "configs/synthetic/baselines/faster_rcnn_R50_to_R18_fgd.yaml")],
 )
 def test_train_net_runs_fgd_and_exports_the_student(small_dior_root, tmp_path, detector, config):
-    # the student's FPN width (32), so the config's inheritance has weights to take: no align conv
-    teacher_cfg = tiny_cfg(detector, [*tiny_opts(detector), "MODEL.FPN.OUT_CHANNELS", 32])
-    (tmp_path / "teacher.yaml").write_text(teacher_cfg.dump())
-    torch.save({"model": build_model(teacher_cfg).state_dict()}, tmp_path / "teacher.pth")
-    out = tmp_path / "out"
-    opts = [
-        *tiny_opts(detector), "MODEL.FPN.OUT_CHANNELS", 32,
-        "MODEL.DS2D2.TEACHER_CONFIG", tmp_path / "teacher.yaml",
-        "MODEL.DS2D2.TEACHER_WEIGHTS", tmp_path / "teacher.pth",
-        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", 64, "INPUT.MIN_SIZE_TEST", 64,
-        "INPUT.MAX_SIZE_TEST", 64, "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2,
-        "DATALOADER.NUM_WORKERS", 0, "TEST.EVAL_PERIOD", 0, "DATASETS.TEST", "()", "OUTPUT_DIR", out,
-    ]
-    command = [sys.executable, str(REPO / "train_net.py"), "--config-file", str(REPO / config)]
-    command += [str(v) for v in opts]
-    env = dict(os.environ, DETECTRON2_DATASETS=str(small_dior_root), OMP_NUM_THREADS="1")
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "loss_fgd_fea" in (out / "metrics.json").read_text()
-    assert "MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD: the student inherits" in done.stdout + done.stderr
-
-    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
-    assert all(k.startswith(("student.", "terms.FGD.")) for k in state), sorted(state)
+    # the teacher at the student's FPN width (32): the inheritance has weights to take, no align conv
+    state = train_two_iterations(small_dior_root, tmp_path, config, detector, student_width=32, term="FGD",
+                                 teacher_width=32, log_has=f"{INHERIT_KEY}: the student inherits")
     assert any(k.startswith("terms.FGD.gc_t.") for k in state) and not any(".align." in k for k in state)
-
-    tool = load_script(REPO / "tools" / "export_student.py", "export_student_tool")
-    exported = tmp_path / "student.pth"
-    argv = ["--config-file", str(out / "config.yaml"), "--checkpoint", str(out / "model_final.pth")]
-    assert tool.main([*argv, "--output", str(exported)]) == 0
-    student: Dict[str, Tensor] = torch.load(exported, weights_only=True)["model"]
-    assert student.keys() == {k[len("student."):] for k in state if k.startswith("student.")}
