@@ -194,7 +194,7 @@ def detector_architecture(cfg: CN) -> str:
 def model_num_classes(cfg) -> Optional[Tuple[str, int]]:
     """(config key, value) of the number of classes the model predicts; None for other meta-architectures."""
     arch = detector_architecture(cfg)
-    if arch == "RetinaNet":
+    if arch in ("RetinaNet", "RotatedRetinaNet"):
         return "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
     if arch == "GeneralizedRCNN":
         return "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES

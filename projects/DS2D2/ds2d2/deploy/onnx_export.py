@@ -20,6 +20,7 @@ from torch import nn
 from ds2d2_onnx.metadata import METADATA_KEY, DeployInfo
 
 from ..checkpoint import atomic_path
+from ..modeling import predicts_rotated_boxes
 from .graphs import FasterRCNNGraph, RetinaNetGraph
 from .student import class_names_for, detector_config, load_detector
 
@@ -95,7 +96,15 @@ def export_model(model: nn.Module, cfg: CfgNode, output: str, input_size: Option
 def export_onnx(cfg: CfgNode, checkpoint: str, output: str, input_size: Optional[Tuple[int, int]] = None,
                 config_file: str = "") -> DeployInfo:
     """The detector of ``cfg`` (read from ``config_file``; a distiller's student, or the plain detector)
-    with the weights of ``checkpoint`` -> ONNX at ``output``; see ``export_model``."""
+    with the weights of ``checkpoint`` -> ONNX at ``output``; see ``export_model``. Rotated detectors are
+    refused (ValueError): the graphs and ``ds2d2_onnx`` decode horizontal boxes only."""
+    if predicts_rotated_boxes(cfg):
+        raise ValueError(
+            f"{config_file or 'the config'}: its detector predicts rotated boxes (MODEL.META_ARCHITECTURE "
+            f"{cfg.MODEL.META_ARCHITECTURE!r}, MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME!r}); the ONNX "
+            "export covers horizontal RetinaNet and Faster R-CNN. Run it with PyTorch instead "
+            "(tools/infer_large_image.py --config-file, train_net.py --eval-only)."
+        )
     model = load_detector(cfg, checkpoint)
     source = {"config": config_file, "checkpoint": checkpoint}
     return export_model(model, detector_config(cfg), output, input_size, source)

@@ -11,7 +11,7 @@ from ..checkpoint import load_state_strictly, read_checkpoint
 from ..data.own import dataset_classes
 from ..export import STUDENT_PREFIX, student_config
 
-DETECTORS = ("RetinaNet", "GeneralizedRCNN")
+DETECTORS = ("RetinaNet", "GeneralizedRCNN", "RotatedRetinaNet")
 DISTILLER = "DS2D2Distiller"
 
 
