@@ -14,8 +14,9 @@ cannot use.
 import argparse
 import sys
 
-from ds2d2.data.dota import DOTA_V1_5_CLASSES, DOTA_V1_CLASSES, parse_max_pixels
+from ds2d2.data.dota import DOTA_V1_5_CLASSES, DOTA_V1_CLASSES
 from ds2d2.data.dota_split import SplitSettings, split_dota
+from ds2d2_onnx.cli_args import fraction, non_negative_int, positive_float, positive_int
 from ds2d2_onnx.image_io import DEFAULT_MAX_PIXELS
 
 CLASS_LISTS = {"v1.0": DOTA_V1_CLASSES, "v1.5": DOTA_V1_5_CLASSES}
@@ -25,12 +26,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", required=True, help="folder with images/ and (except for test) labelTxt/")
     p.add_argument("--dst", required=True, help="output folder (patch set)")
-    p.add_argument("--patch-size", type=int, default=1024, help="patch side in pixels (default 1024)")
     p.add_argument(
-        "--gap", type=int, default=200, help="overlap of neighbouring patches in pixels (default 200)"
+        "--patch-size", type=positive_int, default=1024, help="patch side in pixels (default 1024)"
     )
     p.add_argument(
-        "--rates", type=float, nargs="+", default=[1.0], help="image scales to cut at (default 1.0)"
+        "--gap", type=non_negative_int, default=200,
+        help="overlap of neighbouring patches in pixels (default 200)",
+    )
+    p.add_argument(
+        "--rates", type=positive_float, nargs="+", default=[1.0], help="image scales to cut at (default 1.0)"
     )
     p.add_argument(
         "--classes",
@@ -40,14 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--min-inside",
-        type=float,
+        type=fraction,
         default=0.7,
         help="keep an object cut by a patch border when more than this fraction of its area is inside (0.7)",
     )
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     p.add_argument(
         "--max-pixels",
-        type=parse_max_pixels,
+        type=positive_int,
         default=DEFAULT_MAX_PIXELS,
         help=f"refuse images of more pixels (width x height) than this, from their header (default "
         f"{DEFAULT_MAX_PIXELS})",

@@ -333,7 +333,7 @@ def test_prepare_dota_max_pixels_flag(tmp_path, capsys):
     argv += ["--gap", "64"]
     with pytest.raises(SystemExit):
         prepare.main(argv + ["--max-pixels", "0"])
-    assert "--max-pixels: must be at least 1" in capsys.readouterr().err
+    assert "--max-pixels: must be an integer of at least 1" in capsys.readouterr().err
     assert prepare.main(argv + ["--max-pixels", "1000"]) == 1
     image = tmp_path / "src" / "images" / "P0000.png"
     assert f"prepare_dota: error: '{image}' is 300 x 280 = 84000 pixels" in capsys.readouterr().err
@@ -349,4 +349,4 @@ def test_infer_large_image_refuses_a_bomb_and_checks_max_pixels(tmp_path, capsys
     assert f"infer_large_image: error: '{bomb}' is 100000 x 100000" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         infer.main(argv + ["--max-pixels", "-5"])
-    assert "--max-pixels: must be at least 1" in capsys.readouterr().err
+    assert "--max-pixels: must be an integer of at least 1" in capsys.readouterr().err

@@ -30,11 +30,12 @@ from detectron2.data import transforms as T
 
 import ds2d2  # noqa: F401  (registers the builtin datasets, whose class names label the boxes)
 from ds2d2.config import load_config, model_num_classes
-from ds2d2.data.dota import parse_max_pixels, read_image
+from ds2d2.data.dota import read_image
 from ds2d2.data.dota_split import cut_patches, resize_by_rate
 from ds2d2.deploy import class_names_for, detector_config, load_detector
 from ds2d2.evaluation.dota_merge import DEFAULT_NMS_THRESH, ImageDetections, merge_detections, patch_to_image
 from ds2d2_onnx import OnnxDetector, save_detections
+from ds2d2_onnx.cli_args import fraction, non_negative_int, positive_float, positive_int
 from ds2d2_onnx.image_io import DEFAULT_MAX_PIXELS
 
 Tile = Tuple[np.ndarray, Tuple[float, float], float]  # pixels, origin in the image, rate
@@ -100,18 +101,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config-file", default=None, help="the detector's YAML config (PyTorch inference)")
     p.add_argument("--weights", default=None, help="checkpoint (default: MODEL.WEIGHTS of the config)")
     p.add_argument("--onnx", default=None, help="an ONNX export to run with onnxruntime instead of a config")
-    p.add_argument("--threads", type=int, default=None, help="--onnx: onnxruntime threads (default: all)")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="--onnx: onnxruntime threads (default: all)"
+    )
     p.add_argument("--input", required=True, help="the large image")
     p.add_argument("--output", required=True, help="folder for <name>.json and <name>_boxes.jpg")
-    p.add_argument("--patch-size", type=int, default=1024, help="tile side in pixels (default 1024)")
-    p.add_argument("--gap", type=int, default=200, help="tile overlap in pixels (default 200)")
-    p.add_argument("--rates", type=float, nargs="+", default=[1.0], help="image scales (default 1.0)")
-    p.add_argument("--nms-thresh", type=float, default=DEFAULT_NMS_THRESH, help="class-wise NMS IoU (0.3)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (PyTorch)")
-    p.add_argument("--dataset", default=None, help="dataset whose class names label the boxes")
-    p.add_argument("--draw-score", type=float, default=0.3, help="draw boxes scoring at least this")
+    p.add_argument("--patch-size", type=positive_int, default=1024, help="tile side in pixels (default 1024)")
+    p.add_argument("--gap", type=non_negative_int, default=200, help="tile overlap in pixels (default 200)")
     p.add_argument(
-        "--max-pixels", type=parse_max_pixels, default=DEFAULT_MAX_PIXELS,
+        "--rates", type=positive_float, nargs="+", default=[1.0], help="image scales (default 1.0)"
+    )
+    p.add_argument("--nms-thresh", type=fraction, default=DEFAULT_NMS_THRESH, help="class-wise NMS IoU (0.3)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="tiles per forward pass (PyTorch)")
+    p.add_argument("--dataset", default=None, help="dataset whose class names label the boxes")
+    p.add_argument("--draw-score", type=fraction, default=0.3, help="draw boxes scoring at least this")
+    p.add_argument(
+        "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
         help=f"refuse an image of more pixels (width x height) than this, from its header "
         f"(default {DEFAULT_MAX_PIXELS})",
     )

@@ -15,7 +15,6 @@ undecodable one by name). For images far larger than the model's training images
 use tools/infer_large_image.py --onnx, which tiles them.
 """
 import argparse
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -26,28 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "projects" / "DS2D2
 from ds2d2_onnx import (  # noqa: E402
     DEFAULT_MAX_PIXELS, DeployFileError, ImageReadError, OnnxDetector, image_size, read_image, save_detections
 )
-
-
-def fraction(text: str) -> float:
-    """A score threshold: a finite number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
-    if not (math.isfinite(value) and 0 <= value <= 1):
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """A count: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}")
-    return value
+from ds2d2_onnx.cli_args import fraction, positive_int  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

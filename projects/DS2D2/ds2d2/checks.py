@@ -11,6 +11,8 @@ from typing import List, Sequence
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ds2d2_onnx.image_io import check_max_pixels
+
 from .config import (
     AMPLIFIER_INITS,
     IMPLICIT_INPUTS,
@@ -213,11 +215,7 @@ def _check_inherit_keys(cfg: CfgNode) -> None:
 
 def _check_max_pixels(cfg: CfgNode) -> None:
     """INPUT.MAX_PIXELS, the image size limit of the data mappers, an integer >= 1 (pixels)."""
-    value = cfg.INPUT.MAX_PIXELS
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"INPUT.MAX_PIXELS must be an integer >= 1 (pixels: width x height), got {value!r}."
-        )
+    check_max_pixels(cfg.INPUT.MAX_PIXELS)
 
 
 def check_config(cfg: CfgNode, datasets: Sequence[str] = ("TRAIN", "TEST")) -> None:

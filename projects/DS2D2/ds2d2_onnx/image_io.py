@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageReadError", "image_size", "read_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageReadError", "check_max_pixels", "image_size", "read_image"]
 
 DEFAULT_MAX_PIXELS = 25000 * 25000
 PathLike = Union[str, "os.PathLike[str]"]
@@ -43,6 +43,14 @@ TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 # JPEG markers that have no length field (TEM and the restart markers RST0-RST7)
 JPEG_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
 JPEG_EOI, JPEG_SOS = 0xD9, 0xDA
+
+
+def check_max_pixels(value: object, name: str = "INPUT.MAX_PIXELS") -> int:
+    """``value`` as a pixel limit (width x height): an integer >= 1, else a ValueError naming ``name`` (the
+    config key or flag that gave it)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1 (pixels: width x height), got {value!r}")
+    return value
 
 
 class ImageReadError(ValueError):

@@ -18,7 +18,6 @@ polygon must also be a usable quadrilateral (``quadrilateral_problem``: not coll
 for horizontal boxes only its bounds are used, so such polygons are accepted as before.
 """
 
-import argparse
 import json
 import os
 from dataclasses import dataclass
@@ -45,7 +44,6 @@ __all__ = [
     "pair_dota_files",
     "read_image",
     "read_image_size",
-    "parse_max_pixels",
     "read_split_info",
     "read_image_records",
     "load_dota_patches",
@@ -214,17 +212,6 @@ def read_image(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         return image_io.read_image(path, max_pixels)
     except ImageReadError as e:
         raise DotaFormatError(str(e)) from None
-
-
-def parse_max_pixels(text: str) -> int:
-    """``--max-pixels`` of the tools that read images through :func:`read_image`: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer number of pixels, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (a number of pixels), got {value}")
-    return value
 
 
 def read_image_size(path: Union[str, Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[int, int]:

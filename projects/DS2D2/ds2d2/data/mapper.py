@@ -34,9 +34,7 @@ class CheckedDatasetMapper(DatasetMapper):
     @configurable
     def __init__(self, is_train: bool = True, *, max_pixels: int = DEFAULT_MAX_PIXELS, **kwargs):
         super().__init__(is_train, **kwargs)
-        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-            raise ValueError(f"INPUT.MAX_PIXELS must be an integer >= 1 (pixels), got {max_pixels!r}")
-        self.max_pixels = max_pixels
+        self.max_pixels = image_io.check_max_pixels(max_pixels)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict:

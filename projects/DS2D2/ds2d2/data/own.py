@@ -39,6 +39,8 @@ import yaml
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ds2d2_onnx.image_io import check_max_pixels
+
 from ..compat import decode_cfg_value
 from .coco import register_coco_detection
 from .dota import (
@@ -445,10 +447,7 @@ def _with_key(error: Exception, key: str) -> Exception:
 def _max_pixels(cfg: CfgNode) -> int:
     """``INPUT.MAX_PIXELS``, the image size limit (pixels) DOTA entries are split under; ValueError naming the
     key unless it is an integer >= 1."""
-    value = cfg.INPUT.MAX_PIXELS
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"INPUT.MAX_PIXELS must be an integer >= 1 (pixels), got {value!r}")
-    return value
+    return check_max_pixels(cfg.INPUT.MAX_PIXELS)
 
 
 def _register_entry(name: str, entry: CfgNode, max_pixels: int) -> None:
