@@ -1,4 +1,5 @@
-"""The tools' argparse types (ds2d2_onnx.cli_args): a value outside its range stops the tool naming the flag."""
+"""The tools' argparse types (ds2d2_onnx.cli_args): a value outside its range stops the tool, naming the
+flag."""
 import argparse
 import subprocess
 import sys

@@ -323,7 +323,8 @@ def test_dota_images_are_split_under_input_max_pixels(tmp_path, data):
     with pytest.raises(ValueError, match=expected):
         load_config(DOTA_BASE, opts + ["INPUT.MAX_PIXELS", str(width * height - 1)])
     assert not list(cache.rglob("*.png"))
-    with pytest.raises(ValueError, match=r"^INPUT\.MAX_PIXELS must be an integer >= 1 \(pixels: width x height\), got 0$"):
+    bad = r"^INPUT\.MAX_PIXELS must be an integer >= 1 \(pixels: width x height\), got 0$"
+    with pytest.raises(ValueError, match=bad):
         load_config(DOTA_BASE, opts + ["INPUT.MAX_PIXELS", "0"])
     cfg = load_config(DOTA_BASE, opts + ["INPUT.MAX_PIXELS", str(width * height)])
     assert cfg.DATASETS.OWN.my_dota_train.CACHE == str(cache) and list(cache.rglob("*.png"))
