@@ -3,6 +3,7 @@ chain, the teacher's recorded config.yaml, MODEL.DS2D2.TEACHER_CONFIG) is parsed
 Python tag is refused with the file and line named, and nothing is constructed. Each payload would create a
 marker file if it ran, as it does under Detectron2's default merge_from_file (a yaml.unsafe_load fallback)."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,12 @@ def test_train_net_refuses_a_config_file_with_a_python_tag(tmp_path):
     assert not marker.exists(), "the YAML payload ran"
     assert f"{config}:3:" in proc.stderr and "ValueError" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path):
+    """A config saved in Latin-1 (a teacher's config.yaml from another machine) ended in a bare
+    UnicodeDecodeError without the file."""
+    bad = tmp_path / "config.yaml"
+    bad.write_bytes("_BASE_: \"Base.yaml\"\nOUTPUT_DIR: \"r\xe9sultats\"\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bad))}: byte \d+ is not UTF-8"):
+        load_config(str(bad), register=False)

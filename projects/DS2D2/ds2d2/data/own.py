@@ -174,8 +174,14 @@ def check_own_yaml(config_file: str) -> None:
     path: Optional[str] = config_file
     while path and path not in seen and os.path.isfile(path):
         seen.add(path)
-        with open(path, encoding="utf-8") as f:
-            root = yaml.compose(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                root = yaml.compose(f)
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{path}: byte {e.start} is not UTF-8 ({e.reason}); config files are read as UTF-8: save it "
+                "in UTF-8."
+            ) from None
         base = None
         if isinstance(root, yaml.MappingNode):
             top = {k.value: v for k, v in root.value}
