@@ -9,8 +9,9 @@ Order of preference:
      re-installed as in 3, so ``make setup`` brings an existing .venv up to date.
   3. Otherwise the PyPI sdist ``pb1-detectron2==0.6`` (detectron2 v0.6 sources without ``layers/csrc``),
      installed as pure Python after the patches listed in ``PATCHES`` below. torchvision supplies nms and
-     RoIAlign, so everything DS2D2 uses works; deformable convs and rotated-box ops do not (they raise a clear
-     error naming this script if called).
+     RoIAlign, and ``import ds2d2`` installs its pure-PyTorch rotated IoU, NMS and ROIAlignRotated
+     (``ds2d2.rotated``, through ``ds2d2.compat.install_rotated_ops``), so everything DS2D2 uses works;
+     deformable convs do not (they raise a clear error naming this script if called).
 
 The patches only ever apply to that sdist, in a temporary folder, before it is installed; an official build is
 never modified. They are:

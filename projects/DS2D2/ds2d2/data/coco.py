@@ -20,7 +20,6 @@ import os
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
@@ -29,7 +28,6 @@ from .voc import register_dataset
 __all__ = [
     "check_coco_json",
     "load_coco_detection",
-    "refuse_training_without_boxes",
     "register_coco_detection",
 ]
 
@@ -239,8 +237,8 @@ def register_coco_detection(
 
     Metadata: json_file, image_root, evaluator_type "coco", thing_classes and
     thing_dataset_id_to_contiguous_id (what ``load_coco_json`` sets), and num_annotations (0: an images-only
-    file, which :func:`refuse_training_without_boxes` keeps out of training). Registering the same again is a
-    no-op. ``allow_outside_images``: accept image file_names that lead outside ``image_root``.
+    file, which ``ds2d2.checks.check_train_datasets_have_boxes`` keeps out of training). Registering the same
+    again is a no-op. ``allow_outside_images``: accept image file_names that lead outside ``image_root``.
     """
     found, id_map, num_annotations = check_coco_json(json_file, image_root, allow_outside_images)
     if classes is not None and list(classes) != found:
@@ -257,16 +255,3 @@ def register_coco_detection(
     }
     register_dataset(name, partial(load_coco_detection, json_file, image_root, name), metadata, replace=False)
     return found
-
-
-def refuse_training_without_boxes(dataset_names: Sequence[str]) -> None:
-    """ValueError naming the JSON of a COCO dataset among ``dataset_names`` (DATASETS.TRAIN) whose
-    'annotations' list is empty: such a file can serve as a test set, but there is nothing to train on
-    (Detectron2 would stop with a bare "No valid data found" assertion)."""
-    for name in dataset_names:
-        meta = MetadataCatalog.get(name)
-        if meta.get("num_annotations", None) == 0:
-            raise ValueError(
-                f"DATASETS.TRAIN: dataset {name!r} comes from {meta.json_file}, whose 'annotations' list is "
-                "empty: nothing to train on (an images-only COCO file can be used in DATASETS.TEST only)"
-            )
