@@ -25,6 +25,7 @@ from ds2d2.engine import Trainer
 from ds2d2.modeling import RotatedRetinaNet
 from ds2d2.modeling.rotated_retinanet import nearest_spelling
 from ds2d2.rotated.boxes import rotated_boxes_to_polygons
+from ds2d2_onnx.draw import draw_detections
 from rotated_setup import CONFIGS, DETECTORS, TINY, TINY_TRAINING, register_oriented_dataset, tiny_config
 
 ROTATED_CONFIGS = sorted(
@@ -397,3 +398,19 @@ def test_infer_large_image_names_the_classes_the_run_recorded(tmp_path, restore_
     report = json.loads((tmp_path / "out" / "P0001.json").read_text())
     assert report["classes"] == ["tree"]
     assert report["detections"] and {d["category"] for d in report["detections"]} == {"tree"}
+
+
+def test_rotated_boxes_are_drawn_turned():
+    """A box of 100 x 30 px at 30 degrees: the middle of its upper long side is drawn, the corner of its
+    horizontal hull is not."""
+    image = np.zeros((160, 160, 3), np.uint8)
+    boxes = INFER.ImageDetections(np.array([[80.0, 80.0, 100.0, 30.0, 30.0]]), np.ones(1), np.zeros(1, int))
+    canvas = draw_detections(image, boxes, ["ship"], 0.5)
+    sin, cos = math.sin(math.radians(30)), math.cos(math.radians(30))
+    edge = 80 - 15 * sin, 80 - 15 * cos  # the centre + R (0, -h/2)
+    hull_corner = 80 - (50 * cos + 15 * sin), 80 - (50 * sin + 15 * cos)
+
+    def lit(x, y):
+        return canvas[round(y) - 1: round(y) + 2, round(x) - 1: round(x) + 2].any()
+
+    assert lit(*edge) and not lit(*hull_corner)
