@@ -9,6 +9,10 @@ tile detections are mapped back and merged with class-wise NMS.
 
 Writes OUTPUT/<name>.json ({"image", "width", "height", "classes", "detections": [{"bbox": [x0, y0, x1, y1],
 "score", "category_id", "category"}]}, boxes in the image's pixels, best first) and OUTPUT/<name>_boxes.jpg.
+A rotated detector (configs/*/rotated_*.yaml) gives "bbox": [cx, cy, w, h, angle] (degrees counter-clockwise
+on screen), drawn as turned rectangles; its tiles are merged with rotated NMS (IoU 0.1, DOTA Task 1's). The
+classes are those the config names: its first test (else training) set's, as recorded in a run's
+config.yaml (DATASETS.OWN.<name>.CLASSES) or registered, or --dataset's.
 --weights is a plain detector checkpoint, or, with a DS2D2 stage-3 config, a distiller checkpoint or the
 student exported by tools/export_student.py (the model built is then MODEL.DS2D2.DETECTOR, on MODEL.DEVICE).
 --onnx runs an ONNX export (tools/export_student.py --format onnx) through onnxruntime instead, one tile at a
@@ -20,7 +24,7 @@ header, a truncated or undecodable one with its path named.
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,7 +37,15 @@ from ds2d2.config import load_config, model_num_classes
 from ds2d2.data.dota import read_image
 from ds2d2.data.dota_split import cut_patches, resize_by_rate
 from ds2d2.deploy import class_names_for, detector_config, load_detector
-from ds2d2.evaluation.dota_merge import DEFAULT_NMS_THRESH, ImageDetections, merge_detections, patch_to_image
+from ds2d2.evaluation.dota_merge import (
+    DEFAULT_NMS_THRESH,
+    DEFAULT_ROTATED_NMS_THRESH,
+    ImageDetections,
+    merge_detections,
+    merge_rotated_detections,
+    patch_to_image,
+    rotated_patch_to_image,
+)
 from ds2d2_onnx import OnnxDetector, save_detections
 from ds2d2_onnx.cli_args import fraction, non_negative_int, positive_float, positive_int
 from ds2d2_onnx.image_io import DEFAULT_MAX_PIXELS
@@ -78,9 +90,23 @@ def predict_tiles(
             inputs.append({"image": tensor, "height": patch_size, "width": patch_size})
         for (_, origin, rate), output in zip(batch, model(inputs)):
             inst = output["instances"].to("cpu")
-            boxes = patch_to_image(inst.pred_boxes.tensor.numpy(), origin, rate)
-            results.append(ImageDetections(boxes, inst.scores.numpy(), inst.pred_classes.numpy()))
+            boxes = inst.pred_boxes.tensor.numpy()  # (N, 4) xyxy, or (N, 5) XYWHA for a rotated detector
+            to_image = rotated_patch_to_image if boxes.shape[1] == 5 else patch_to_image
+            results.append(ImageDetections(to_image(boxes, origin, rate), inst.scores.numpy(),
+                                           inst.pred_classes.numpy()))
     return results
+
+
+def merge_tiles(
+    tiles: Sequence[ImageDetections], width: int, height: int, nms_thresh: Optional[float] = None
+) -> ImageDetections:
+    """The tiles' detections (in image pixels) merged into the (width, height) image's with class-wise NMS
+    at ``nms_thresh``: by default the DOTA devkit's, IoU 0.3 for horizontal boxes, rotated IoU 0.1 for
+    rotated ones (N, 5), which are not clipped (``ds2d2.evaluation.dota_merge``)."""
+    if any(t.boxes.shape[1] == 5 for t in tiles):
+        thresh = DEFAULT_ROTATED_NMS_THRESH if nms_thresh is None else nms_thresh
+        return merge_rotated_detections(tiles, width, height, thresh)
+    return merge_detections(tiles, width, height, DEFAULT_NMS_THRESH if nms_thresh is None else nms_thresh)
 
 
 def predict_tiles_onnx(
@@ -111,7 +137,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--rates", type=positive_float, nargs="+", default=[1.0], help="image scales (default 1.0)"
     )
-    p.add_argument("--nms-thresh", type=fraction, default=DEFAULT_NMS_THRESH, help="class-wise NMS IoU (0.3)")
+    p.add_argument("--nms-thresh", type=fraction, default=None,
+                   help="class-wise NMS IoU (default 0.3; 0.1 for a rotated detector's boxes)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="tiles per forward pass (PyTorch)")
     p.add_argument("--dataset", default=None, help="dataset whose class names label the boxes")
     p.add_argument("--draw-score", type=fraction, default=0.3, help="draw boxes scoring at least this")
@@ -164,7 +191,7 @@ def main(argv=None) -> int:
         tiles = predict_tiles_onnx(detector, image, args.patch_size, args.gap, args.rates)
     else:
         tiles = predict_tiles(model, image, cfg, args.patch_size, args.gap, args.rates, args.batch_size)
-    merged = merge_detections(tiles, width, height, args.nms_thresh)
+    merged = merge_tiles(tiles, width, height, args.nms_thresh)
     save_detections(Path(args.output), args.input, image, merged, names, args.draw_score)
     report = Path(args.output) / f"{Path(args.input).stem}.json"
     print(f"{args.input}: {len(tiles)} tiles, {len(merged.scores)} detections -> {report}")

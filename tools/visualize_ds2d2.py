@@ -40,9 +40,11 @@ from ds2d2.meta_arch.distiller import DS2D2Distiller
 MAP_KEYS = ("disw", "low", "high", "weighted_low", "weighted_high")
 
 
-def setup_cfg(config_file: str, opts: List[str]) -> CfgNode:
-    """Detectron2 + DS2D2 config from ``config_file`` with ``opts`` (KEY VALUE ...) merged, frozen."""
-    cfg = load_config(config_file, opts, register=False)
+def setup_cfg(config_file: str, opts: List[str], register: bool = False) -> CfgNode:
+    """Detectron2 + DS2D2 config from ``config_file`` with ``opts`` (KEY VALUE ...) merged, frozen; with
+    ``register``, its DATASETS.OWN entries registered as a run's config.yaml recorded them (paths,
+    classes)."""
+    cfg = load_config(config_file, opts, register=register)
     cfg.freeze()
     return cfg
 
@@ -212,7 +214,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--weights", help="a distiller checkpoint (student + adapters); default: as built")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="an image file (no ground truth: DISW is 1)")
-    source.add_argument("--dataset", help="a registered dataset name, e.g. synthetic_dior_test")
+    source.add_argument("--dataset", help="a builtin dataset (e.g. synthetic_dior_test) or one of the "
+                        "config's DATASETS.OWN entries")
     parser.add_argument("--index", type=int, default=0, help="which image of --dataset (default 0)")
     parser.add_argument("--output", required=True, help="the PNG to write")
     parser.add_argument("--no-weighted", action="store_true", help="leave out the DISW-weighted rows")
@@ -223,7 +226,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = setup_cfg(args.config_file, args.opts)
+        cfg = setup_cfg(args.config_file, args.opts, register=args.dataset is not None)
         batched_input = load_input(cfg, args.image, args.dataset, args.index)  # fails fast, before the build
         model = build_distiller(cfg, args.weights)
     except (OSError, RuntimeError, ValueError, KeyError, IndexError) as e:

@@ -23,7 +23,7 @@ from detectron2.data import MetadataCatalog, build_detection_test_loader, get_de
 from detectron2.data.common import DatasetFromList
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators, RotatedCOCOEvaluator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -38,7 +38,7 @@ from .compat import detectron2_has_compiled_ops, set_step_trainer, step_trainer
 from .data.mapper import CheckedDatasetMapper
 from .data.sampler import ResumableTrainLoader
 from .evaluation.dota import DOTAFullImageEvaluator
-from .evaluation.voc import VOCDetectionEvaluator
+from .evaluation.voc import RotatedVOCDetectionEvaluator, VOCDetectionEvaluator
 from .solver import build_optimizer
 from .train_loop import CheckedAMPTrainer, CheckedSimpleTrainer, ReseedEachIteration
 
@@ -52,15 +52,24 @@ def build_evaluators(
     ``coco``: COCO AP against the dataset's JSON (``register_coco_detection``, ``register_coco_instances``).
     ``dota_patches``: COCO AP on patches (if the split has labels) + DOTA Task-2 mAP on merged full images
     (or the submission files of an unlabelled split); ``TEST.DOTA_TASK2 False`` keeps the patch AP only.
+    A dataset of oriented boxes (metadata ``box_kind`` "oriented": DIOR-R, oriented DOTA patches) is scored
+    on the rotated IoU: Detectron2's RotatedCOCOEvaluator, RotatedVOCDetectionEvaluator (DIOR-R's AP), and
+    DOTA Task 1 instead of Task 2 on the merged full images.
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     meta = MetadataCatalog.get(dataset_name)
     kind = meta.get("evaluator_type", None)
-    coco = COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=detectron2_has_compiled_ops())
+    if meta.get("box_kind", "horizontal") == "oriented":
+        coco = RotatedCOCOEvaluator(dataset_name, output_dir=output_folder)
+        voc = RotatedVOCDetectionEvaluator
+    else:
+        fast = detectron2_has_compiled_ops()
+        coco = COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=fast)
+        voc = VOCDetectionEvaluator
     evaluators: List[DatasetEvaluator]
     if kind == "voc_detection":
-        evaluators = [coco, VOCDetectionEvaluator(dataset_name, use_07_metric=cfg.TEST.VOC_USE_07_METRIC)]
+        evaluators = [coco, voc(dataset_name, use_07_metric=cfg.TEST.VOC_USE_07_METRIC)]
     elif kind == "coco":
         evaluators = [coco]
     elif kind == "dota_patches":
