@@ -201,3 +201,19 @@ def test_horizontal_annotations_count_as_angle_zero(catalog):
     from_xyxy = run(rotated("diorr_xyxy"), images)["voc_rotated_ap50"]
     assert from_xyxy == pytest.approx(run(rotated("diorr_xywha"), images)["voc_rotated_ap50"], abs=1e-9)
     assert from_xyxy["mAP50"] > 10
+
+
+def test_oriented_voc_datasets_get_the_rotated_evaluators(catalog, tmp_path):
+    from detectron2.config import get_cfg
+    from detectron2.evaluation import RotatedCOCOEvaluator
+
+    from ds2d2.config import add_ds2d2_config
+    from ds2d2.engine import build_evaluators
+
+    cfg = get_cfg()
+    add_ds2d2_config(cfg)
+    cfg.TEST.VOC_USE_07_METRIC = True  # DIOR-R's AP
+    register("diorr_engine", random_images(np.random.default_rng(0), 1))
+    evaluators = build_evaluators(cfg, "diorr_engine", str(tmp_path))._evaluators
+    assert [type(e) for e in evaluators] == [RotatedCOCOEvaluator, RotatedVOCDetectionEvaluator]
+    assert evaluators[1]._use_07_metric is True

@@ -396,3 +396,19 @@ def test_oriented_patch_set_is_scored_as_task1_from_its_records(oriented_patch_s
     result = evaluator.evaluate()["dota_task1"]  # ground truth: the polygons recorded at split time
     assert result["mAP"] == pytest.approx(100.0)
     assert all(result[f"AP-{c}"] == pytest.approx(100.0) for c in CLASSES)
+
+
+def test_oriented_patch_sets_get_rotated_coco_ap_and_task1(oriented_patch_set, catalog, tmp_path):
+    from detectron2.config import get_cfg
+    from detectron2.evaluation import RotatedCOCOEvaluator
+
+    from ds2d2.config import add_ds2d2_config
+    from ds2d2.engine import build_evaluators
+
+    cfg = get_cfg()
+    add_ds2d2_config(cfg)
+    root, _ = oriented_patch_set
+    register_dota("tiny_val_engine", root / "val_p", boxes="oriented")
+    evaluators = build_evaluators(cfg, "tiny_val_engine", str(tmp_path))._evaluators
+    assert [type(e) for e in evaluators] == [RotatedCOCOEvaluator, DOTAFullImageEvaluator]
+    assert evaluators[1]._task == 1
