@@ -13,7 +13,7 @@ from ds2d2.engine import build_evaluators
 from ds2d2.evaluation.dota import DOTAFullImageEvaluator
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-AUTHORS_DOTA_METRIC = ["TEST.DETECTIONS_PER_IMAGE", "100", "TEST.DOTA_TASK2", "False"]  # docs/method.md
+AUTHORS_DOTA_METRIC = ["TEST.DETECTIONS_PER_IMAGE", "100", "TEST.DOTA_FULL_IMAGES", "False"]  # docs/method.md
 DETECTORS = ["faster_rcnn_R18.yaml", "retinanet_R18.yaml"]
 
 
@@ -59,8 +59,8 @@ def test_authors_dota_metric_is_patch_ap_at_100_detections(config, catalog, tmp_
 def test_patch_ap_alone_on_an_unlabelled_split_is_refused(catalog, tmp_path):
     cfg = load_config(str(CONFIGS / "DOTA" / DETECTORS[0]), AUTHORS_DOTA_METRIC, register=False)
     register_patches("patches_test", tmp_path, has_labels=False)
-    with pytest.raises(ValueError, match="TEST.DOTA_TASK2"):
+    with pytest.raises(ValueError, match="TEST.DOTA_FULL_IMAGES"):
         build_evaluators(cfg, "patches_test", str(tmp_path / "out"))
-    cfg.TEST.DOTA_TASK2 = True
+    cfg.TEST.DOTA_FULL_IMAGES = True
     evaluators = build_evaluators(cfg, "patches_test", str(tmp_path / "out"))._evaluators
     assert [type(e) for e in evaluators] == [DOTAFullImageEvaluator]  # writes the submission files

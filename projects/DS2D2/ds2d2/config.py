@@ -161,10 +161,11 @@ def add_ds2d2_config(cfg: CN) -> None:
     _C.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
     # VOC-style AP: False = area under the interpolated PR curve (VOC2010+), True = 11-point (VOC2007).
     _C.TEST.VOC_USE_07_METRIC = False
-    # DOTA patch datasets: True = also merge the patches' detections into full images and score Task 2 (or
-    # write the submission files of an unlabelled split); False = COCO AP on the patches only, the authors'
-    # metric (with TEST.DETECTIONS_PER_IMAGE 100, docs/method.md).
-    _C.TEST.DOTA_TASK2 = True
+    # DOTA patch datasets: True = also merge the patches' detections into full images and score DOTA Task 2
+    # (horizontal boxes) or Task 1 (oriented boxes), or write the submission files of an unlabelled split;
+    # False = COCO AP on the patches only, the authors' metric (with TEST.DETECTIONS_PER_IMAGE 100,
+    # docs/method.md).
+    _C.TEST.DOTA_FULL_IMAGES = True
     # Training and test images (ds2d2/data/mapper.py, read by ds2d2_onnx.image_io): one of more pixels (width
     # x height) than this is refused from its header, with its path named, before any pixel buffer exists
     # (a small file declaring a huge image). Default 25000 x 25000; raise it for genuinely larger images.

@@ -51,7 +51,7 @@ def build_evaluators(
     ``voc_detection``: COCO AP/AP50/AP75/APs/m/l + VOC per-class AP50 (what DIOR papers report).
     ``coco``: COCO AP against the dataset's JSON (``register_coco_detection``, ``register_coco_instances``).
     ``dota_patches``: COCO AP on patches (if the split has labels) + DOTA Task-2 mAP on merged full images
-    (or the submission files of an unlabelled split); ``TEST.DOTA_TASK2 False`` keeps the patch AP only.
+    (or the submission files of an unlabelled split); ``TEST.DOTA_FULL_IMAGES False`` keeps the patch AP only.
     A dataset of oriented boxes (metadata ``box_kind`` "oriented": DIOR-R, oriented DOTA patches) is scored
     on the rotated IoU: Detectron2's RotatedCOCOEvaluator, RotatedVOCDetectionEvaluator (DIOR-R's AP), and
     DOTA Task 1 instead of Task 2 on the merged full images.
@@ -74,12 +74,13 @@ def build_evaluators(
         evaluators = [coco]
     elif kind == "dota_patches":
         evaluators = [coco] if meta.get("has_labels", True) else []
-        if cfg.TEST.DOTA_TASK2:
+        if cfg.TEST.DOTA_FULL_IMAGES:
             evaluators.append(DOTAFullImageEvaluator(dataset_name, output_folder))
         elif not evaluators:
             raise ValueError(
-                f"TEST.DOTA_TASK2 is False, but dataset '{dataset_name}' has no labels: there is no patch AP "
-                "to compute. Set TEST.DOTA_TASK2 True to write its Task-2 submission files."
+                f"TEST.DOTA_FULL_IMAGES is False, but dataset '{dataset_name}' has no labels: there is no "
+                "patch AP to compute. Set TEST.DOTA_FULL_IMAGES True to write its submission files (Task 1 or "
+                "2)."
             )
     else:
         raise ValueError(
