@@ -79,8 +79,8 @@ def build_evaluators(
         elif not evaluators:
             raise ValueError(
                 f"TEST.DOTA_FULL_IMAGES is False, but dataset '{dataset_name}' has no labels: there is no "
-                "patch AP to compute. Set TEST.DOTA_FULL_IMAGES True to write its submission files (Task 1 or "
-                "2)."
+                "patch AP to compute. Set TEST.DOTA_FULL_IMAGES True to write its submission files (Task 1 "
+                "or 2)."
             )
     else:
         raise ValueError(
