@@ -154,7 +154,7 @@ def expected_implicit_full(model: nn.Module, step: DistillStep, cfg) -> float:
     per_image = [kl[a:b] for a, b in zip(starts, starts[1:])]
     cls = REDUCE[cfg.MODEL.DS2D2.LOSS.ROI_CLS_REDUCTION](per_image)
     return cfg.MODEL.DS2D2.LOSS.ROI_CLS_WEIGHT * cls + authors_roi_box(s_deltas.double(), t_deltas.double(),
-                                                                         t_scores.double())
+                                                                       t_scores.double())
 
 
 def assert_teachers_own_targets(model: nn.Module, step: DistillStep) -> None:
@@ -239,7 +239,7 @@ def test_mixed_config_pairs_the_other_kinds_teacher_with_the_students_recipe(pat
     assert cfg.OUTPUT_DIR == "output/" + path[len("configs/"):-len(".yaml")]
     if method in ("", "deploy"):
         student_recipe = load_config(str(REPO / same_family_config(dataset, s_kind, depth, "_" * bool(method)
-                                                                     + method)), register=False)
+                                                                   + method)), register=False)
         teacher_recipe = load_config(str(REPO / same_family_config(dataset, t_kind, depth)), register=False)
         assert list(ds.TERMS) == ["DS2D2Explicit", "DS2D2Implicit"]
         assert ds.AMPLIFIER_WEIGHTS == teacher_recipe.MODEL.DS2D2.AMPLIFIER_WEIGHTS
@@ -259,7 +259,7 @@ def test_mixed_config_pairs_the_other_kinds_teacher_with_the_students_recipe(pat
 @pytest.mark.slow
 @pytest.mark.parametrize("student, teacher", PAIRS, ids=PAIR_IDS)
 def test_train_net_trains_a_mixed_pair_and_exports_a_plain_student(small_dior_root, tmp_path, student,
-                                                                    teacher):
+                                                                   teacher):
     t_name, s_name = ("retinanet", "faster_rcnn") if teacher == "RetinaNet" else ("faster_rcnn", "retinanet")
     config = f"configs/synthetic/mixed/{t_name}_R50_to_{s_name}_R18.yaml"
     state = train_two_iterations(small_dior_root, tmp_path, config, student, student_width=32,

@@ -78,7 +78,7 @@ BAD_BUILD_TIME_KEYS = [
 
 @pytest.mark.parametrize("key, value, message", BAD_BUILD_TIME_KEYS)
 def test_build_time_keys_are_named_before_the_trainer_builds_anything(data_root, tmp_path, monkeypatch, key,
-                                                                     value, message):
+                                                                      value, message):
     cfg = tiny_trainer_config("RetinaNet", register_in_process(data_root), tmp_path)
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
     check_config(cfg)  # the clipping defaults (value, 1.0, L2) pass

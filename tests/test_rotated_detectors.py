@@ -277,7 +277,7 @@ def train_net_args(config: str, output: Path, opts=(), flags=()):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", DETECTORS)
 def test_train_net_trains_a_rotated_detector_and_writes_a_plain_checkpoint(config, oriented_dataset, tmp_path,
-                                                                          single_torch_thread):
+                                                                           single_torch_thread):
     out = tmp_path / "out"
     datasets = ["DATASETS.TRAIN", (oriented_dataset,), "DATASETS.TEST", ()]
     TRAIN_NET.main(train_net_args(config, out, ["SOLVER.MAX_ITER", 4, *datasets]))

@@ -128,4 +128,3 @@ class RCNNFamily:
         transform."""
         rois = Boxes.cat(targets.rois).tensor
         return self.detector.roi_heads.box_predictor.box2box_transform.apply_deltas(deltas, rois)
-

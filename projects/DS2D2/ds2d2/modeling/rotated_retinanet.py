@@ -168,4 +168,3 @@ class RotatedRetinaNet(RetinaNet):
         return Instances(
             image_size, pred_boxes=RotatedBoxes(boxes), scores=scores[: len(order)], pred_classes=classes
         )
-
