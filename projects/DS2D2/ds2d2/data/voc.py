@@ -177,17 +177,7 @@ def _parse_box(obj: ET.Element, where: str, name: str) -> List[float]:
     bndbox = obj.find("bndbox")
     if bndbox is None:
         raise ValueError(f"{where}: no <bndbox>")
-    coords = []
-    for tag in ("xmin", "ymin", "xmax", "ymax"):
-        text = _text(bndbox, tag, where)
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"{where}: <{tag}> is not a number: {text!r}") from None
-        if not math.isfinite(value):
-            raise ValueError(f"{where}: <{tag}> is not finite: {text!r}")
-        coords.append(value)
-    xmin, ymin, xmax, ymax = coords
+    xmin, ymin, xmax, ymax = _numbers(bndbox, ("xmin", "ymin", "xmax", "ymax"), where, where)
     for low, high, axis in ((xmin, xmax, "x"), (ymin, ymax, "y")):
         if low > high:
             raise ValueError(
@@ -197,22 +187,29 @@ def _parse_box(obj: ET.Element, where: str, name: str) -> List[float]:
     return [xmin - 1.0, ymin - 1.0, xmax, ymax]
 
 
-def _parse_corners(obj: ET.Element, where: str, name: str) -> List[float]:
-    """DIOR-R <robndbox> -> polygon [x1, y1, ..., x4, y4]; missing, non-numeric or non-finite corners and
-    unusable quadrilaterals (collinear, self-intersecting) are errors."""
-    robndbox = obj.find("robndbox")
-    if robndbox is None:
-        raise ValueError(f"{where}: no <robndbox> (an oriented box: {', '.join(ROBNDBOX_CORNERS)})")
-    polygon = []
-    for tag in ROBNDBOX_CORNERS:
-        text = _text(robndbox, tag, f"{where} <robndbox>")
+def _numbers(node: ET.Element, tags: Sequence[str], where_missing: str, where: str) -> List[float]:
+    """The finite numbers in the children ``tags`` of ``node``; a missing, non-numeric or non-finite one is a
+    ValueError naming ``where`` (``where_missing`` for a missing child) and the tag."""
+    values = []
+    for tag in tags:
+        text = _text(node, tag, where_missing)
         try:
             value = float(text)
         except ValueError:
             raise ValueError(f"{where}: <{tag}> is not a number: {text!r}") from None
         if not math.isfinite(value):
             raise ValueError(f"{where}: <{tag}> is not finite: {text!r}")
-        polygon.append(value)
+        values.append(value)
+    return values
+
+
+def _parse_corners(obj: ET.Element, where: str, name: str) -> List[float]:
+    """DIOR-R <robndbox> -> polygon [x1, y1, ..., x4, y4]; missing, non-numeric or non-finite corners and
+    unusable quadrilaterals (collinear, self-intersecting) are errors."""
+    robndbox = obj.find("robndbox")
+    if robndbox is None:
+        raise ValueError(f"{where}: no <robndbox> (an oriented box: {', '.join(ROBNDBOX_CORNERS)})")
+    polygon = _numbers(robndbox, ROBNDBOX_CORNERS, f"{where} <robndbox>", where)
     problem = quadrilateral_problem(polygon)
     if problem is not None:
         raise ValueError(f"{where} ({name}): {problem}")
