@@ -40,6 +40,7 @@ __all__ = [
     "DotaFormatError",
     "DotaObject",
     "parse_dota_labels",
+    "parse_label_folder",
     "find_dota_images",
     "pair_dota_files",
     "read_image",
@@ -157,6 +158,20 @@ def parse_dota_labels(
                     raise
                 skipped.append(str(e))
     return objects
+
+
+def parse_label_folder(
+    labels_dir: Union[str, Path], stems: Sequence[str]
+) -> Dict[str, Tuple[Path, List[DotaObject]]]:
+    """stem -> (label file, its objects) for the DOTA label files ``labels_dir/<stem>.txt`` of ``stems``;
+    FileNotFoundError naming a missing one. Objects as ``parse_dota_labels`` reads them (horizontal mode)."""
+    labels = {}
+    for stem in stems:
+        path = Path(labels_dir) / f"{stem}.txt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no label file for image {stem}")
+        labels[stem] = (path, parse_dota_labels(path))
+    return labels
 
 
 def find_dota_images(images_dir: Union[str, Path]) -> Dict[str, Path]:

@@ -28,7 +28,7 @@ from detectron2.utils import comm
 from ..data.dota import (
     DotaFormatError,
     load_dota_patches,
-    parse_dota_labels,
+    parse_label_folder,
     read_image_records,
     read_split_info,
 )
@@ -153,14 +153,10 @@ def ground_truth_from_labels(
 ) -> Dict[str, GroundTruth]:
     """Ground truth of ``images`` (stems) read from DOTA label files ``labels_dir/<stem>.txt``."""
     class_ids = {c: i for i, c in enumerate(classes)}
-    gts = {}
-    for stem in images:
-        path = Path(labels_dir) / f"{stem}.txt"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no label file for image {stem}")
-        objects = [(o.bbox, o.category, o.difficult, o.line) for o in parse_dota_labels(path)]
-        gts[stem] = _ground_truth(objects, class_ids, str(path))
-    return gts
+    return {
+        stem: _ground_truth([(o.bbox, o.category, o.difficult, o.line) for o in objs], class_ids, str(path))
+        for stem, (path, objs) in parse_label_folder(labels_dir, images).items()
+    }
 
 
 def task_of_dataset(dataset_name: str) -> int:

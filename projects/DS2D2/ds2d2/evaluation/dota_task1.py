@@ -18,7 +18,7 @@ from typing import Dict, List, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from ..data.dota import DotaFormatError, parse_dota_labels
+from ..data.dota import DotaFormatError, parse_label_folder
 from ..rotated.boxes import rotated_boxes_to_polygons
 from .dota_ap import Detections, Objects, devkit_average_precision
 from .polygon_iou import pairwise_polygon_iou
@@ -116,14 +116,10 @@ def polygon_ground_truth_from_labels(
 ) -> Dict[str, Objects]:
     """Polygon ground truth of ``images`` (stems) read from DOTA label files ``labels_dir/<stem>.txt``."""
     class_ids = {c: i for i, c in enumerate(classes)}
-    gts = {}
-    for stem in images:
-        path = Path(labels_dir) / f"{stem}.txt"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no label file for image {stem}")
-        objs = parse_dota_labels(path)
-        gts[stem] = _objects(
+    return {
+        stem: _objects(
             [o.polygon for o in objs], [o.category for o in objs], [o.difficult for o in objs],
             [o.line for o in objs], class_ids, str(path),
         )
-    return gts
+        for stem, (path, objs) in parse_label_folder(labels_dir, images).items()
+    }
