@@ -29,6 +29,7 @@ from ds2d2.data.synthetic import (
     write_synthetic_dota,
 )
 from ds2d2.engine import Trainer
+from ds2d2.families import family_for
 from ds2d2.modeling import RotatedRetinaNet
 from ds2d2.modeling.rotated_retinanet import nearest_spelling
 from ds2d2.rotated.boxes import rotated_boxes_to_polygons
@@ -554,3 +555,21 @@ def test_train_net_trains_and_evaluates_on_own_oriented_data(config, kind, orien
     again = TRAIN_NET.main(train_net_args(config, tmp_path / "eval", [
         *opts, "MODEL.WEIGHTS", tmp_path / "train" / "model_final.pth"], flags=["--eval-only"]))
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)  # NaN == NaN there
+
+
+@pytest.mark.parametrize(
+    "detector, heads", [("RotatedRetinaNet", "StandardROIHeads"), ("GeneralizedRCNN", "RROIHeads")]
+)
+def test_distilling_a_rotated_detector_is_refused_before_anything_is_built(detector, heads):
+    """A rotated student used to build the distiller (teacher loaded) and crash at its first step."""
+    cfg = load_config(str(CONFIGS / "synthetic/retinanet_R50_to_R18.yaml"), register=False)
+    cfg.MODEL.DS2D2.DETECTOR, cfg.MODEL.ROI_HEADS.NAME = detector, heads
+    with pytest.raises(ValueError, match=r"MODEL\.DS2D2\.DETECTOR .*predicts rotated boxes"):
+        check_config(cfg, datasets=())
+
+
+def test_the_families_refuse_a_rotated_detector_by_key():
+    cfg = load_config(str(CONFIGS / "synthetic/rotated_retinanet_R18_student.yaml"),
+                      ["MODEL.DEVICE", "cpu"], register=False)
+    with pytest.raises(ValueError, match=r"MODEL\.DS2D2\.DETECTOR .*RotatedRetinaNet of rotated boxes"):
+        family_for(build_model(cfg))

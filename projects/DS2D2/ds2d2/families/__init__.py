@@ -4,7 +4,10 @@ line in ``family_for`` (docs/baselines.md, "Adding a detector family")."""
 from typing import Optional, Sequence
 
 from detectron2.modeling import GeneralizedRCNN, RetinaNet
+from detectron2.modeling.roi_heads import RROIHeads
 from torch import nn
+
+from ..modeling.rotated_retinanet import RotatedRetinaNet
 
 from .base import DetectorFamily, HeadPredictions
 from .rcnn import RCNNFamily, RoITargets
@@ -13,7 +16,14 @@ from .retinanet import AnchorTargets, RetinaNetFamily
 
 def family_for(detector: nn.Module, levels: Optional[Sequence[str]] = None) -> DetectorFamily:
     """The family of ``detector`` (a RetinaNet, or a GeneralizedRCNN with StandardROIHeads), its head run on
-    ``levels`` (None: the head's own input levels)."""
+    ``levels`` (None: the head's own input levels). Detectors of rotated boxes have no family yet."""
+    heads = getattr(detector, "roi_heads", None)
+    if isinstance(detector, RotatedRetinaNet) or isinstance(heads, RROIHeads):
+        raise ValueError(
+            f"MODEL.DS2D2.DETECTOR / the teacher's config builds a {type(detector).__name__} of rotated "
+            "boxes; distilling rotated detectors is not supported yet (the distiller's families are "
+            "horizontal)."
+        )
     if isinstance(detector, RetinaNet):
         return RetinaNetFamily(detector, levels)
     if isinstance(detector, GeneralizedRCNN):
