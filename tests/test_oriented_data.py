@@ -162,15 +162,19 @@ def test_oriented_reading_refuses_unusable_polygons(tmp_path, line, problem):
     assert len(parse_dota_labels(label, skipped=skipped, boxes="oriented")) == 1 and len(skipped) == 1
 
 
-def test_a_collinear_label_split_for_horizontal_boxes_is_named_when_read_oriented(tmp_path):
+@pytest.mark.parametrize("bad, problem", [
+    ("20 20 40 40 60 60 30 30 plane 0", "degenerate"),  # collinear
+    ("20 20 60 40 60 20 20 40 plane 0", "self-intersecting"),  # a bow tie: its rectangle would hide it
+])
+def test_an_unusable_label_split_for_horizontal_boxes_is_named_when_read_oriented(tmp_path, bad, problem):
     write_dota_folder(tmp_path / "src", sizes=((200, 150),))
     label = tmp_path / "src" / "labelTxt" / "P0000.txt"
-    lines = label.read_text().splitlines() + ["20 20 40 40 60 60 30 30 plane 0"]
+    lines = label.read_text().splitlines() + [bad]
     label.write_text("\n".join(lines) + "\n")
     split_dota(tmp_path / "src", tmp_path / "dst", settings=SETTINGS, num_workers=1, progress=False)
     assert load_dota_patches(tmp_path / "dst")
     with pytest.raises(DotaFormatError, match=rf"P0000.json: object at line {len(lines)} of P0000's label "
-                                              r"file has a degenerate polygon"):
+                                              rf"file has the polygon .*{problem}"):
         load_dota_patches(tmp_path / "dst", boxes="oriented")
 
 

@@ -305,15 +305,17 @@ def _check_oriented_split(root: Union[str, Path], info: dict) -> None:
 
 
 def _oriented_annotation(annotation: dict, record: dict, root: Union[str, Path]) -> dict:
-    """The XYWHA_ABS annotation of one kept object; an error naming the object's label line when its box is
-    degenerate (a collinear polygon, which the horizontal reading accepts)."""
+    """The XYWHA_ABS annotation of one kept object; an error naming the object's label line when its labelled
+    quadrilateral is unusable (collinear, self-intersecting: the horizontal reading of a split accepts them)
+    or its box degenerate."""
     rbox = [float(v) for v in annotation["rbox"]]
-    if not rbox[2] * rbox[3] > 0:
-        obj = record["objects"][annotation["object"]]
+    obj = record["objects"][annotation["object"]]
+    problem = quadrilateral_problem(obj["polygon"]) or (None if rbox[2] * rbox[3] > 0 else "zero area")
+    if problem is not None:
         raise DotaFormatError(
             f"{Path(root) / RECORDS_DIR / (record['image'] + '.json')}: object at line {obj['line']} of "
-            f"{record['image']}'s label file has a degenerate polygon {obj['polygon']} (zero area): no "
-            "oriented box. Fix the label, then split again (prepare_dota.py --boxes oriented checks labels)"
+            f"{record['image']}'s label file has the polygon {obj['polygon']} ({problem}): no oriented box. "
+            "Fix the label, then split again (prepare_dota.py --boxes oriented checks labels)"
         )
     return {"bbox": rbox, "bbox_mode": BoxMode.XYWHA_ABS}
 
