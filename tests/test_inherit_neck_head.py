@@ -21,6 +21,7 @@ from conftest import REPO, random_batch, tiny_cfg, tiny_stages
 from ds2d2.checks import check_config
 from ds2d2.config import load_config
 from ds2d2.engine import Trainer
+from ds2d2.meta_arch.inherit import inherit_teacher_neck_head
 from ds2d2.teacher import resolve_teacher_config
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -116,6 +117,16 @@ def test_a_narrower_student_is_refused_naming_the_key(tmp_path, detector, narrow
     cfg = distiller_cfg(tmp_path, detector, "FGD", inherit=True, student_opts=narrow)
     with pytest.raises(ValueError, match=f"{KEY}: none of the teacher's FPN / head weights"):
         build_model(cfg)
+
+
+def test_a_teacher_of_the_other_kind_is_refused_naming_the_key():
+    """Across kinds only the FPN (and a few lateral biases) would fit, no head tensor."""
+    retinanet = build_model(tiny_cfg("RetinaNet"))
+    rcnn = build_model(tiny_cfg("GeneralizedRCNN"))
+    for student, teacher in ((retinanet, rcnn), (rcnn, retinanet)):
+        expected = f"{KEY}: the student is a {type(student).__name__}, the teacher"
+        with pytest.raises(ValueError, match=expected):
+            inherit_teacher_neck_head(student, teacher)
 
 
 def test_a_non_boolean_is_refused_naming_the_key(tmp_path):

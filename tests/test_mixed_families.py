@@ -237,6 +237,7 @@ def test_mixed_config_pairs_the_other_kinds_teacher_with_the_students_recipe(pat
     teacher_cfg = load_config(str(REPO / ds.TEACHER_CONFIG), register=False)
     assert (ds.DETECTOR, teacher_cfg.MODEL.META_ARCHITECTURE) == (KIND[s_kind], KIND[t_kind])
     assert cfg.OUTPUT_DIR == "output/" + path[len("configs/"):-len(".yaml")]
+    assert ds.INHERIT_TEACHER_NECK_HEAD is False  # refused across kinds (the same-family FGD/MGD set it)
     if method in ("", "deploy"):
         student_recipe = load_config(str(REPO / same_family_config(dataset, s_kind, depth, "_" * bool(method)
                                                                    + method)), register=False)

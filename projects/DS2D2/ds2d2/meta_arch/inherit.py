@@ -25,6 +25,13 @@ def inherit_teacher_neck_head(student: nn.Module, teacher: nn.Module) -> Tuple[L
     (a tensor of 2 or more dimensions) fits, e.g. a student whose FPN is narrower than the teacher's: copying
     a few bias vectors alone would not be inheriting the neck and head.
     """
+    if type(student) is not type(teacher):
+        raise ValueError(
+            f"{INHERIT_KEY}: the student is a {type(student).__name__}, the teacher a "
+            f"{type(teacher).__name__}; a neck and head are inherited from a teacher of the student's kind "
+            "only (across kinds no head tensor has the student's name, and the FPN would be inherited "
+            "alone). Set the key False for a mixed pair."
+        )
     if not all(hasattr(m.backbone, "bottom_up") for m in (student, teacher)):
         raise ValueError(f"{INHERIT_KEY} needs FPN backbones (a 'bottom_up' network under an FPN neck).")
     target = student.state_dict()
