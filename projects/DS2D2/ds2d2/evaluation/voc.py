@@ -280,8 +280,9 @@ class VOCDetectionEvaluator(DatasetEvaluator):
 class RotatedVOCDetectionEvaluator(VOCDetectionEvaluator):
     """``VOCDetectionEvaluator`` for oriented boxes (DIOR-R, ``diorr_*``): predictions ``pred_boxes`` are
     RotatedBoxes, ground truth XYWHA_ABS (an XYXY_ABS or XYWH_ABS annotation counts as angle 0), IoU the
-    exact rotated one (``rotated_pairwise_iou``), a hit at IoU >= 0.5. VOC07 11-point AP by default, as
-    DIOR-R papers report it (module docstring).
+    exact rotated one (``rotated_pairwise_iou``), a hit at IoU >= 0.5. VOC07 11-point AP by default (as
+    DIOR-R papers report it, module docstring); the trainer passes ``TEST.VOC_USE_07_METRIC``, which every
+    rotated config sets True.
 
     ``evaluate()`` returns ``{"voc_rotated_ap50": {"mAP50": float, "AP50-<class>": float, ...}}`` in percent.
     """
