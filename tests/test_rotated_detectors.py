@@ -576,7 +576,9 @@ def test_the_families_refuse_a_rotated_detector_by_key():
 
 
 VOC_ROTATED_CONFIGS = sorted(
-    str(p.relative_to(CONFIGS)) for folder in ("DIOR-R", "synthetic") for p in (CONFIGS / folder).glob("rotated_*")
+    str(path.relative_to(CONFIGS))
+    for folder in ("DIOR-R", "synthetic")
+    for path in (CONFIGS / folder).glob("rotated_*")
 )
 
 
