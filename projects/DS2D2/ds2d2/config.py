@@ -47,7 +47,8 @@ def add_ds2d2_config(cfg: CN) -> None:
     # Wavelet basis of the one-level DWT (any discrete wavelet of PyWavelets: "haar", "db2", "sym4", ...).
     # "haar" uses an exact fast path; the others go through pytorch_wavelets.
     _C.MODEL.DS2D2.WAVELET = "haar"
-    # FPN levels compared between teacher and student (empty: the student head's input levels).
+    # FPN levels compared between teacher and student (empty: every level both FPNs have at the same stride:
+    # all of the student's for a same-family pair, P3-P6 for a mixed one).
     _C.MODEL.DS2D2.IN_FEATURES = []
     # One 1x1 adapter (no bias) shared by all levels, as the authors do; False: one adapter per level.
     _C.MODEL.DS2D2.SHARE_ADAPTER = True

@@ -24,7 +24,7 @@ Keys per format (defaults in brackets; relative paths are taken from ROOT, ROOT 
   be neither collinear nor self-intersecting; one CACHE serves both]. Split
   into patches in CACHE on first use (``split_dota``, resumable; every image's header is checked first, and
   one of more than the config's ``INPUT.MAX_PIXELS`` pixels is refused naming the file), registered as a patch
-  set, evaluated with COCO AP on patches + DOTA Task 2 on full images.
+  set, evaluated with COCO AP on patches + DOTA Task 2 on full images (Task 1 with ``BOXES: oriented``).
 """
 
 import copy
