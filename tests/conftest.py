@@ -8,6 +8,7 @@ import pytest
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import HookBase
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -166,3 +167,14 @@ def assert_step_leaves_teacher(model: torch.nn.Module, losses: Dict, saved_prefi
     assert all(p.grad is None for p in model.teacher.parameters())
     assert all(torch.equal(v, teacher[k]) for k, v in model.teacher.state_dict().items())
     assert all(k.startswith(tuple(saved_prefixes)) for k in model.state_dict())
+
+
+class CrashAt(HookBase):
+    """Raises before iteration ``at``, like a process that dies there."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def before_step(self):
+        if self.trainer.iter == self.at:
+            raise RuntimeError("simulated crash")

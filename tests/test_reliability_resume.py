@@ -7,8 +7,8 @@ import time
 
 import pytest
 import torch
-from detectron2.engine import HookBase
 
+from conftest import CrashAt
 from ds2d2.engine import Trainer
 from reliability_setup import (
     ROOT,
@@ -100,17 +100,6 @@ def test_sigkilled_distiller_resumes_exactly(data_root, tmp_path):
 
     metrics = [json.loads(line) for line in (crashed / "metrics.json").read_text().splitlines()]
     assert metrics[-1]["iteration"] == 5
-
-
-class CrashAt(HookBase):
-    """Raises before iteration ``at``, like a process that dies there."""
-
-    def __init__(self, at: int):
-        self.at = at
-
-    def before_step(self):
-        if self.trainer.iter == self.at:
-            raise RuntimeError("simulated crash")
 
 
 def test_faster_rcnn_random_sampling_repeats_after_resume(data_root, tmp_path, single_torch_thread):

@@ -12,13 +12,13 @@ import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import HookBase, default_argument_parser
+from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, Instances, RotatedBoxes
 from detectron2.utils.events import EventStorage
 
-from conftest import load_script, tiny_stages
+from conftest import CrashAt, load_script, tiny_stages
 from ds2d2.checks import check_config
 from ds2d2.config import load_config
 from ds2d2.data.own import register_own_datasets
@@ -294,17 +294,6 @@ def test_train_net_trains_a_rotated_detector_and_writes_a_plain_checkpoint(confi
     assert "model" not in loaded  # consumed: nothing left unloaded
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, checkpoint["model"][key], msg=key)
-
-
-class CrashAt(HookBase):
-    """Raises before iteration ``at``, like a process that dies there."""
-
-    def __init__(self, at: int):
-        self.at = at
-
-    def before_step(self):
-        if self.trainer.iter == self.at:
-            raise RuntimeError("simulated crash")
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ import math
 import os
 import xml.etree.ElementTree as ET
 from functools import partial
-from typing import Callable, Dict, List, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple, Union
 
 import defusedxml
 import defusedxml.ElementTree
@@ -187,6 +187,19 @@ def _parse_box(obj: ET.Element, where: str, name: str) -> List[float]:
     return [xmin - 1.0, ymin - 1.0, xmax, ymax]
 
 
+def _known_objects(
+    root: ET.Element, xml_file: str, class_to_id: Dict[str, int]
+) -> Iterator[Tuple[ET.Element, str, str]]:
+    """(element, "<file> object #i" for errors, class name) of each <object> of a VOC XML; an unknown class is
+    a ValueError naming the file and the object."""
+    for index, obj in enumerate(root.findall("object")):
+        where = f"{xml_file} object #{index}"
+        name = _text(obj, "name", where)
+        if name not in class_to_id:
+            raise ValueError(f"{where}: unknown class {name!r}; known classes: {list(class_to_id)}")
+        yield obj, where, name
+
+
 def _numbers(node: ET.Element, tags: Sequence[str], where_missing: str, where: str) -> List[float]:
     """The finite numbers in the children ``tags`` of ``node``; a missing, non-numeric or non-finite one is a
     ValueError naming ``where`` (``where_missing`` for a missing child) and the tag."""
@@ -232,11 +245,7 @@ def _oriented_annotations(
     """The XYWHA_ABS annotations of a DIOR-R XML and the number of boxes dropped as wholly outside the
     image."""
     polygons, kept = [], []
-    for index, obj in enumerate(root.findall("object")):
-        where = f"{xml_file} object #{index}"
-        name = _text(obj, "name", where)
-        if name not in class_to_id:
-            raise ValueError(f"{where}: unknown class {name!r}; known classes: {list(class_to_id)}")
+    for obj, where, name in _known_objects(root, xml_file, class_to_id):
         polygon = _parse_corners(obj, where, name)
         difficult = _parse_difficult(obj, where)
         xs, ys = polygon[0::2], polygon[1::2]
@@ -262,11 +271,7 @@ def _parse_annotation(
         return record, 0, dropped
     annotations = []
     clipped = dropped = 0
-    for index, obj in enumerate(root.findall("object")):
-        where = f"{xml_file} object #{index}"
-        name = _text(obj, "name", where)
-        if name not in class_to_id:
-            raise ValueError(f"{where}: unknown class {name!r}; known classes: {list(class_to_id)}")
+    for obj, where, name in _known_objects(root, xml_file, class_to_id):
         box = _parse_box(obj, where, name)
         difficult = _parse_difficult(obj, where)
         x0, y0, x1, y1 = (
