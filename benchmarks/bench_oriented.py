@@ -32,8 +32,8 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_accuracy import load_config, schedule, training_log  # noqa: E402
-from benchmarks.common import ROOT, RESULTS, bar_plot, command_line, machine_line, markdown_table  # noqa: E402
-from benchmarks.common import set_threads, write_csv, write_report  # noqa: E402
+from benchmarks.common import ROOT, RESULTS, bar_plot, command_line, machine_line  # noqa: E402
+from benchmarks.common import markdown_table, set_threads, write_csv, write_report  # noqa: E402
 
 DETECTORS = ("retinanet", "faster_rcnn")
 KINDS = ("horizontal", "oriented")
@@ -56,7 +56,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--student-lr-x", nargs="+", default=[], metavar="DETECTOR=X",
                    help=f"the R-18's SOLVER.BASE_LR multiplier (default {STUDENT_LR_X})")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--num-images", type=int, default=1000, help="synthetic images (50%% train, 20%% val, 30%% test)")
+    p.add_argument("--num-images", type=int, default=1000,
+                   help="synthetic images (50%% train, 20%% val, 30%% test)")
+    p.add_argument("--workers", type=int, default=1, help="DATALOADER.NUM_WORKERS")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads of every training process")
     p.add_argument("--work", default=os.path.join(ROOT, "output", "benchmarks", "oriented"))
@@ -107,16 +109,15 @@ def run_training(args: argparse.Namespace, run: Dict, data_root: str) -> None:
     cmd += run["opts"] + [
         "DATASETS.TRAIN", f"('{data}_train',)", "DATASETS.TEST", f"('{data}_val', '{data}_test')",
         "TEST.VOC_USE_07_METRIC", "True", "SOLVER.IMS_PER_BATCH", str(args.batch),
-        "DATALOADER.NUM_WORKERS", "1", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", run["output"],
+        "DATALOADER.NUM_WORKERS", str(args.workers), "MODEL.DEVICE", "cpu", "OUTPUT_DIR", run["output"],
     ]
     env = dict(os.environ, DETECTRON2_DATASETS=data_root)
     start = time.time()
     with open(os.path.join(run["output"], "stdout.txt"), "a") as log:
         subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-    for name in ("model_final.pth",) + tuple(f for f in os.listdir(run["output"]) if f.startswith("model_0")):
-        path = os.path.join(run["output"], name)
-        if os.path.isfile(path):
-            os.remove(path)  # keep the work folder small: nothing here reuses the weights
+    for name in os.listdir(run["output"]):
+        if name.startswith("model_") and name.endswith(".pth"):
+            os.remove(os.path.join(run["output"], name))  # keep the work folder small: nothing reuses them
     with open(os.path.join(run["output"], "bench_time.json"), "w") as f:
         json.dump({"seconds": time.time() - start, "resumed": "--resume" in cmd}, f)
 
@@ -167,14 +168,15 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
     lr = ", ".join(f"{d} x{x:g}" for d, x in args.lr_x.items())
     notes = (f"mAP50: the DOTA devkit's rules (VOC07 11-point AP50, difficult objects ignored) on "
              f"{DATASET['oriented']}_test with the rotated IoU (Task 1) for oriented boxes, on "
-             f"{DATASET['horizontal']}_test with the box IoU (Task 2) for horizontal ones; val_mAP50 the same on "
-             f"val; AP: COCO-style AP@[.5:.95] (RotatedCOCOEvaluator for oriented boxes). Mean ± std over seeds "
-             f"{args.seeds}. Every run {args.iters} iterations, batch {args.batch}, 128 px, {args.num_images} "
-             f"images, from scratch; R-50 at its config's learning rate, R-18 at its config's times ({lr}). "
+             f"{DATASET['horizontal']}_test with the box IoU (Task 2) for horizontal ones; val_mAP50 the "
+             f"same on val; AP: COCO-style AP@[.5:.95] (RotatedCOCOEvaluator for oriented boxes). Mean ± std "
+             f"over seeds {args.seeds}. Every run {args.iters} iterations, batch {args.batch}, 128 px, "
+             f"{args.num_images} images, from scratch; R-50 at its config's learning rate, R-18 at its "
+             f"config's times ({lr}). "
              f"s_per_it: median training seconds per iteration of the fastest seed on this shared machine. "
              f"Command: python benchmarks/bench_oriented.py {args.command}")
-    text = write_report(os.path.join(args.results, "oriented.md"),
-                        "Rotated detectors and their horizontal twins on synthetic data", machine, table, notes)
+    title = "Rotated detectors and their horizontal twins on synthetic data"
+    text = write_report(os.path.join(args.results, "oriented.md"), title, machine, table, notes)
     if summary:
         labels = [f"{e['detector']} {e['model']}" for e in summary if e["boxes"] == summary[0]["boxes"]]
         series = {kind: [e["mAP50"] for e in summary if e["boxes"] == kind] for kind in KINDS}
@@ -204,7 +206,8 @@ def main(argv: Optional[List[str]] = None) -> str:
         for i, run in enumerate(mine, 1):
             if os.path.isfile(os.path.join(run["output"], "eval_results.json")):
                 continue
-            print(f"[{time.strftime('%H:%M:%S')}] run {i}/{len(mine)}: {run['group']}/{run['name']}", flush=True)
+            now = time.strftime("%H:%M:%S")
+            print(f"[{now}] run {i}/{len(mine)}: {run['group']}/{run['name']}", flush=True)
             run_training(args, run, data_root)
             report(args, [r for r in map(read_result, runs) if r is not None], machine)
     text = report(args, [r for r in map(read_result, runs) if r is not None], machine)

@@ -76,3 +76,24 @@ def test_bench_accuracy_run_names_carry_the_schedule():
     assert weights["MODEL.DS2D2.LOSS.IMPLICIT_HIGH"] == "1.0"
     with pytest.raises(SystemExit):
         bench_accuracy.parse_args(["--implicit-weight", "faster_rcnn"])
+
+
+@pytest.mark.slow
+def test_bench_oriented_tiny_scores_both_box_kinds(tmp_path, capsys):
+    from benchmarks import bench_oriented
+
+    argv = ["--detectors", "retinanet", "--seeds", "1", "--iters", "2", "--batch", "1", "--num-images", "10",
+            "--workers", "0", "--threads", "1", "--work", str(tmp_path / "work"),
+            "--results", str(tmp_path / "results")]
+    bench_oriented.main(argv)
+    rows = check_outputs(tmp_path / "results", "oriented", 4)
+    assert [(r["model"], r["boxes"]) for r in rows] == [
+        ("R50", "horizontal"), ("R50", "oriented"), ("R18", "horizontal"), ("R18", "oriented")]
+    assert all(0.0 <= float(r["mAP50"]) <= 100.0 for r in rows)
+    with open(tmp_path / "results" / "oriented_runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    weights = [n for _, _, files in os.walk(tmp_path / "work") for n in files if n.startswith("model_")]
+    assert not weights, "the runs' checkpoints are deleted once scored"
+    capsys.readouterr()
+    bench_oriented.main(argv + ["--tables"])  # rewrites the tables from the finished runs, trains nothing
+    assert "| retinanet | R18 | oriented |" in capsys.readouterr().out
