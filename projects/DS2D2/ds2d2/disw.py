@@ -1,16 +1,27 @@
 """Density-Independent Scale Weight (DISW): per-cell weights for the explicit (wavelet-band) loss.
 
 Background weighs 1 and every ground-truth box adds 1/A to each of the A cells it covers, so each object adds
-1 in total whatever its size and overlapping objects add up. The maps of all requested grids (one per FPN
-level) are built together: a 2-D difference array per grid and image, laid end to end in one buffer, gets
-four signed corner updates per box and grid in one scatter, then two cumulative sums per grid give the maps.
-O(boxes x grids + cells), no Python loop over boxes or images, and no host/device synchronisation.
+1 in total whatever its size and overlapping objects add up. Which cells a box covers depends on its kind
+(all images of a batch hold the same kind):
+
+- horizontal boxes [N_i, 4] (x0, y0, x1, y1): the columns floor(x0*w/W_in) .. ceil(x1*w/W_in) and the rows
+  likewise, inclusive, clamped to the grid. The maps of all requested grids are built together: a 2-D
+  difference array per grid and image, laid end to end in one buffer, gets four signed corner updates per box
+  and grid in one scatter, then two cumulative sums per grid give the maps. O(boxes x grids + cells), no
+  Python loop over boxes or images, and no host/device synchronisation.
+- rotated boxes [N_i, 5] (cx, cy, w, h, angle in degrees CCW, Detectron2's XYWHA): the cells the box overlaps
+  with positive area (a zero-area box meeting no open cell: the cell of its centre), see
+  ``ds2d2.rotated.cells.oriented_box_cells``; A is the number of those cells inside the grid, so every object
+  reaching the grid adds exactly 1 whatever its size, crowding or angle. One scatter per grid over the
+  (box, cell) pairs; one host synchronisation per grid (counting the candidate pairs).
 """
 import itertools
 from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+from ds2d2.rotated.cells import oriented_box_cells
 
 __all__ = ["disw_map", "disw_maps"]
 
@@ -21,19 +32,50 @@ def _pair(value: Sequence[int], name: str) -> Tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-def _check_boxes(boxes: Sequence[Tensor]) -> None:
+def _check_boxes(boxes: Sequence[Tensor]) -> int:
+    """The boxes' width (4: xyxy, 5: XYWHA), the same for every image."""
     if len(boxes) == 0:
-        raise ValueError("disw_map: boxes is empty; pass one [N_i, 4] tensor per image (N_i may be 0)")
+        raise ValueError(
+            "disw_map: boxes is empty; pass one [N_i, 4] tensor per image (xyxy; or one [N_i, 5] XYWHA "
+            "tensor per image for rotated boxes; N_i may be 0)"
+        )
     for i, image_boxes in enumerate(boxes):
-        if not isinstance(image_boxes, Tensor) or image_boxes.dim() != 2 or image_boxes.shape[1] != 4:
+        is_matrix = isinstance(image_boxes, Tensor) and image_boxes.dim() == 2
+        if not is_matrix or image_boxes.shape[1] not in (4, 5):
             got = tuple(image_boxes.shape) if isinstance(image_boxes, Tensor) else type(image_boxes).__name__
             raise ValueError(
-                f"disw_map: boxes[{i}] must be an [N, 4] xyxy tensor (use Boxes.tensor), got {got}"
+                f"disw_map: boxes[{i}] must be an [N, 4] xyxy or [N, 5] XYWHA tensor (use Boxes.tensor or"
+                f" RotatedBoxes.tensor), got {got}"
+            )
+        if image_boxes.shape[1] != boxes[0].shape[1]:
+            raise ValueError(
+                f"disw_map: boxes[{i}] has shape {tuple(image_boxes.shape)} but boxes[0] "
+                f"{tuple(boxes[0].shape)}; pass one kind of box (xyxy or XYWHA) for the whole batch"
             )
         if image_boxes.device != boxes[0].device:
             raise ValueError(
                 f"disw_map: boxes[{i}] is on {image_boxes.device}, boxes[0] on {boxes[0].device}"
             )
+    return int(boxes[0].shape[1])
+
+
+def _oriented_disw_maps(
+    boxes: Sequence[Tensor], image_size: Tuple[int, int], sizes: Sequence[Tuple[int, int]]
+) -> List[Tensor]:
+    """The maps of [N_i, 5] XYWHA boxes: per grid, each box's covered cells get 1 / (their number)."""
+    device = boxes[0].device
+    all_boxes = torch.cat(list(boxes))
+    image_index = torch.cat(
+        [torch.full((b.shape[0],), i, dtype=torch.long, device=device) for i, b in enumerate(boxes)]
+    )
+    maps = []
+    for h, w in sizes:
+        box, cell = oriented_box_cells(all_boxes, image_size, (h, w))
+        count = torch.bincount(box, minlength=all_boxes.shape[0]).to(torch.float64)
+        density = torch.zeros(len(boxes) * h * w, dtype=torch.float64, device=device)
+        density.index_add_(0, image_index[box] * (h * w) + cell, 1.0 / count[box])
+        maps.append((1.0 + density).to(torch.float32).view(len(boxes), 1, h, w))
+    return maps
 
 
 def disw_maps(
@@ -42,7 +84,8 @@ def disw_maps(
     """DISW maps of one batch for several grids (e.g. the band grids of every FPN level) at once.
 
     Args:
-        boxes: one [N_i, 4] tensor per image, xyxy in input pixels (N_i may be 0), all on one device.
+        boxes: one tensor per image (N_i may be 0), all on one device and of one kind: [N_i, 4] xyxy or
+            [N_i, 5] XYWHA (angle in degrees CCW), in input pixels.
         image_size: (H_in, W_in) of the padded batch fed to the backbone, in pixels.
         map_sizes: the (h, w) of each grid.
 
@@ -50,14 +93,17 @@ def disw_maps(
         per grid, [B, 1, h, w] float32 on the boxes' device: ``1 + sum over boxes covering a cell of 1 / A``,
         A being the box's cell area. A box covers the columns max(0, floor(x0*w/W_in)) ..
         min(w-1, ceil(x1*w/W_in)) and the rows likewise (inclusive); boxes left with no covered cell after
-        clamping add nothing. Cell indices and sums are computed in float64 so that thresholds are exact and
-        weights do not drift.
+        clamping add nothing. A rotated box covers the cells it overlaps with positive area and A is their
+        number (module docstring). Cell indices and sums are computed in float64 so that thresholds are exact
+        and weights do not drift.
     """
-    _check_boxes(boxes)
+    box_width = _check_boxes(boxes)
     in_h, in_w = _pair(image_size, "image_size")
     sizes = [_pair(size, f"map_sizes[{level}]") for level, size in enumerate(map_sizes)]
     if not sizes:
         raise ValueError("disw_maps: map_sizes is empty; pass at least one (h, w)")
+    if box_width == 5:
+        return _oriented_disw_maps(boxes, (in_h, in_w), sizes)
     device = boxes[0].device
     num_images = len(boxes)
 
