@@ -29,7 +29,6 @@ from ds2d2.data.synthetic import (
     write_synthetic_dota,
 )
 from ds2d2.engine import Trainer
-from ds2d2.families import family_for
 from ds2d2.modeling import RotatedRetinaNet
 from ds2d2.modeling.rotated_retinanet import nearest_spelling
 from ds2d2.rotated.boxes import rotated_boxes_to_polygons
@@ -326,8 +325,11 @@ def test_rotated_detector_resumes_exactly(config, oriented_dataset, tmp_path, si
     final = [torch.load(tmp_path / run / "model_final.pth", map_location="cpu", weights_only=True)
              for run in ("straight", "split")]
     assert final[0]["model"].keys() == final[1]["model"].keys()
+    # rtol 1e-4: run as the first test of a process, the straight run's kernels may sum in another order
+    # (seen: one of 128 BN values off by 4e-5 relative); a resume that lost state moves weights by ~1e-3.
     for key in final[0]["model"]:
-        torch.testing.assert_close(final[0]["model"][key], final[1]["model"][key], rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(final[0]["model"][key], final[1]["model"][key], rtol=1e-4, atol=1e-8,
+                                   msg=lambda m, key=key: f"{key}: {m}")
     momentum = [f["trainer"]["_trainer"]["optimizer"]["state"] for f in final]
     assert momentum[0].keys() == momentum[1].keys() and momentum[0]
     for key in momentum[0]:
@@ -544,21 +546,3 @@ def test_train_net_trains_and_evaluates_on_own_oriented_data(config, kind, orien
     again = TRAIN_NET.main(train_net_args(config, tmp_path / "eval", [
         *opts, "MODEL.WEIGHTS", tmp_path / "train" / "model_final.pth"], flags=["--eval-only"]))
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)  # NaN == NaN there
-
-
-@pytest.mark.parametrize(
-    "detector, heads", [("RotatedRetinaNet", "StandardROIHeads"), ("GeneralizedRCNN", "RROIHeads")]
-)
-def test_distilling_a_rotated_detector_is_refused_before_anything_is_built(detector, heads):
-    """A rotated student used to build the distiller (teacher loaded) and crash at its first step."""
-    cfg = load_config(str(CONFIGS / "synthetic/retinanet_R50_to_R18.yaml"), register=False)
-    cfg.MODEL.DS2D2.DETECTOR, cfg.MODEL.ROI_HEADS.NAME = detector, heads
-    with pytest.raises(ValueError, match=r"MODEL\.DS2D2\.DETECTOR .*predicts rotated boxes"):
-        check_config(cfg, datasets=())
-
-
-def test_the_families_refuse_a_rotated_detector_by_key():
-    cfg = load_config(str(CONFIGS / "synthetic/rotated_retinanet_R18_student.yaml"),
-                      ["MODEL.DEVICE", "cpu"], register=False)
-    with pytest.raises(ValueError, match=r"MODEL\.DS2D2\.DETECTOR .*RotatedRetinaNet of rotated boxes"):
-        family_for(build_model(cfg))

@@ -22,7 +22,6 @@ from .config import (
 )
 from .distill import DISTILL_TERM_REGISTRY
 from .losses import ROI_CLS_REDUCTIONS
-from .modeling.box_kind import predicts_rotated_boxes
 from .rpn import MIN_IOU_KEY, low_quality_min_iou
 from .solver import check_clip_gradients
 from .wavelet import validate_wavelet
@@ -240,12 +239,6 @@ def check_config(cfg: CfgNode, datasets: Sequence[str] = ("TRAIN", "TEST")) -> N
     _check_max_pixels(cfg)
     check_clip_gradients(cfg)
     arch = cfg.MODEL.META_ARCHITECTURE
-    if arch in ("DS2D2Amplifier", "DS2D2Distiller") and predicts_rotated_boxes(cfg):
-        raise ValueError(
-            f"MODEL.DS2D2.DETECTOR {cfg.MODEL.DS2D2.DETECTOR!r} (MODEL.ROI_HEADS.NAME "
-            f"{cfg.MODEL.ROI_HEADS.NAME!r}) predicts rotated boxes; {arch} supports horizontal-box detectors "
-            "only (distilling rotated detectors is not supported yet)."
-        )
     if arch in ("DS2D2Amplifier", "DS2D2Distiller"):
         validate_wavelet(cfg.MODEL.DS2D2.WAVELET, "MODEL.DS2D2.WAVELET")
     if arch == "DS2D2Amplifier":

@@ -59,7 +59,8 @@ class DistillStep:
 
     @property
     def gt_boxes(self) -> List[Tensor]:
-        """Per image [N_i, 4] ground-truth boxes, xyxy in input pixels."""
+        """Per image the ground-truth boxes in input pixels, as the data holds them: [N_i, 4] xyxy, or
+        [N_i, 5] XYWHA (angle in degrees) for rotated detectors, passed unchanged to DISW and FGD's masks."""
         return [g.gt_boxes.tensor for g in self.gt_instances]
 
     def teacher_bands(self, level: str, wave: str) -> Tuple[Tensor, Tensor]:

@@ -14,6 +14,9 @@ head, never the student's own predictions, which only the ground truth supervise
   at the RoIs the student sampled for its own loss (through the shared 1x1 adapters when the FPN widths
   differ). Classification KD: KL at temperature 3 (reduced as ``ROI_CLS_REDUCTION`` says); box KD: L1 on the
   deltas of the teacher's most probable class, weighted by its probability (DS2D2's RoI KD primitives).
+- Rotated RetinaNet and rotated Faster R-CNN: the same, with 5 box deltas per anchor or class; the dense box
+  KD is ProbIoU on the decoded rotated boxes and the RoI box KD the L1 on the 5 deltas (``box_kd.py``, an
+  extension: docs/method.md "Rotated boxes (extension)").
 - Across families (a RetinaNet teacher and a Faster R-CNN student, or the other way round) the student has no
   head layers that feed the teacher's: refused, naming ``MODEL.DS2D2.TERMS``.
 The teacher's own predictions are the step's (``DistillStep.teacher_predictions``), shared with other terms.
@@ -26,8 +29,9 @@ from torch import Tensor, nn
 
 from ..families import RCNNFamily, RetinaNetFamily
 from ..families.retinanet import per_anchor
-from ..losses import ROI_CLS_REDUCTIONS, dense_box_kd, dense_cls_kd, roi_box_kd, roi_cls_divisor, roi_cls_kd
+from ..losses import ROI_CLS_REDUCTIONS, dense_cls_kd, roi_cls_divisor, roi_cls_kd
 from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext
+from .box_kd import DENSE_BOX_KD, ROI_BOX_KD
 
 QFL_BETA = 1.0  # the authors' quality-focal exponent (RetinaNet classification KD)
 ROI_TEMPERATURE = 3.0  # the authors' KL temperature (Faster R-CNN classification KD)
@@ -185,16 +189,16 @@ class CrossKD(DistillTerm):
     # ------------------------------------------------------------------------------------------------------------
     def predictions(self, step: DistillStep) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """(cross-head class logits, cross-head box deltas, teacher logits, teacher deltas), the teacher's
-        constants. RetinaNet: [B*A, K] and [B*A, 4], image-major over every level's anchors (the rows of
-        ``step.targets``); Faster R-CNN: [R, K+1] and [R, 4K] (or [R, 4]) on the sampled RoIs of
-        ``step.targets``."""
+        constants. RetinaNet: [B*A, K] and [B*A, D], image-major over every level's anchors (the rows of
+        ``step.targets``); Faster R-CNN: [R, K+1] and [R, D*K] (or [R, D]) on the sampled RoIs of
+        ``step.targets``; D the family's ``box_dim`` (4, or 5 for rotated boxes)."""
         cross = self._dense_cross(step) if self.dense else self._roi_cross(step)
         teacher = step.teacher_predictions()
         return cross[0], cross[1], teacher.class_logits, teacher.box_deltas
 
     def _dense_cross(self, step: DistillStep) -> Tuple[Tensor, Tensor]:
         n, t_head = self.cross_layer, self._shared["teacher_head"]
-        dims = {"cls_subnet": self.family.num_classes, "bbox_subnet": 4}
+        dims = {"cls_subnet": self.family.num_classes, "bbox_subnet": self.family.box_dim}
         cross = {}
         for subnet, predictor in SUBNETS:
             s_blocks = self._shared["student_blocks"][subnet]
@@ -227,9 +231,9 @@ class CrossKD(DistillTerm):
                 # ignored anchors weigh 0, as in the authors' code
                 box_weight = t_logits.float().sigmoid().amax(dim=1) * valid
             cls = dense_cls_kd(c_logits, t_logits, valid, num_pos, beta=QFL_BETA)
-            box = dense_box_kd(c_boxes, t_boxes, box_weight, num_pos)
+            box = DENSE_BOX_KD[self.family.box_dim](c_boxes, t_boxes, box_weight, num_pos)
         else:
             divisor = roi_cls_divisor(self.reduction, c_logits.shape[0], targets.num_images)
             cls = roi_cls_kd(c_logits, t_logits, temperature=ROI_TEMPERATURE, divisor=divisor)
-            box = roi_box_kd(c_deltas, t_deltas, t_logits)
+            box = ROI_BOX_KD[self.family.box_dim](c_deltas, t_deltas, t_logits)
         return {"loss_crosskd_cls": self.cls_weight * cls, "loss_crosskd_box": self.box_weight * box}

@@ -3,7 +3,9 @@
 the stage-2 high-frequency head on their high-frequency parts (l4, ``LOSS.IMPLICIT_HIGH``). Both heads are of
 the teacher's kind and run at the targets of the teacher's kind (``DistillStep.teacher_targets``: the
 student's own when both are of one family; across families, docs/method.md "Mixed families"). The KD
-formulas (``ImplicitKD``) are the authors': dense for a RetinaNet teacher, RoI for a Faster R-CNN one."""
+formulas (``ImplicitKD``) are the authors': dense for a RetinaNet teacher, RoI for a Faster R-CNN one; for a
+rotated teacher the same, with the rotated box KD of ``box_kd.py`` (docs/method.md "Rotated boxes
+(extension)")."""
 import copy
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -14,10 +16,11 @@ from torch import Tensor, nn
 
 from ..checkpoint import load_state_strictly, read_checkpoint
 from ..families import AnchorTargets, DetectorFamily, HeadPredictions, RoITargets
-from ..losses import dense_box_kd, dense_cls_kd, roi_box_kd, roi_cls_divisor, roi_cls_kd
+from ..losses import dense_cls_kd, roi_cls_divisor, roi_cls_kd
 from ..teacher import freeze
 from ..wavelet import high_frequency, high_frequency_from_bands
 from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext
+from .box_kd import DENSE_BOX_KD, ROI_BOX_KD
 
 
 @dataclass
@@ -27,9 +30,11 @@ class ImplicitKD:
 
     - Anchors (RetinaNet): quality-focal classification KD (exponent ``beta``) on every non-ignored anchor
       + GIoU between the decoded boxes on every anchor (ignored ones included, as the authors), weighted by
-      sigmoid(max teacher logit); both over the positive anchors.
+      sigmoid(max teacher logit); both over the positive anchors. Rotated RetinaNet: ProbIoU in place of
+      GIoU (``box_kd.dense_rotated_box_kd``).
     - RoIs (Faster R-CNN): ``cls_weight`` * temperature KL on the class scores (reduced over the RoIs as
-      ``cls_reduction`` says) + L1 on the teacher-argmax class's deltas weighted by its probability.
+      ``cls_reduction`` says) + L1 on the teacher-argmax class's deltas weighted by its probability (5
+      deltas for rotated RoI heads: ``box_kd.roi_rotated_box_kd``).
     """
 
     beta: float
@@ -49,7 +54,7 @@ class ImplicitKD:
         if isinstance(targets, AnchorTargets):
             return self.dense(family, student, teacher, targets)
         if isinstance(targets, RoITargets):
-            return self.roi(student, teacher, targets)
+            return self.roi(family, student, teacher, targets)
         raise ValueError(
             f"DS2D2's implicit stream has no KD formula for {type(family).__name__}'s targets "
             f"({type(targets).__name__}): add one to ds2d2/distill/ds2d2_implicit.py, or leave "
@@ -64,13 +69,15 @@ class ImplicitKD:
             t_boxes = family.decode_boxes(teacher.box_deltas, targets)
             box_weight = teacher.class_logits.float().sigmoid().amax(dim=1)
         cls = dense_cls_kd(student.class_logits, teacher.class_logits, targets.valid, num_pos, beta=self.beta)
-        return cls + dense_box_kd(s_boxes, t_boxes, box_weight, num_pos)
+        return cls + DENSE_BOX_KD[family.box_dim](s_boxes, t_boxes, box_weight, num_pos)
 
-    def roi(self, student: HeadPredictions, teacher: HeadPredictions, targets: RoITargets) -> Tensor:
+    def roi(self, family: DetectorFamily, student: HeadPredictions, teacher: HeadPredictions,
+            targets: RoITargets) -> Tensor:
         s_scores, t_scores = student.class_logits, teacher.class_logits
         divisor = roi_cls_divisor(self.cls_reduction, s_scores.shape[0], targets.num_images)
         cls = roi_cls_kd(s_scores, t_scores, temperature=self.temperature, divisor=divisor)
-        return self.cls_weight * cls + roi_box_kd(student.box_deltas, teacher.box_deltas, t_scores)
+        box = ROI_BOX_KD[family.box_dim](student.box_deltas, teacher.box_deltas, t_scores)
+        return self.cls_weight * cls + box
 
 
 @DISTILL_TERM_REGISTRY.register()

@@ -12,26 +12,27 @@ from ..modeling.rotated_retinanet import RotatedRetinaNet
 from .base import DetectorFamily, HeadPredictions
 from .rcnn import RCNNFamily, RoITargets
 from .retinanet import AnchorTargets, RetinaNetFamily
+from .rotated_rcnn import RotatedRCNNFamily
+from .rotated_retinanet import RotatedRetinaNetFamily
 
 
 def family_for(detector: nn.Module, levels: Optional[Sequence[str]] = None) -> DetectorFamily:
-    """The family of ``detector`` (a RetinaNet, or a GeneralizedRCNN with StandardROIHeads), its head run on
-    ``levels`` (None: the head's own input levels). Detectors of rotated boxes have no family yet."""
-    heads = getattr(detector, "roi_heads", None)
-    if isinstance(detector, RotatedRetinaNet) or isinstance(heads, RROIHeads):
-        raise ValueError(
-            f"MODEL.DS2D2.DETECTOR / the teacher's config builds a {type(detector).__name__} of rotated "
-            "boxes; distilling rotated detectors is not supported yet (the distiller's families are "
-            "horizontal)."
-        )
+    """The family of ``detector`` (a RetinaNet, a RotatedRetinaNet, or a GeneralizedRCNN with StandardROIHeads
+    or RROIHeads), its head run on ``levels`` (None: the head's own input levels). The rotated kinds are
+    subclasses of the horizontal ones, so they are tested first."""
+    if isinstance(detector, RotatedRetinaNet):
+        return RotatedRetinaNetFamily(detector, levels)
     if isinstance(detector, RetinaNet):
         return RetinaNetFamily(detector, levels)
+    if isinstance(detector, GeneralizedRCNN) and isinstance(detector.roi_heads, RROIHeads):
+        return RotatedRCNNFamily(detector, levels)
     if isinstance(detector, GeneralizedRCNN):
         return RCNNFamily(detector, levels)
     raise ValueError(
         f"MODEL.DS2D2.DETECTOR / the teacher's MODEL.META_ARCHITECTURE builds a {type(detector).__name__}; "
-        "the distiller supports RetinaNet and GeneralizedRCNN. Another detector needs one more family file "
-        "in ds2d2/families/ (docs/baselines.md, 'Adding a detector family')."
+        "the distiller supports RetinaNet, RotatedRetinaNet and GeneralizedRCNN (StandardROIHeads or "
+        "RROIHeads). Another detector needs one more family file in ds2d2/families/ (docs/baselines.md, "
+        "'Adding a detector family')."
     )
 
 
@@ -42,5 +43,7 @@ __all__ = [
     "RCNNFamily",
     "RetinaNetFamily",
     "RoITargets",
+    "RotatedRCNNFamily",
+    "RotatedRetinaNetFamily",
     "family_for",
 ]

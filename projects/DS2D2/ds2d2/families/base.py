@@ -3,7 +3,11 @@ returns (``HeadPredictions``). A family describes a detector, nothing of any dis
 detector's own losses with the targets (matching / sampling) they used, the same targets computed without
 losses (for a teacher), its head's predictions on given features at given targets, box decoding, the class
 count and the FPN levels its head reads. Each family also has a typed targets dataclass (``AnchorTargets``
-in retinanet.py, ``RoITargets`` in rcnn.py)."""
+in retinanet.py, ``RoITargets`` in rcnn.py).
+
+Boxes have ``box_dim`` numbers: 4 for the horizontal families (xyxy, input pixels), 5 for the rotated ones
+(rotated_retinanet.py, rotated_rcnn.py: XYWHA, centre and size in input pixels, angle in degrees CCW,
+Detectron2's ``RotatedBoxes``), in their anchors, RoIs, box deltas and decoded boxes alike."""
 from dataclasses import dataclass
 from typing import Any, Dict, List, Protocol, Tuple
 
@@ -16,9 +20,10 @@ class HeadPredictions:
     """A head's outputs at one set of targets, one row per prediction.
 
     RetinaNet: one row per (image, anchor), image-major over every level's anchors, ``class_logits``
-    [B*A, K] (sigmoid logits), ``box_deltas`` [B*A, 4]. Faster R-CNN: one row per sampled RoI (images in
-    order), ``class_logits`` [R, K+1] (softmax logits, background last), ``box_deltas`` [R, 4K] (or [R, 4]
-    class-agnostic).
+    [B*A, K] (sigmoid logits), ``box_deltas`` [B*A, D]. Faster R-CNN: one row per sampled RoI (images in
+    order), ``class_logits`` [R, K+1] (softmax logits, background last), ``box_deltas`` [R, D*K] (or [R, D]
+    class-agnostic). D is the family's ``box_dim``: 4 deltas (dx, dy, dw, dh), or 5 for rotated boxes
+    (dx, dy, dw, dh, dangle in radians, Detectron2's ``Box2BoxTransformRotated``).
     """
 
     class_logits: Tensor
@@ -28,7 +33,8 @@ class HeadPredictions:
 class DetectorFamily(Protocol):
     """What the distiller and its terms need from a detector kind (see the module docstring)."""
 
-    kind: str  # the detector's meta-architecture name, e.g. "RetinaNet"
+    kind: str  # the detector's meta-architecture name, e.g. "RetinaNet" (rotated R-CNN: + "/RROIHeads")
+    box_dim: int  # numbers per box: 4 (xyxy) or 5 (XYWHA, rotated)
     head_prefix: str  # where the detector keeps its head in a state dict, e.g. "head."
     detector: nn.Module
     levels: List[str]  # the FPN levels ``predict`` reads (the head's own, or fewer: ``family_for``)
@@ -58,5 +64,6 @@ class DetectorFamily(Protocol):
         H, W], ``levels`` used) at ``targets``. Gradients flow as the caller's context allows."""
 
     def decode_boxes(self, deltas: Tensor, targets: Any) -> Tensor:
-        """``predict``'s box deltas -> boxes xyxy in input pixels, one per delta quadruple: [B*A, 4]
-        (RetinaNet, on the anchors) or [R, 4K] (Faster R-CNN, on the RoIs)."""
+        """``predict``'s box deltas -> boxes in input pixels, one per ``box_dim`` deltas: [B*A, D] (RetinaNet,
+        on the anchors) or [R, D*K] (Faster R-CNN, on the RoIs); xyxy when D = 4, XYWHA (angle in degrees)
+        when D = 5."""

@@ -17,7 +17,8 @@ from .base import HeadPredictions
 class RoITargets:
     """The RoIs of one batch, sampled against the ground truth by a RoI head's sampler.
 
-    ``rois``: per image, the sampled proposal boxes (xyxy, input pixels; R rows in all). ``num_images``: B.
+    ``rois``: per image, the sampled proposal boxes (input pixels; R rows in all): ``Boxes`` (xyxy), or
+    ``RotatedBoxes`` (XYWHA) for rotated RoI heads. ``num_images``: B.
     When the student's own loss sampled them, ``pooled`` [R, C, S, S] holds the student features it pooled
     there from ``pooled_from`` (its levels, in pooler order) with a pooler of repr ``pooler``, reused by
     ``predict`` when asked for the same tensors with an equal pooler; otherwise all three are None.
@@ -50,13 +51,15 @@ class RCNNFamily:
 
     kind = "GeneralizedRCNN"
     head_prefix = "roi_heads."
+    box_dim = 4  # box deltas per class (rotated_rcnn.py: 5)
+    roi_heads_type = StandardROIHeads  # the one RoI head class the family reads (rotated_rcnn.py: RROIHeads)
 
     def __init__(self, detector: GeneralizedRCNN, levels: Optional[Sequence[str]] = None):
         rh = detector.roi_heads
-        if type(rh) is not StandardROIHeads or rh.mask_on or rh.keypoint_on:
+        if type(rh) is not self.roi_heads_type or rh.mask_on or rh.keypoint_on:
             raise ValueError(
-                "The two-stage family needs MODEL.ROI_HEADS.NAME 'StandardROIHeads' without mask or "
-                f"keypoint heads; got {type(rh).__name__} "
+                f"The two-stage family {self.kind} needs MODEL.ROI_HEADS.NAME "
+                f"'{self.roi_heads_type.__name__}' without mask or keypoint heads; got {type(rh).__name__} "
                 f"(MASK_ON={rh.mask_on}, KEYPOINT_ON={rh.keypoint_on})."
             )
         self.detector = detector
@@ -110,9 +113,10 @@ class RCNNFamily:
         return RoITargets([p.proposal_boxes for p in sampled], len(gt_instances))
 
     def predict(self, head: nn.Module, features: Dict[str, Tensor], targets: RoITargets) -> HeadPredictions:
-        """A StandardROIHeads' box head and predictor on the ``levels`` of ``features`` pooled at the RoIs:
-        [R, K+1] scores and [R, 4K] deltas. The student's pooled features of ``targets`` are reused when
-        ``features`` are the very tensors they were pooled from with an equal pooler."""
+        """A StandardROIHeads' (RROIHeads') box head and predictor on the ``levels`` of ``features`` pooled
+        at the RoIs: [R, K+1] scores and [R, D*K] deltas (D = ``box_dim``). The student's pooled features of
+        ``targets`` are reused when ``features`` are the very tensors they were pooled from with an equal
+        pooler."""
         feats = [features[f] for f in self.levels]
         reuse = (
             targets.pooled is not None and len(feats) == len(targets.pooled_from)
@@ -124,7 +128,7 @@ class RCNNFamily:
         return HeadPredictions(scores, deltas)
 
     def decode_boxes(self, deltas: Tensor, targets: RoITargets) -> Tensor:
-        """[R, 4K] (or [R, 4]) deltas -> boxes of the same shape on the RoIs, with the predictor's
+        """[R, D*K] (or [R, D]) deltas -> boxes of the same shape on the RoIs, with the predictor's
         transform."""
-        rois = Boxes.cat(targets.rois).tensor
+        rois = type(targets.rois[0]).cat(targets.rois).tensor
         return self.detector.roi_heads.box_predictor.box2box_transform.apply_deltas(deltas, rois)

@@ -7,7 +7,7 @@ import torch
 from detectron2.layers import CycleBatchNormList
 from detectron2.modeling import RetinaNet
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
 from .base import HeadPredictions
@@ -22,9 +22,10 @@ def per_anchor(predictions: List[Tensor], dim: int) -> Tensor:
 class AnchorTargets:
     """A RetinaNet's anchors and their labels for one batch.
 
-    ``anchors`` [A, 4] xyxy in input pixels: every level's anchors of one image, in the head's order (levels,
-    then H, W, cell anchor). ``gt_labels`` [B, A]: the matched class in [0, K), K (``num_classes``) for
-    background, -1 for ignored (the matcher's between-thresholds band).
+    ``anchors`` [A, 4] xyxy (or [A, 5] XYWHA for a rotated RetinaNet) in input pixels: every level's anchors
+    of one image, in the head's order (levels, then H, W, cell anchor). ``gt_labels`` [B, A]: the matched
+    class in [0, K), K (``num_classes``) for background, -1 for ignored (the matcher's between-thresholds
+    band).
     """
 
     anchors: Tensor
@@ -43,7 +44,7 @@ class AnchorTargets:
 
     @property
     def anchors_per_row(self) -> Tensor:
-        """[B*A, 4]: the anchor of each ``HeadPredictions`` row."""
+        """[B*A, 4] (or [B*A, 5]): the anchor of each ``HeadPredictions`` row."""
         return self.anchors.repeat(self.gt_labels.shape[0], 1)
 
 
@@ -53,6 +54,7 @@ class RetinaNetFamily:
 
     kind = "RetinaNet"
     head_prefix = "head."
+    box_dim = 4  # box deltas per anchor (rotated_retinanet.py: 5)
 
     def __init__(self, detector: RetinaNet, levels: Optional[Sequence[str]] = None):
         own = list(detector.head_in_features)
@@ -88,10 +90,10 @@ class RetinaNetFamily:
         anchors = d.anchor_generator(feats)
         cls_out, box_out = d.head(feats)
         logits = [permute_to_N_HWA_K(x, d.num_classes) for x in cls_out]
-        deltas = [permute_to_N_HWA_K(x, 4) for x in box_out]
+        deltas = [permute_to_N_HWA_K(x, self.box_dim) for x in box_out]
         gt_labels, gt_boxes = d.label_anchors(anchors, gt_instances)
         losses = d.losses(anchors, logits, gt_labels, deltas, gt_boxes)
-        targets = AnchorTargets(Boxes.cat(anchors).tensor, torch.stack(gt_labels), d.num_classes)
+        targets = AnchorTargets(type(anchors[0]).cat(anchors).tensor, torch.stack(gt_labels), d.num_classes)
         predictions = HeadPredictions(
             torch.cat(logits, dim=1).flatten(0, 1), torch.cat(deltas, dim=1).flatten(0, 1)
         )
@@ -104,19 +106,20 @@ class RetinaNetFamily:
         d = self.detector
         anchors = d.anchor_generator([features[f] for f in self.levels])
         gt_labels, _ = d.label_anchors(anchors, gt_instances)
-        return AnchorTargets(Boxes.cat(anchors).tensor, torch.stack(gt_labels), d.num_classes)
+        return AnchorTargets(type(anchors[0]).cat(anchors).tensor, torch.stack(gt_labels), d.num_classes)
 
     def predict(
         self, head: nn.Module, features: Dict[str, Tensor], targets: AnchorTargets
     ) -> HeadPredictions:
-        """A RetinaNetHead on the ``levels`` of ``features``: [B*A, K] logits and [B*A, 4] deltas."""
+        """A RetinaNetHead on the ``levels`` of ``features``: [B*A, K] logits and [B*A, D] deltas (D =
+        ``box_dim``)."""
         feats = [features[f] for f in self.levels]
         if len(feats) == len(self.detector.head_in_features):
             cls_out, box_out = head(feats)
         else:  # RetinaNetHead.forward, on fewer levels than it was built for (no per-level norm: __init__)
             cls_out = [head.cls_score(head.cls_subnet(x)) for x in feats]
             box_out = [head.bbox_pred(head.bbox_subnet(x)) for x in feats]
-        logits, deltas = per_anchor(cls_out, self.num_classes), per_anchor(box_out, 4)
+        logits, deltas = per_anchor(cls_out, self.num_classes), per_anchor(box_out, self.box_dim)
         if logits.shape[1] != targets.gt_labels.shape[1]:
             raise ValueError(
                 f"The head predicts {logits.shape[1]} anchors per image on {self.levels}, the targets label "
@@ -125,5 +128,6 @@ class RetinaNetFamily:
         return HeadPredictions(logits.flatten(0, 1), deltas.flatten(0, 1))
 
     def decode_boxes(self, deltas: Tensor, targets: AnchorTargets) -> Tensor:
-        """[B*A, 4] deltas -> [B*A, 4] boxes on the anchors, with the detector's box transform."""
+        """[B*A, D] deltas -> [B*A, D] boxes on the anchors (D = ``box_dim``), with the detector's box
+        transform."""
         return self.detector.box2box_transform.apply_deltas(deltas, targets.anchors_per_row)

@@ -4,7 +4,8 @@ A detector of the teacher's kind (``MODEL.DS2D2.DETECTOR``) whose backbone is th
 FPN, frozen, with each FPN level replaced by its high-frequency part HF(F) = resize(LH + HL + HH). Only the
 heads learn, with the detector's normal losses; stage 3 keeps the trained head. With
 ``MODEL.DS2D2.AMPLIFIER_INIT: teacher`` (the default, as the authors) the heads start from the teacher's
-trained heads; with ``scratch`` they start fresh. It trains and evaluates like any detector.
+trained heads; with ``scratch`` they start fresh. It trains and evaluates like any detector, rotated ones
+included (a RotatedRetinaNet, or a GeneralizedRCNN with RROIHeads: the heads then learn the rotated boxes).
 """
 from typing import Dict
 

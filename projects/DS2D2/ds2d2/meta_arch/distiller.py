@@ -13,8 +13,9 @@ Parts:
   through ``_apply``.
 - ``student_family`` and ``teacher_family`` (``ds2d2.families``): descriptions of the two detectors (their
   losses with targets, their heads' predictions on given features). Both are RetinaNet or Faster R-CNN, of one
-  kind or not (mixed pairs, docs/method.md "Mixed families"); the levels both FPNs have at one stride are
-  the default distilled ones, logged at build.
+  kind or not (mixed pairs, docs/method.md "Mixed families"), and both of horizontal boxes or both of rotated
+  ones (RotatedRetinaNet, Faster R-CNN with RROIHeads: docs/method.md "Rotated boxes (extension)"); the
+  levels both FPNs have at one stride are the default distilled ones, logged at build.
 - with ``MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD``, the student's FPN and heads start from the teacher's where
   shapes fit (``inherit.py``), before the trainer loads ``MODEL.WEIGHTS`` (the trunk).
 
@@ -52,6 +53,21 @@ def _check_teacher_matches(student_cfg: CfgNode, teacher_cfg: CfgNode, teacher_c
     for fmt, key in ((teacher_cfg.INPUT.FORMAT, "teacher"), (student_cfg.INPUT.FORMAT, "student")):
         if fmt not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT of the {key} is {fmt!r}; the distiller supports 'RGB' and 'BGR'.")
+
+
+def _check_same_box_kind(student: DetectorFamily, teacher: DetectorFamily, teacher_source: str) -> None:
+    """A ValueError naming the keys when one detector predicts horizontal boxes and the other rotated ones:
+    their heads, targets and box KD have no common box to compare."""
+    if student.box_dim == teacher.box_dim:
+        return
+    kinds = {4: "horizontal", 5: "rotated"}
+    raise ValueError(
+        f"The student (MODEL.DS2D2.DETECTOR / MODEL.ROI_HEADS.NAME) is a {student.kind} of "
+        f"{kinds[student.box_dim]} boxes, the teacher ({teacher_source}, MODEL.DS2D2.TEACHER_CONFIG) a "
+        f"{teacher.kind} of {kinds[teacher.box_dim]} boxes: a distiller pairs detectors of one box kind. "
+        "Distil a rotated student (RotatedRetinaNet, or GeneralizedRCNN with ROI_HEADS.NAME 'RROIHeads') "
+        "from a rotated teacher, a horizontal one from a horizontal teacher."
+    )
 
 
 @META_ARCH_REGISTRY.register()
@@ -136,6 +152,7 @@ class DS2D2Distiller(nn.Module):
         """The teacher's family, its head run on the levels the student has at the same stride: all of its
         head's when both are of one kind (else a ValueError), the shared ones across kinds."""
         own = family_for(teacher)
+        _check_same_box_kind(self.student_family, own, source)
         readable = [f for f in own.levels if f in s_shapes and s_shapes[f].stride == t_shapes[f].stride]
         if readable == own.levels:
             return own
