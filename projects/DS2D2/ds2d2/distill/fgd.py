@@ -4,9 +4,9 @@
 With T the teacher's level [B, C, H, W], S the student's after a 1x1 align conv to the teacher's width
 (identity when the widths are equal), N the images on this process and every sum over all elements:
 - focal: the teacher's spatial attention A_s [B, 1, H, W] and channel attention A_c [B, C, 1, 1] weight the
-  squared difference, split by the foreground mask M_fg (1 / box area in cells) and the background mask M_bg
-  (1 / background cell count): ``loss_fgd_fea`` = (ALPHA * sum(M_fg A_s A_c (T - S)^2) + BETA *
-  sum(M_bg A_s A_c (T - S)^2)) / N;
+  squared difference, split by the foreground mask M_fg (1 / box area in cells; for rotated boxes the cells
+  each overlaps, as rotated DISW) and the background mask M_bg (1 / background cell count):
+  ``loss_fgd_fea`` = (ALPHA * sum(M_fg A_s A_c (T - S)^2) + BETA * sum(M_bg A_s A_c (T - S)^2)) / N;
 - attention: the student's attentions imitate the teacher's: ``loss_fgd_att`` = GAMMA * (sum|A_s^T - A_s^S|
   + sum|A_c^T - A_c^S|) / N;
 - global: a GCNet context block per side (trainable) adds each feature's global relation to it:
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
+from ..rotated.cells import oriented_box_cells
 from .base import DISTILL_TERM_REGISTRY, DistillStep, DistillTerm, TermContext, select_levels
 from .fpn_levels import conv_levels
 
@@ -44,18 +45,29 @@ def fgd_attention(feature: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
     return h * w * spatial, c * channel
 
 
-def focal_masks(
+def _oriented_foreground(
     boxes: Sequence[Tensor], image_size: Sequence[int], map_size: Sequence[int]
-) -> Tuple[Tensor, Tensor]:
-    """Foreground and background masks of one grid, each [B, 1, h, w] float32 on the boxes' device.
+) -> Tensor:
+    """[B, h, w] float64: on each cell the max over the [N_i, 5] XYWHA boxes covering it (the cells a box
+    overlaps with positive area, ``oriented_box_cells``) of 1 / (the box's number of covered cells); 0
+    elsewhere."""
+    h, w = int(map_size[0]), int(map_size[1])
+    device = boxes[0].device
+    all_boxes = torch.cat(list(boxes))
+    image_index = torch.cat(
+        [torch.full((b.shape[0],), i, dtype=torch.long, device=device) for i, b in enumerate(boxes)]
+    )
+    box, cell = oriented_box_cells(all_boxes, image_size, (h, w))
+    count = torch.bincount(box, minlength=all_boxes.shape[0]).to(torch.float64)
+    mask = torch.zeros(len(boxes) * h * w, dtype=torch.float64, device=device)
+    mask.scatter_reduce_(0, image_index[box] * (h * w) + cell, 1.0 / count[box], reduce="amax")
+    return mask.view(len(boxes), h, w)
 
-    ``boxes``: per image [N_i, 4] xyxy in the pixels of the padded input ``image_size`` (H_in, W_in). A box
-    spans the columns floor(x0*w/W_in) .. ceil(x1*w/W_in) and the rows likewise (inclusive); its area in cells
-    counts that whole span, as the authors' code, while it covers only the span's cells inside the grid (as
-    DISW, docs/method.md), so a box reaching the right or bottom border weighs less per cell than its clamped
-    area would give. Foreground: on each covered cell, the max over the boxes covering it of 1 / (the box's
-    area); 0 elsewhere. Background: 1 / N_bg on the N_bg cells no box covers (all 0 when every cell is).
-    """
+
+def _horizontal_foreground(
+    boxes: Sequence[Tensor], image_size: Sequence[int], map_size: Sequence[int]
+) -> Tensor:
+    """[B, h, w] float64: the authors' foreground of [N_i, 4] xyxy boxes (``focal_masks``)."""
     in_h, in_w = int(image_size[0]), int(image_size[1])
     h, w = int(map_size[0]), int(map_size[1])
     device = boxes[0].device
@@ -77,7 +89,32 @@ def focal_masks(
             covers = in_rows[:, :, None] & in_cols[:, None, :]  # [n, h, w]
             mask = torch.maximum(mask, torch.where(covers, value[part, None, None], 0.0).amax(dim=0))
         foreground.append(mask)
-    fg = torch.stack(foreground)[:, None].to(torch.float32)
+    return torch.stack(foreground)
+
+
+def focal_masks(
+    boxes: Sequence[Tensor], image_size: Sequence[int], map_size: Sequence[int]
+) -> Tuple[Tensor, Tensor]:
+    """Foreground and background masks of one grid, each [B, 1, h, w] float32 on the boxes' device.
+
+    ``boxes``: per image [N_i, 4] xyxy or (rotated detectors) [N_i, 5] XYWHA (angle in degrees CCW), one kind
+    for the whole batch, in the pixels of the padded input ``image_size`` (H_in, W_in). An xyxy box spans the
+    columns floor(x0*w/W_in) .. ceil(x1*w/W_in) and the rows likewise (inclusive); its area in cells counts
+    that whole span, as the authors' code, while it covers only the span's cells inside the grid (as DISW,
+    docs/method.md), so a box reaching the right or bottom border weighs less per cell than its clamped area
+    would give. A rotated box covers the cells it overlaps with positive area (``oriented_box_cells``, as
+    rotated DISW) and its area is their number. Foreground: on each covered cell, the max over the boxes
+    covering it of 1 / (the box's area); 0 elsewhere. Background: 1 / N_bg on the N_bg cells no box covers
+    (all 0 when every cell is).
+    """
+    widths = {int(b.shape[-1]) for b in boxes}
+    if len(widths) != 1 or not widths <= {4, 5} or any(b.dim() != 2 for b in boxes):
+        raise ValueError(
+            "FGD focal_masks: boxes must be one [N_i, 4] xyxy or [N_i, 5] XYWHA tensor per image, all of one "
+            f"kind, got shapes {[tuple(b.shape) for b in boxes]}"
+        )
+    foreground = _oriented_foreground if widths == {5} else _horizontal_foreground
+    fg = foreground(boxes, image_size, map_size)[:, None].to(torch.float32)
     bg = (fg == 0).to(torch.float32)
     return fg, bg / bg.sum(dim=(2, 3), keepdim=True).clamp(min=1)
 
