@@ -13,7 +13,7 @@ Background weighs 1 and every ground-truth box adds 1/A to each of the A cells i
   with positive area (a zero-area box meeting no open cell: the cell of its centre), see
   ``ds2d2.rotated.cells.oriented_box_cells``; A is the number of those cells inside the grid, so every object
   reaching the grid adds exactly 1 whatever its size, crowding or angle. One scatter per grid over the
-  (box, cell) pairs; one host synchronisation per grid (counting the candidate pairs).
+  (box, cell) pairs, whose number depends on the data: this path synchronises the host with the device.
 """
 import itertools
 from typing import List, Sequence, Tuple

@@ -6,7 +6,8 @@ An h x w grid laid over an (H_in, W_in) input splits it into cells of W_in / w b
 cell when the closed box meets the open cell, i.e. for a box of positive area when the two overlap with
 positive area: boxes that only touch a cell do not cover it. The test is the separating-axis theorem on the
 cell's two axes (x, y) and the box's two (its width and height directions) with strict inequalities, in
-float64, with cos and sin of the multiples of 90 degrees taken exactly (so axis-aligned boxes on cell borders
+float64 (the cell's axes as the range of columns and rows a box's extent spans, the box's axes cell by
+cell), with cos and sin of the multiples of 90 degrees taken exactly (so axis-aligned boxes on cell borders
 are decided exactly). A box that meets no open cell (a zero-size point or segment on cell borders) but whose
 centre lies in the grid covers the cell of its centre. So every box whose centre is inside the input covers at
 least one cell, and so does every box of positive area that reaches inside it.
@@ -18,7 +19,8 @@ clip them.
 
 Cost: the candidate cells of each box are its axis-aligned bounding window on the grid, tested in chunks of
 about ``CANDIDATE_CHUNK`` (box, cell) pairs (at most that plus one box's window), with no Python loop over
-boxes. Splitting the chunks synchronises the host with the device once per call.
+boxes. The number of pairs depends on the data, so a call synchronises the host with the device (a few times
+plus once per chunk).
 """
 from typing import List, Sequence, Tuple
 
@@ -81,15 +83,16 @@ def oriented_box_cells(
     extent_y = half_w * sin.abs() + half_h * cos.abs()
     cell_w, cell_h = in_w / w, in_h / h
 
-    # Candidate window: the cells whose closed span meets the box's bounding rectangle (a superset).
-    c_lo = torch.floor((cx - extent_x) / cell_w).clamp(0, w - 1)
-    c_hi = torch.floor((cx + extent_x) / cell_w).clamp(0, w - 1)
-    r_lo = torch.floor((cy - extent_y) / cell_h).clamp(0, h - 1)
-    r_hi = torch.floor((cy + extent_y) / cell_h).clamp(0, h - 1)
-    inside_window = (cx + extent_x >= 0) & (cx - extent_x <= in_w)
-    inside_window &= (cy + extent_y >= 0) & (cy - extent_y <= in_h)
-    n_cols = (c_hi - c_lo + 1).long()
-    counts = torch.where(finite & inside_window, n_cols * (r_hi - r_lo + 1).long(), torch.zeros_like(n_cols))
+    # The separating-axis tests on x and y: the cells whose open span meets the box's closed extent, i.e.
+    # columns floor(x_lo w / W_in) .. ceil(x_hi w / W_in) - 1 (clamped), likewise rows; only the box's own
+    # two axes are tested cell by cell below.
+    c_lo = torch.floor((cx - extent_x) * w / in_w).clamp(min=0)
+    c_hi = (torch.ceil((cx + extent_x) * w / in_w) - 1).clamp(max=w - 1)
+    r_lo = torch.floor((cy - extent_y) * h / in_h).clamp(min=0)
+    r_hi = (torch.ceil((cy + extent_y) * h / in_h) - 1).clamp(max=h - 1)
+    n_cols = (c_hi - c_lo + 1).clamp(min=0)
+    counts = (n_cols * (r_hi - r_lo + 1).clamp(min=0)).long()  # 0 for non-finite boxes (zeroed above)
+    n_cols = n_cols.long()
 
     box_parts, cell_parts = [], []
     for start, stop in _chunks(counts):
@@ -103,8 +106,7 @@ def oriented_box_cells(
         dx = (col + 0.5) * cell_w - cx[box]
         dy = (row + 0.5) * cell_h - cy[box]
         c, s = cos[box], sin[box]
-        covers = (dx.abs() < extent_x[box] + cell_w / 2) & (dy.abs() < extent_y[box] + cell_h / 2)
-        covers &= (dx * c - dy * s).abs() < half_w[box] + (cell_w * c.abs() + cell_h * s.abs()) / 2
+        covers = (dx * c - dy * s).abs() < half_w[box] + (cell_w * c.abs() + cell_h * s.abs()) / 2
         covers &= (dx * s + dy * c).abs() < half_h[box] + (cell_w * s.abs() + cell_h * c.abs()) / 2
         box_parts.append(box[covers])
         cell_parts.append((row * w + col)[covers].long())
@@ -113,8 +115,8 @@ def oriented_box_cells(
     hits = torch.bincount(torch.cat(box_parts), minlength=boxes.shape[0]) if box_parts else counts * 0
     centred = finite & (hits == 0) & (cx >= 0) & (cx <= in_w) & (cy >= 0) & (cy <= in_h)
     lonely = centred.nonzero().squeeze(1)
-    centre_col = torch.floor(cx[lonely] / cell_w).clamp(max=w - 1).long()
-    centre_row = torch.floor(cy[lonely] / cell_h).clamp(max=h - 1).long()
+    centre_col = torch.floor(cx[lonely] * w / in_w).clamp(max=w - 1).long()
+    centre_row = torch.floor(cy[lonely] * h / in_h).clamp(max=h - 1).long()
     box_parts.append(lonely)
     cell_parts.append(centre_row * w + centre_col)
 
