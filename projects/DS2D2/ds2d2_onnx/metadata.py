@@ -5,12 +5,14 @@ besides the graph (family, classes, test resize, padding, thresholds): no config
 """
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 METADATA_KEY = "ds2d2"
 FORMAT = "ds2d2-onnx"
 VERSION = 1
-FAMILIES = ("RetinaNet", "GeneralizedRCNN")
+# RetinaNet / Faster R-CNN (Detectron2's meta-architecture names) and their rotated twins: ds2d2's
+# RotatedRetinaNet, and a GeneralizedRCNN with RRPN + RROIHeads (Rotated Faster R-CNN)
+FAMILIES = ("RetinaNet", "GeneralizedRCNN", "RotatedRetinaNet", "RotatedGeneralizedRCNN")
 
 
 class DeployFileError(ValueError):
@@ -21,7 +23,7 @@ class DeployFileError(ValueError):
 class DeployInfo:
     """The settings of one exported detector (sizes in pixels, thresholds as in the Detectron2 config)."""
 
-    family: str  # "RetinaNet" or "GeneralizedRCNN"
+    family: str  # one of FAMILIES
     class_names: List[str]
     input_format: str  # channel order the graph expects: "BGR" or "RGB"
     pixel_mean: List[float]  # padding value per channel (0 after the graph's normalisation)
@@ -34,10 +36,24 @@ class DeployInfo:
     detections_per_image: int
     topk_candidates: int = 0  # RetinaNet: candidates kept per level before NMS
     source: Dict[str, str] = field(default_factory=dict)  # config and checkpoint it was exported from
+    # RotatedGeneralizedRCNN: RRPN's steps after the graph ("nms_thresh", "post_nms_topk", "min_box_size")
+    # and the RoI pooler's ("features": its FPN levels, finest first; "scales": 1 / their strides;
+    # "output_size"; "sampling_ratio"; "canonical_box_size"; "canonical_level"); None for the other families
+    proposals: Optional[Dict[str, float]] = None
+    pooler: Optional[Dict[str, Any]] = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def rotated(self) -> bool:
+        """Whether the model predicts rotated boxes (cx, cy, w, h, angle in degrees), not x0 y0 x1 y1."""
+        return self.family.startswith("Rotated")
+
+    @property
+    def box_dim(self) -> int:
+        return 5 if self.rotated else 4
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": VERSION, **asdict(self)})
@@ -61,4 +77,7 @@ class DeployInfo:
             raise DeployFileError(f"'{path}': unreadable '{METADATA_KEY}' metadata ({e}).") from e
         if info.family not in FAMILIES:
             raise DeployFileError(f"'{path}': family {info.family!r} is not one of {FAMILIES}.")
+        if info.family == "RotatedGeneralizedRCNN" and (info.proposals is None or info.pooler is None):
+            raise DeployFileError(f"'{path}': a {info.family} export needs 'proposals' and 'pooler' "
+                                  "metadata.")
         return info

@@ -1,4 +1,5 @@
-"""A plain RetinaNet / Faster R-CNN (or a distiller's student) -> one self-describing ONNX file.
+"""A plain RetinaNet / Faster R-CNN, their rotated twins (RotatedRetinaNet; GeneralizedRCNN with RRPN and
+RROIHeads), or a distiller's student -> one self-describing ONNX file.
 
 The graph (``graphs.py``) is exported with ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript;
 TorchScript is not used), weights inside the file, and the settings inference needs are written to the
@@ -11,7 +12,7 @@ model's metadata (``ds2d2_onnx.DeployInfo``). Input size:
   can differ slightly; for images whose padded size is H x W (e.g. all DIOR images at 800 x 800) they are
   Detectron2's. Fixed sizes let onnxruntime plan memory once and suit accelerators that need static shapes.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -21,23 +22,59 @@ from ds2d2_onnx.metadata import METADATA_KEY, DeployInfo
 
 from ..checkpoint import atomic_path
 from ..modeling import predicts_rotated_boxes
-from .graphs import FasterRCNNGraph, RetinaNetGraph
+from .graphs import FasterRCNNGraph, RetinaNetGraph, RotatedFasterRCNNGraph
 from .student import class_names_for, detector_config, load_detector
 
 MAX_DYNAMIC_SIDE = 8192
 # Example size of a dynamic export, in units of the size divisibility: large enough that no level of the
 # pyramid is 1 pixel (torch.export would fix such a size), different for height and width.
 EXAMPLE_BLOCKS = (11, 13)
+EXAMPLE_ROIS = 3  # pooled RoIs of a Rotated Faster R-CNN's example input (their number is dynamic)
+MAX_ROIS = 1 << 20
+
+
+def deploy_family(cfg: CfgNode) -> str:
+    """The ``DeployInfo.family`` of a plain detector config: its meta-architecture, "RotatedGeneralizedRCNN"
+    for a GeneralizedRCNN with RROIHeads. ValueError naming the keys for a rotated R-CNN that is not RRPN +
+    ROIAlignRotated (the only one ``ds2d2_onnx`` runs)."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch != "GeneralizedRCNN" or not predicts_rotated_boxes(cfg):
+        return arch
+    parts = (cfg.MODEL.PROPOSAL_GENERATOR.NAME, cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE)
+    if parts != ("RRPN", "ROIAlignRotated"):
+        raise ValueError(
+            f"MODEL.PROPOSAL_GENERATOR.NAME {parts[0]!r} with MODEL.ROI_BOX_HEAD.POOLER_TYPE {parts[1]!r}: "
+            "the ONNX export of RROIHeads needs 'RRPN' and 'ROIAlignRotated' (the synthetic, DOTA and DIOR-R "
+            "rotated_faster_rcnn configs' setting)."
+        )
+    return "RotatedGeneralizedRCNN"
+
+
+def _rotated_rcnn_settings(model: nn.Module) -> Dict[str, Dict]:
+    """What ``ds2d2_onnx`` needs of a Rotated Faster R-CNN's RRPN and box pooler (see ``DeployInfo``)."""
+    rpn, heads = model.proposal_generator, model.roi_heads
+    pooler = heads.box_pooler
+    return {
+        "proposals": {"nms_thresh": float(rpn.nms_thresh), "post_nms_topk": int(rpn.post_nms_topk[False]),
+                      "min_box_size": float(rpn.min_box_size)},
+        "pooler": {"features": list(heads.box_in_features),
+                   "scales": [float(p.spatial_scale) for p in pooler.level_poolers],
+                   "output_size": [int(v) for v in pooler.output_size],
+                   "sampling_ratio": int(pooler.level_poolers[0].sampling_ratio),
+                   "canonical_box_size": float(pooler.canonical_box_size),
+                   "canonical_level": int(pooler.canonical_level)},
+    }
 
 
 def deploy_info(model: nn.Module, cfg: CfgNode, input_size: Optional[Tuple[int, int]],
                 source: Dict[str, str]) -> DeployInfo:
     """The metadata of ``model`` (built from ``detector_config(cfg)``) exported at ``input_size``."""
-    retina = cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
+    family = deploy_family(cfg)
+    retina = family.endswith("RetinaNet")
     predictor = None if retina else model.roi_heads.box_predictor
     num_classes = model.num_classes if retina else model.roi_heads.num_classes
     return DeployInfo(
-        family=cfg.MODEL.META_ARCHITECTURE,
+        family=family,
         class_names=class_names_for(cfg, None, num_classes),
         input_format=cfg.INPUT.FORMAT,
         pixel_mean=[float(v) for v in model.pixel_mean.flatten()],
@@ -50,6 +87,7 @@ def deploy_info(model: nn.Module, cfg: CfgNode, input_size: Optional[Tuple[int, 
         detections_per_image=int(model.max_detections_per_image if retina else predictor.test_topk_per_image),
         topk_candidates=int(model.test_topk_candidates) if retina else 0,
         source=source,
+        **(_rotated_rcnn_settings(model) if family == "RotatedGeneralizedRCNN" else {}),
     )
 
 
@@ -59,6 +97,22 @@ def _check_input_size(input_size: Optional[Tuple[int, int]], divisibility: int) 
             f"input size {tuple(input_size)}: height and width must be positive multiples of the backbone's "
             f"size divisibility ({divisibility})."
         )
+
+
+def _rotated_rcnn_graph(model: nn.Module, image: torch.Tensor
+                        ) -> Tuple[nn.Module, Tuple, List[str], List[str]]:
+    """The Rotated Faster R-CNN graph, its example inputs (``EXAMPLE_ROIS`` pooled RoIs) and the names of
+    its inputs and outputs."""
+    heads = model.roi_heads
+    channels = model.backbone.output_shape()[heads.box_in_features[0]].channels
+    size = heads.box_pooler.output_size
+    roi_features = torch.zeros(EXAMPLE_ROIS, channels, size[0], size[1])
+    proposals = torch.tensor([[16.0, 16.0, 24.0, 12.0, 30.0]]).repeat(EXAMPLE_ROIS, 1)
+    levels = model.proposal_generator.in_features
+    output_names = [f"{kind}_{f}" for f in levels for kind in ("objectness", "proposals")]
+    output_names += [f"features_{f}" for f in heads.box_in_features] + ["class_probs", "class_boxes"]
+    return (RotatedFasterRCNNGraph(model), (image, roi_features, proposals),
+            ["image", "roi_features", "proposals"], output_names)
 
 
 def export_model(model: nn.Module, cfg: CfgNode, output: str, input_size: Optional[Tuple[int, int]] = None,
@@ -74,9 +128,14 @@ def export_model(model: nn.Module, cfg: CfgNode, output: str, input_size: Option
         blocks = [torch.export.Dim(f"{side}_blocks", min=1, max=MAX_DYNAMIC_SIDE // max(divisibility, 1))
                   for side in ("height", "width")]
         dims = {"image": {2: divisibility * blocks[0], 3: divisibility * blocks[1]}}
-    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+    family = deploy_family(cfg)
+    if family.endswith("RetinaNet"):
         graph, args, input_names = RetinaNetGraph(model), (image,), ["image"]
         output_names = [f"{kind}_{f}" for f in model.head_in_features for kind in ("scores", "boxes")]
+    elif family == "RotatedGeneralizedRCNN":
+        graph, args, input_names, output_names = _rotated_rcnn_graph(model, image)
+        rois = torch.export.Dim("rois", min=1, max=MAX_ROIS)  # dynamic at a fixed image size too
+        dims = {**(dims or {"image": None}), "roi_features": {0: rois}, "proposals": {0: rois}}
     else:
         image_size = torch.tensor([height, width], dtype=torch.float32)
         graph, args, input_names = FasterRCNNGraph(model), (image, image_size), ["image", "image_size"]
@@ -96,15 +155,13 @@ def export_model(model: nn.Module, cfg: CfgNode, output: str, input_size: Option
 def export_onnx(cfg: CfgNode, checkpoint: str, output: str, input_size: Optional[Tuple[int, int]] = None,
                 config_file: str = "") -> DeployInfo:
     """The detector of ``cfg`` (read from ``config_file``; a distiller's student, or the plain detector)
-    with the weights of ``checkpoint`` -> ONNX at ``output``; see ``export_model``. Rotated detectors are
-    refused (ValueError): the graphs and ``ds2d2_onnx`` decode horizontal boxes only."""
-    if predicts_rotated_boxes(cfg):
-        raise ValueError(
-            f"{config_file or 'the config'}: its detector predicts rotated boxes (MODEL.META_ARCHITECTURE "
-            f"{cfg.MODEL.META_ARCHITECTURE!r}, MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME!r}); the ONNX "
-            "export covers horizontal RetinaNet and Faster R-CNN. Run it with PyTorch instead "
-            "(tools/infer_large_image.py --config-file, train_net.py --eval-only)."
-        )
+    with the weights of ``checkpoint`` -> ONNX at ``output``; see ``export_model``. A rotated R-CNN that
+    ``ds2d2_onnx`` cannot run (not RRPN + ROIAlignRotated) is refused (ValueError naming the config keys)
+    before the checkpoint is read."""
+    try:
+        deploy_family(detector_config(cfg))
+    except ValueError as e:
+        raise ValueError(f"{config_file or 'the config'}: {e}") from None
     model = load_detector(cfg, checkpoint)
     source = {"config": config_file, "checkpoint": checkpoint}
     return export_model(model, detector_config(cfg), output, input_size, source)
