@@ -7,10 +7,11 @@ tile detections are mapped back and merged with class-wise NMS.
         --weights output/dota/retinanet_R50/model_final.pth --input P0006.png --output output/infer
     python tools/infer_large_image.py --onnx student.onnx --input P0006.png --output output/infer
 
-Writes OUTPUT/<name>.json ({"image", "width", "height", "classes", "detections": [{"bbox": [x0, y0, x1, y1],
-"score", "category_id", "category"}]}, boxes in the image's pixels, best first) and OUTPUT/<name>_boxes.jpg.
-A rotated detector (configs/*/rotated_*.yaml) gives "bbox": [cx, cy, w, h, angle] (degrees counter-clockwise
-on screen), drawn as turned rectangles; its tiles are merged with rotated NMS (IoU 0.1, DOTA Task 1's). The
+Writes OUTPUT/<name>.json ({"image", "width", "height", "classes", "bbox_format", "detections": [{"bbox":
+[x0, y0, x1, y1], "score", "category_id", "category"}]}, boxes in the image's pixels, best first) and
+OUTPUT/<name>_boxes.jpg. A rotated detector (configs/*/rotated_*.yaml, or its ONNX export) gives "bbox_format"
+"XYWHA_ABS" and "bbox": [cx, cy, w, h, angle] (degrees counter-clockwise on screen), drawn as turned
+rectangles; its tiles are merged with rotated NMS (IoU 0.1, DOTA Task 1's), with --onnx as with a config. The
 classes are those the config names: its first test (else training) set's, as recorded in a run's
 config.yaml (DATASETS.OWN.<name>.CLASSES) or registered, or --dataset's.
 --weights is a plain detector checkpoint, or, with a DS2D2 stage-3 config, a distiller checkpoint or the
@@ -114,11 +115,13 @@ def predict_tiles_onnx(
     rates: Sequence[float] = (1.0,),
 ) -> List[ImageDetections]:
     """``predict_tiles`` through an ONNX export: the detector resizes each tile as its config's test
-    transform did and returns boxes in tile pixels, mapped back the same way."""
+    transform did and returns boxes in tile pixels (rotated ones for a rotated export), mapped back the same
+    way."""
+    to_image = rotated_patch_to_image if detector.info.rotated else patch_to_image
     results = []
     for patch, origin, rate in cut_tiles(image, patch_size, gap, rates):
         dets = detector(np.ascontiguousarray(patch))
-        results.append(ImageDetections(patch_to_image(dets.boxes, origin, rate), dets.scores, dets.classes))
+        results.append(ImageDetections(to_image(dets.boxes, origin, rate), dets.scores, dets.classes))
     return results
 
 

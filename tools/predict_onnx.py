@@ -5,10 +5,13 @@ onnxruntime: no torch, no Detectron2, no config file (needs onnxruntime, NumPy, 
     python tools/predict_onnx.py --onnx student.onnx --input image.jpg [more.jpg ...] --output out/
 
 Writes, per image, OUTPUT/<name>_boxes.jpg (boxes scoring at least --draw-score, labelled) and
-OUTPUT/<name>.json ({"image", "width", "height", "classes", "detections": [{"bbox": [x0, y0, x1, y1],
-"score", "category_id", "category"}]}, boxes in the image's pixels, best first), <name> being the image's
-file name without its extension. Two inputs with the same <name> (a/x.jpg and b/x.jpg, or x.jpg and x.png)
-would overwrite each other's outputs: they are refused before anything is written; run them into
+OUTPUT/<name>.json ({"image", "width", "height", "classes", "bbox_format", "detections": [{"bbox", "score",
+"category_id", "category"}]}, boxes in the image's pixels, best first), <name> being the image's
+file name without its extension. "bbox" is [x0, y0, x1, y1] ("bbox_format": "XYXY_ABS") for RetinaNet
+and Faster R-CNN exports, and [cx, cy, w, h, angle] ("XYWHA_ABS": centre and size in pixels, the angle in
+degrees counter-clockwise on screen, Detectron2's RotatedBoxes) for rotated ones (RotatedRetinaNet, Rotated
+Faster R-CNN), drawn as turned rectangles. Two inputs with the same <name> (a/x.jpg and b/x.jpg, or x.jpg
+and x.png) would overwrite each other's outputs: they are refused before anything is written; run them into
 different --output folders. Every input's header is checked before the model runs (images are read by
 ds2d2_onnx.image_io: one of more than --max-pixels pixels is refused from its header, a truncated or
 undecodable one by name). For images far larger than the model's training images (a whole DOTA scene),
@@ -26,6 +29,7 @@ from ds2d2_onnx import (  # noqa: E402
     DEFAULT_MAX_PIXELS, DeployFileError, ImageReadError, OnnxDetector, image_size, read_image, save_detections
 )
 from ds2d2_onnx.cli_args import fraction, positive_int  # noqa: E402
+from ds2d2_onnx.draw import bbox_format  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -77,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"predict_onnx: error: {e}", file=sys.stderr)
             return 1
         picture = save_detections(Path(args.output), path, image, dets, names, args.draw_score)
-        print(f"{path}: {len(dets)} detections -> {picture}")
+        print(f"{path}: {len(dets)} detections ({bbox_format(dets.boxes)}) -> {picture}")
     return 0
 
 

@@ -53,18 +53,24 @@ def draw_detections(
     return canvas
 
 
+def bbox_format(boxes: np.ndarray) -> str:
+    """Detectron2's BoxMode name of boxes [N, 4] ("XYXY_ABS") or rotated boxes [N, 5] ("XYWHA_ABS")."""
+    return "XYWHA_ABS" if boxes.shape[1] == 5 else "XYXY_ABS"
+
+
 def save_detections(
     folder: Path, image_path: str, image: np.ndarray, detections: Detections, class_names: Sequence[str],
     min_score: float, **extra
 ) -> Path:
-    """Write ``<stem>.json`` (the image, its size, the classes, ``extra`` and every detection: bbox xyxy, or
-    cx cy w h angle for rotated boxes, in the image's pixels, score, category) and ``<stem>_boxes.jpg``
+    """Write ``<stem>.json`` (the image, its size, the classes, ``extra``, "bbox_format" and every detection:
+    bbox x0 y0 x1 y1 ("XYXY_ABS"), or cx cy w h angle for rotated boxes ("XYWHA_ABS", the angle in degrees
+    counter-clockwise on screen), in the image's pixels, score, category) and ``<stem>_boxes.jpg``
     (``draw_detections``) into ``folder``; returns the picture's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stem = Path(image_path).stem
     report = {"image": os.path.abspath(image_path), "width": image.shape[1], "height": image.shape[0],
-              "classes": list(class_names), **extra}
+              "classes": list(class_names), **extra, "bbox_format": bbox_format(detections.boxes)}
     report["detections"] = [
         {"bbox": [float(v) for v in box], "score": float(s), "category_id": int(c),
          "category": class_names[c]}
