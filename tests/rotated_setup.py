@@ -1,5 +1,6 @@
-"""Set-up shared by the rotated-detector tests: tiny configs of the shipped rotated detectors and a small
-dataset of oriented boxes (XYWHA_ABS) written as PNGs and registered in this process."""
+"""Set-up shared by the rotated-detector tests: tiny configs of the shipped rotated detectors, random training
+batches of oriented boxes, a small dataset of oriented boxes (XYWHA_ABS) written as PNGs and registered in
+this process, and a tiny random rotated teacher with its stage-2 amplifier for the distiller's tests."""
 from pathlib import Path
 from typing import List, Sequence
 
@@ -8,14 +9,16 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
+from detectron2.modeling import build_model
+from detectron2.structures import BoxMode, Instances, RotatedBoxes
 
-from ds2d2.config import load_config
+from ds2d2.config import detector_architecture, load_config
 from ds2d2.rotated.boxes import rotated_boxes_to_polygons
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DETECTORS = ["synthetic/rotated_retinanet_R18_student.yaml", "synthetic/rotated_faster_rcnn_R18_student.yaml"]
 CLASSES = ["ship", "plane", "tree"]
+DATASET = "rotated_tiny"  # the name register_oriented_dataset registers by default
 # tiny CPU models: ResNet-18, narrow FPN and heads, few proposals, every box scored
 TINY = [
     "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", 18,
@@ -39,6 +42,42 @@ TINY_TRAINING = [
 def tiny_config(name: str, opts: Sequence = ()) -> CfgNode:
     """The shipped config ``name`` (under configs/) shrunk by TINY, then ``opts``; nothing registered."""
     return load_config(str(CONFIGS / name), [str(v) for v in [*TINY, *opts]], register=False)
+
+
+def rotated_batch(num_images: int = 2, size: int = 64, seed: int = 0, angles: bool = True):
+    """Training inputs with 1-4 oriented objects per image (random angles, or all at angle 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(num_images):
+        n = int(torch.randint(1, 5, (1,), generator=generator))
+        centre = torch.rand(n, 2, generator=generator) * size * 0.6 + size * 0.2
+        extent = torch.rand(n, 2, generator=generator) * size * 0.3 + 6
+        angle = (torch.rand(n, 1, generator=generator) * 360 - 180) if angles else torch.zeros(n, 1)
+        instances = Instances((size, size))
+        instances.gt_boxes = RotatedBoxes(torch.cat([centre, extent, angle], dim=1))
+        instances.gt_classes = torch.randint(0, 3, (n,), generator=generator)
+        image = torch.rand(3, size, size, generator=generator) * 255
+        batch.append({"image": image, "instances": instances, "height": size, "width": size})
+    return batch
+
+
+def write_rotated_teacher(folder: Path, config: str, opts: Sequence = ()) -> List[str]:
+    """A random tiny teacher of the shipped rotated ``config`` (FPN width 64, recorded as trained on
+    ``register_oriented_dataset``'s name, then ``opts``): its YAML, weights and stage-2 amplifier checkpoint
+    under ``folder``; returns the overrides that point a distiller config at them."""
+    datasets = ["DATASETS.TRAIN", (DATASET,), "DATASETS.TEST", ()]
+    teacher = tiny_config(config, ["MODEL.FPN.OUT_CHANNELS", 64, *datasets, *opts])
+    paths = {name: folder / name for name in ("teacher.yaml", "teacher.pth", "amplifier.pth")}
+    paths["teacher.yaml"].write_text(teacher.dump())
+    torch.save({"model": build_model(teacher).state_dict()}, paths["teacher.pth"])
+    amplifier = teacher.clone()
+    amplifier.merge_from_list(["MODEL.META_ARCHITECTURE", "DS2D2Amplifier",
+                               "MODEL.DS2D2.DETECTOR", detector_architecture(teacher),
+                               "MODEL.DS2D2.TEACHER_WEIGHTS", str(paths["teacher.pth"])])
+    torch.save({"model": build_model(amplifier).state_dict()}, paths["amplifier.pth"])
+    return ["MODEL.DS2D2.TEACHER_CONFIG", str(paths["teacher.yaml"]),
+            "MODEL.DS2D2.TEACHER_WEIGHTS", str(paths["teacher.pth"]),
+            "MODEL.DS2D2.AMPLIFIER_WEIGHTS", str(paths["amplifier.pth"])]
 
 
 def write_oriented_dataset(folder: Path, num_images: int = 6, size: int = 64) -> List[dict]:
@@ -66,7 +105,7 @@ def write_oriented_dataset(folder: Path, num_images: int = 6, size: int = 64) ->
     return dicts
 
 
-def register_oriented_dataset(folder: Path, name: str = "rotated_tiny") -> str:
+def register_oriented_dataset(folder: Path, name: str = DATASET) -> str:
     """``write_oriented_dataset(folder)`` registered as ``name``: classes CLASSES, box_kind "oriented"."""
     dicts = write_oriented_dataset(folder)
     DatasetCatalog.register(name, lambda: dicts)

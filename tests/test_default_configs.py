@@ -20,10 +20,13 @@ DATASETS = ("DIOR", "DOTA")
 META_ARCHITECTURE = {"retinanet": "RetinaNet", "faster_rcnn": "GeneralizedRCNN"}
 PLAIN = [CONFIGS / d / f"{det}_R{depth}.yaml" for d in DATASETS for det in META_ARCHITECTURE
          for depth in (18, 34, 50, 101)]
-# The paper's students; the lighter deployment students (``*_deploy.yaml``) are this project's own addition.
+# The paper's students; the lighter deployment students (``*_deploy.yaml``) are this project's own addition,
+# and so are the rotated detectors' stages (``rotated_*``: checked against their horizontal twins in
+# test_rotated_distill.py).
 DISTILLERS = sorted(p for d in DATASETS for p in (CONFIGS / d / "ds2d2").glob("*_to_R*.yaml")
-                    if not p.stem.endswith("_deploy"))
-AMPLIFIERS = sorted(p for d in DATASETS for p in (CONFIGS / d / "ds2d2").glob("*_amplifier.yaml"))
+                    if not p.stem.endswith("_deploy") and not p.name.startswith("rotated_"))
+AMPLIFIERS = sorted(p for d in DATASETS for p in (CONFIGS / d / "ds2d2").glob("*_amplifier.yaml")
+                    if not p.name.startswith("rotated_"))
 
 # ---- The authors' recipe (docs/method.md) ----------------------------------------------------------------
 # (detector, dataset) -> l1..l4 = MODEL.DS2D2.LOSS.EXPLICIT_LOW, EXPLICIT_HIGH, IMPLICIT_FULL, IMPLICIT_HIGH
@@ -206,7 +209,8 @@ def test_retinanet_backbone_p7_from_p6_with_or_without_relu():
 
 
 # ---- The baselines' recipes as their official code trains them (docs/baselines.md, fidelity table) -------
-BASELINES = sorted(p for d in (*DATASETS, "synthetic") for p in (CONFIGS / d / "baselines").glob("*.yaml"))
+BASELINES = sorted(p for d in (*DATASETS, "DIOR-R", "synthetic")
+                   for p in (CONFIGS / d / "baselines").glob("*.yaml"))
 FGD_MGD = [p for p in BASELINES if p.stem.endswith(("_fgd", "_mgd"))]
 # MMDetection's grad_clip=dict(max_norm=35, norm_type=2): one norm over every gradient (ds2d2/solver.py).
 FULL_MODEL_CLIPPING = {
@@ -218,7 +222,9 @@ FULL_MODEL_CLIPPING = {
 
 
 def test_every_fgd_and_mgd_config_is_checked():
-    assert len(FGD_MGD) == 12  # {DIOR, DOTA, synthetic} x {RetinaNet, Faster R-CNN} x {FGD, MGD}
+    # {DIOR, DOTA, synthetic} x {RetinaNet, Faster R-CNN} x {FGD, MGD}, and {DOTA, DIOR-R, synthetic} x the
+    # rotated detectors x {FGD, MGD}
+    assert len(FGD_MGD) == 24
 
 
 @pytest.mark.parametrize("path", FGD_MGD, ids=config_id)
@@ -229,7 +235,7 @@ def test_fgd_and_mgd_train_as_their_official_configs(path):
     cfg = load(path)
     method = path.stem.rsplit("_", 1)[1].upper()
     assert {key: value(cfg, key) for key in FULL_MODEL_CLIPPING} == FULL_MODEL_CLIPPING
-    inherits = method == "FGD" or path.name.startswith("retinanet")
+    inherits = method == "FGD" or path.name.startswith(("retinanet", "rotated_retinanet"))
     assert cfg.MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD is inherits
     assert list(cfg.MODEL.DS2D2.TERMS) == [method]
     assert list(cfg.MODEL.DS2D2[method].IN_FEATURES) == [] and list(cfg.MODEL.DS2D2.IN_FEATURES) == []

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import losses
-from ..losses import dense_box_kd, roi_box_kd
+from ..losses import dense_box_kd, probiou_loss, roi_box_kd
 
 ROTATED_BOX_DIM = 5  # (cx, cy, w, h, angle) and its deltas (dx, dy, dw, dh, dangle)
 
@@ -40,7 +39,7 @@ def dense_rotated_box_kd(
     if weight.shape != student_boxes.shape[:1]:
         raise ValueError(f"dense_rotated_box_kd: weight shape {tuple(weight.shape)} != "
                          f"{tuple(student_boxes.shape[:1])}")
-    loss = losses.probiou_loss(student_boxes.float(), teacher_boxes.detach().float())
+    loss = probiou_loss(student_boxes.float(), teacher_boxes.detach().float())
     divisor = torch.as_tensor(num_pos, dtype=torch.float32, device=loss.device).detach().clamp(min=1.0)
     return (loss * weight.detach().float()).sum() / divisor
 
