@@ -193,17 +193,15 @@ def dense_box_kd(
     return (loss * weight.detach().float()).sum() / _normaliser(num_pos)
 
 
-def _gaussian_covariance(boxes: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(var_x, var_y, cov_xy, det) [N] of each XYWHA box's Gaussian R diag(w^2/12 + eps, h^2/12 + eps) R^T
-    (= R diag(w^2, h^2) R^T / 12 + eps I), the width direction being (cos a, -sin a) and the height direction
-    (sin a, cos a) for the angle a in degrees CCW; det in closed form (no cancellation for thin boxes)."""
-    theta = torch.deg2rad(boxes[:, 4])
+def _gaussian_covariance(var_w: Tensor, var_h: Tensor, degrees: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """(var_x, var_y, cov_xy) [N] of R diag(var_w, var_h) R^T, the width direction being (cos a, -sin a) and
+    the height direction (sin a, cos a) for the angle a in degrees CCW."""
+    theta = torch.deg2rad(degrees)
     cos, sin = torch.cos(theta), torch.sin(theta)
-    var_w, var_h = boxes[:, 2] ** 2 / 12 + eps, boxes[:, 3] ** 2 / 12 + eps
     var_x = var_w * cos**2 + var_h * sin**2
     var_y = var_w * sin**2 + var_h * cos**2
     cov_xy = (var_h - var_w) * sin * cos
-    return var_x, var_y, cov_xy, var_w * var_h
+    return var_x, var_y, cov_xy
 
 
 def probiou_loss(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
@@ -216,7 +214,8 @@ def probiou_loss(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
     0 for identical boxes, towards 1 for distant ones.
 
     Why this loss for box KD on rotated heads (the horizontal path uses 1 - GIoU on decoded boxes): it is
-    differentiable everywhere in closed form, with no polygon clipping (whose exact IoU has gradients that
+    differentiable in closed form (at identical boxes, a cone's tip like L1, its gradient is taken as 0),
+    with no polygon clipping (whose exact IoU has gradients that
     vanish or jump as the intersection's vertices change); a Gaussian does not see the (w, h, a) ==
     (h, w, a + 90) and a == a + 180 ambiguities, so a student that predicts the teacher's box in another
     representation is not penalised (no angle-periodicity or edge-swap problem, unlike an L1 on the 5
@@ -229,8 +228,8 @@ def probiou_loss(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
         eps: added to both variances of every covariance, in pixels^2.
 
     Returns:
-        [N] losses, float32 (float64 when either input is float64); computed in float64 inside, since
-        det S cancels badly in float32 for long thin boxes.
+        [N] losses, float32 (float64 when either input is float64); computed in float64 inside (the
+        quadratic form of long thin boxes cancels in float32). Identical boxes give exactly 0.
     """
     _check_same_shape(pred, target, "probiou_loss boxes")
     if pred.dim() != 2 or pred.shape[1] != 5:
@@ -239,15 +238,23 @@ def probiou_loss(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
         raise ValueError(f"probiou_loss: eps must be > 0, got {eps}")
     out_dtype = torch.float64 if torch.float64 in (pred.dtype, target.dtype) else torch.float32
     p, t = pred.to(torch.float64), target.detach().to(torch.float64)
-    a1, b1, c1, det1 = _gaussian_covariance(p, eps)
-    a2, b2, c2, det2 = _gaussian_covariance(t, eps)
+    var_w1, var_h1 = p[:, 2] ** 2 / 12 + eps, p[:, 3] ** 2 / 12 + eps  # along each box's own axes
+    var_w2, var_h2 = t[:, 2] ** 2 / 12 + eps, t[:, 3] ** 2 / 12 + eps
+    a1, b1, c1 = _gaussian_covariance(var_w1, var_h1, p[:, 4])
+    a2, b2, c2 = _gaussian_covariance(var_w2, var_h2, t[:, 4])
     a, b, c = (a1 + a2) / 2, (b1 + b2) / 2, (c1 + c2) / 2
-    det = a * b - c**2
+    # det S as a sum of positive terms (a * b - c^2 cancels for thin boxes): with phi the boxes' relative
+    # angle, det(S_1 + S_2) = det S_1 + det S_2 + tr(adj(S_1) S_2), det S_i = var_w_i var_h_i
+    phi = torch.deg2rad(p[:, 4] - t[:, 4])
+    det1, det2 = var_w1 * var_h1, var_w2 * var_h2
+    cross = torch.cos(phi) ** 2 * (var_h1 * var_w2 + var_w1 * var_h2)
+    cross = cross + torch.sin(phi) ** 2 * (var_w1 * var_w2 + var_h1 * var_h2)
+    det = (det1 + det2 + cross) / 4
     dx, dy = p[:, 0] - t[:, 0], p[:, 1] - t[:, 1]
     mahalanobis = (b * dx**2 - 2 * c * dx * dy + a * dy**2) / det  # d^T S^-1 d
     bhattacharyya = mahalanobis / 8 + 0.5 * (torch.log(det) - 0.5 * (torch.log(det1) + torch.log(det2)))
-    squared = -torch.expm1(-bhattacharyya.clamp(min=0))  # 1 - exp(-B), exact near 0
-    # sqrt has an infinite slope at 0 (identical boxes): its gradient is taken as 0 there
+    squared = -torch.expm1(-bhattacharyya)  # 1 - exp(-B), exact near 0
+    # B >= 0 up to rounding; at 0 (identical boxes) sqrt's slope is infinite: the loss and its gradient are 0
     positive = squared > 0
     safe = torch.where(positive, squared, torch.ones_like(squared))
     loss = torch.where(positive, torch.sqrt(safe), torch.zeros_like(squared))
