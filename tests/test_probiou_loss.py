@@ -69,7 +69,7 @@ def test_matches_a_numerical_integral_of_the_gaussians():
     for box, partner, value in zip(boxes, partners, loss.tolist()):
         coefficient = integrated_coefficient(box, partner)
         assert 0.05 < coefficient < 0.999  # the draw spans the interesting range
-        assert 1 - value**2 == pytest.approx(coefficient, abs=1e-6)
+        assert 1 - value**2 == pytest.approx(coefficient, abs=1e-9)
 
 
 def test_a_shift_along_the_width_has_the_closed_form():
