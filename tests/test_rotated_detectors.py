@@ -243,7 +243,6 @@ def test_rotated_retinanet_angles_give_rotated_anchors():
 
 # ---- end to end: train_net.py in this process on a small registered dataset of oriented boxes ----
 TRAIN_NET = load_script(CONFIGS.parent / "train_net.py", "train_net")
-EXPORT = load_script(CONFIGS.parent / "tools" / "export_student.py", "export_student")
 VISUALIZE = load_script(CONFIGS.parent / "tools" / "visualize_ds2d2.py", "visualize_ds2d2")
 
 
@@ -334,17 +333,6 @@ def test_check_config_refuses_a_rotated_retinanet_head_of_another_class_count(or
                                      "MODEL.RETINANET.NUM_CLASSES", 5])
     with pytest.raises(ValueError, match=r"^MODEL\.RETINANET\.NUM_CLASSES is 5, but dataset 'rotated_tiny'"):
         check_config(cfg)
-
-
-@pytest.mark.parametrize("config", DETECTORS)
-def test_onnx_export_refuses_rotated_detectors(config, tmp_path, capsys):
-    """ds2d2_onnx decodes horizontal boxes only: the export says so before reading any checkpoint."""
-    (tmp_path / "model.yaml").write_text(tiny_config(config).dump())
-    argv = ["--format", "onnx", "--config-file", tmp_path / "model.yaml", "--checkpoint",
-            tmp_path / "none.pth", "--output", tmp_path / "model.onnx"]
-    assert EXPORT.main([str(a) for a in argv]) == 1
-    assert "predicts rotated boxes" in capsys.readouterr().err
-    assert not (tmp_path / "model.onnx").exists()
 
 
 # ---- the tools name the classes the run recorded ----
