@@ -30,7 +30,7 @@ from ds2d2.config import load_config
 from ds2d2.teacher import check_teacher_classes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METRICS = ("AP", "AP50", "AP75", "APs")
+METRICS = ("AP", "AP50", "AP75", "APs")  # of COCO's box evaluation ("bbox" results)
 
 
 def load(path: str, opts: Sequence[str] = ()) -> CfgNode:
@@ -96,11 +96,22 @@ def run_stage(stage: Dict, output: str, extra: List[str]) -> Dict:
         return json.load(f)
 
 
+def scores(result: Dict) -> Dict[str, float]:
+    """A stage's numbers for the table: COCO box AP (METRICS) when it has "bbox" results, and each other
+    evaluator's headline (its first number, e.g. the VOC / rotated VOC AP's mAP50 or DOTA Task 1's mAP)
+    named "<evaluator> <metric>"."""
+    row = {m: result["bbox"].get(m, float("nan")) for m in METRICS} if "bbox" in result else {}
+    row.update({f"{name} {next(iter(v))}": next(iter(v.values())) for name, v in result.items()
+                if name != "bbox" and isinstance(v, dict) and v})
+    return row
+
+
 def table(results: Dict[str, Dict]) -> str:
-    lines = ["| stage | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    columns = list(dict.fromkeys(c for res in results.values() for c in scores(res)))
+    lines = ["| stage | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, res in results.items():
-        bbox = res.get("bbox", {})
-        lines.append(f"| {name} | " + " | ".join(f"{bbox.get(m, float('nan')):.1f}" for m in METRICS) + " |")
+        row = scores(res)
+        lines.append(f"| {name} | " + " | ".join(f"{row.get(c, float('nan')):.1f}" for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -127,7 +138,7 @@ def main() -> None:
     report = table(results)
     with open(os.path.join(args.output, "results.md"), "w") as f:
         f.write(report + "\n")
-    print("\nDS2D2 pipeline (COCO-style box AP on the test split):\n" + report)
+    print("\nDS2D2 pipeline (AP on the test split, as each stage's evaluator reports it):\n" + report)
 
 
 if __name__ == "__main__":
