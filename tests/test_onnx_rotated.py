@@ -22,7 +22,8 @@ from detectron2.structures import RotatedBoxes
 from conftest import REPO, load_script
 from ds2d2.config import load_config
 from ds2d2.data.synthetic import write_synthetic_dota
-from ds2d2.deploy import export_onnx, load_detector
+from ds2d2.deploy import detector_config, export_onnx, load_detector
+from ds2d2.deploy.onnx_export import deploy_info
 from ds2d2.rotated import ops
 from ds2d2_onnx import Detections, OnnxDetector
 from ds2d2_onnx.postprocess import clip_rotated, rescale
@@ -150,6 +151,24 @@ def test_onnx_predictor_equals_detectron2_on_rotated_detectors(exported, work, c
     threshold = float(torch_detections(model, run.cfg, crop).scores.max()) + 1e-4
     empty = OnnxDetector(run.onnx, threads=1, score_thresh=threshold)(crop)
     assert len(empty) == 0 and empty.boxes.shape == (0, 5)
+
+
+def test_a_distillers_rotated_student_is_what_exports(exported, tmp_path):
+    """A stage-3 checkpoint of a rotated student: export_onnx loads its student.* tensors into the plain
+    Rotated Faster R-CNN (MODEL.DS2D2.DETECTOR with RROIHeads) and describes it as the rotated family."""
+    run = exported(RCNN)
+    distiller = run.cfg.clone()
+    distiller.merge_from_list(["MODEL.META_ARCHITECTURE", "DS2D2Distiller", "MODEL.DS2D2.DETECTOR",
+                               "GeneralizedRCNN"])
+    plain = torch.load(run.checkpoint, weights_only=True)["model"]
+    state = {f"student.{k}": v for k, v in plain.items()}
+    state["adapters.0.weight"] = torch.ones(3)  # the distiller's own tensors are left out
+    torch.save({"model": state}, tmp_path / "distiller.pth")
+    student = load_detector(distiller, str(tmp_path / "distiller.pth"))
+    assert all(torch.equal(v, plain[k]) for k, v in student.state_dict().items())
+    info = deploy_info(student, detector_config(distiller), None, {})
+    assert info.family == "RotatedGeneralizedRCNN" and info.pooler["features"] == ["p2", "p3", "p4", "p5"]
+    assert info.proposals == {"nms_thresh": 0.7, "post_nms_topk": 50, "min_box_size": 0.0}
 
 
 def test_rotated_rcnn_of_another_pooler_is_refused_before_the_checkpoint_is_read(tmp_path):

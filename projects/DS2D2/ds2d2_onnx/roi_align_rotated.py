@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["assign_levels", "pool_rotated", "roi_align_rotated"]
 
-SAMPLE_BUDGET = 1 << 22  # samples x channels gathered at once (4 corners of float32: 64 MB)
+SAMPLE_BUDGET = 1 << 22  # corner samples x channels gathered at once (float32: 16 MB)
 
 
 def assign_levels(boxes: np.ndarray, min_level: int, max_level: int, canonical_box_size: float,
@@ -43,30 +43,30 @@ def _sample_grid(rois: np.ndarray, pooled: Tuple[int, int], grid: Tuple[int, int
     return yy * cos - xx * sin + cy[:, None, None], yy * sin + xx * cos + cx[:, None, None]
 
 
-def _bilinear(image: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Bilinear samples of image [H, W, C] at y, x [...] (pixel-index coordinates): 0 beyond one pixel
-    outside the map, the edge value within it. Returns [..., C]."""
-    height, width, _ = image.shape
+def _corners(y: np.ndarray, x: np.ndarray, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Bilinear interpolation at y, x [...] (pixel-index coordinates) on an H x W map as its 4 corners: flat
+    pixel indices [..., 4] and weights [..., 4], all 0 beyond one pixel outside the map (the edge value
+    within it)."""
     inside = (y >= -1) & (y <= height) & (x >= -1) & (x <= width)
     y, x = np.clip(y, 0, height - 1), np.clip(x, 0, width - 1)
     y0, x0 = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
     y1, x1 = np.minimum(y0 + 1, height - 1), np.minimum(x0 + 1, width - 1)
-    ly, lx = (y - y0)[..., None], (x - x0)[..., None]
-    flat = image.reshape(height * width, -1)
-    top = flat[y0 * width + x0] * (1 - lx) + flat[y0 * width + x1] * lx
-    bottom = flat[y1 * width + x0] * (1 - lx) + flat[y1 * width + x1] * lx
-    return (top * (1 - ly) + bottom * ly) * inside[..., None]
+    ly, lx = y - y0, x - x0
+    index = np.stack([y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1], -1)
+    weight = np.stack([(1 - ly) * (1 - lx), (1 - ly) * lx, ly * (1 - lx), ly * lx], -1) * inside[..., None]
+    return index, weight
 
 
 def roi_align_rotated(features: np.ndarray, rois: np.ndarray, output_size: Sequence[int],
                       spatial_scale: float, sampling_ratio: int) -> np.ndarray:
     """Detectron2's ROIAlignRotated (aligned) of one image's features [C, H, W] float32 and rotated boxes
-    [R, 5] (cx, cy, w, h, angle in degrees, input pixels) -> [R, C, ph, pw] float32."""
+    [R, 5] (cx, cy, w, h, angle in degrees, input pixels) -> [R, C, ph, pw] float32. Each bin is one
+    weighted sum of the feature vectors at its samples' corners (a gather and a batched matrix product)."""
     ph, pw = output_size
     rois = rois.astype(np.float32)
-    channels = features.shape[0]
-    image = np.ascontiguousarray(features.transpose(1, 2, 0))  # [H, W, C]: a sample's channels together
-    out = np.zeros((len(rois), channels, ph, pw), np.float32)
+    channels, height, width = features.shape
+    flat = np.ascontiguousarray(features.reshape(channels, -1).T)  # [H * W, C]: a pixel's channels together
+    out = np.zeros((len(rois), ph, pw, channels), np.float32)
     if sampling_ratio > 0:
         grids = np.full((len(rois), 2), sampling_ratio, np.int64)
     else:
@@ -76,13 +76,20 @@ def roi_align_rotated(features: np.ndarray, rois: np.ndarray, output_size: Seque
         if gh == 0 or gw == 0:  # an empty box sampled adaptively: no samples, zeros as in Detectron2
             continue
         index = np.flatnonzero((grids[:, 0] == gh) & (grids[:, 1] == gw))
-        step = max(1, SAMPLE_BUDGET // (ph * gh * pw * gw * channels))
+        step = max(1, SAMPLE_BUDGET // (ph * gh * pw * gw * 4 * channels))
         for start in range(0, len(index), step):
             chunk = index[start:start + step]
-            y, x = _sample_grid(rois[chunk], (ph, pw), (gh, gw), spatial_scale)
-            samples = _bilinear(image, y, x).reshape(len(chunk), ph, gh, pw, gw, channels)
-            out[chunk] = samples.mean((2, 4), dtype=np.float32).transpose(0, 3, 1, 2)
-    return out
+            corners, weights = _corners(*_sample_grid(rois[chunk], (ph, pw), (gh, gw), spatial_scale),
+                                        height, width)  # [n, ph * gh, pw * gw, 4]
+
+            def by_bin(a: np.ndarray) -> np.ndarray:  # -> [n * ph * pw, gh * gw * 4]
+                a = a.reshape(len(chunk), ph, gh, pw, gw, 4).transpose(0, 1, 3, 2, 4, 5)
+                return a.reshape(len(chunk) * ph * pw, gh * gw * 4)
+
+            weights = by_bin(weights) / np.float32(gh * gw)
+            pooled = np.matmul(weights[:, None, :], flat[by_bin(corners)])[:, 0]  # [n * ph * pw, C]
+            out[chunk] = pooled.reshape(len(chunk), ph, pw, channels)
+    return out.transpose(0, 3, 1, 2)
 
 
 def pool_rotated(features: Sequence[np.ndarray], boxes: np.ndarray, output_size: Sequence[int],
