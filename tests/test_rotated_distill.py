@@ -8,6 +8,7 @@ train_net.py with a checkpoint free of teacher tensors and an exported student t
 Detectron2 model."""
 import copy
 import json
+import logging
 import math
 import os
 import subprocess
@@ -245,17 +246,23 @@ def test_the_amplifier_trains_the_rotated_heads_on_the_frozen_teachers_high_freq
 
 
 # ---- pairs -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_horizontal_teacher_for_a_rotated_student_is_refused_by_key(tmp_path, kind):
-    horizontal = tiny_stages(tmp_path, "RetinaNet")
+@pytest.mark.parametrize("kind, horizontal_kind",
+                         [("retinanet", "RetinaNet"), ("faster_rcnn", "GeneralizedRCNN")])
+def test_a_horizontal_teacher_for_a_rotated_student_is_refused_by_key(
+        tmp_path, caplog, kind, horizontal_kind):
+    """Refused before the neck and head are inherited (a GeneralizedRCNN teacher of horizontal boxes has the
+    rotated student's tensor names)."""
+    horizontal = tiny_stages(tmp_path, horizontal_kind)
     paths = ["MODEL.DS2D2.TEACHER_CONFIG", horizontal.MODEL.DS2D2.TEACHER_CONFIG,
              "MODEL.DS2D2.TEACHER_WEIGHTS", horizontal.MODEL.DS2D2.TEACHER_WEIGHTS,
              "MODEL.DS2D2.AMPLIFIER_WEIGHTS", horizontal.MODEL.DS2D2.AMPLIFIER_WEIGHTS]
-    cfg = distiller_config(STUDENT[kind], paths)
+    cfg = distiller_config(STUDENT[kind], paths, 64, ["MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD", True])
     cfg.MODEL.RETINANET.NUM_CLASSES = cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
     with pytest.raises(ValueError, match=r"MODEL\.DS2D2\.DETECTOR.* of rotated boxes, the teacher .*"
-                                         r"MODEL\.DS2D2\.TEACHER_CONFIG.* of horizontal boxes"):
+                                         r"MODEL\.DS2D2\.TEACHER_CONFIG.* of horizontal boxes"), \
+            caplog.at_level(logging.INFO, logger="ds2d2.meta_arch.inherit"):
         distiller(cfg)
+    assert "inherits" not in caplog.text
 
 
 @pytest.mark.parametrize("student, teacher", [("faster_rcnn", "retinanet"), ("retinanet", "faster_rcnn")])

@@ -97,14 +97,13 @@ class DS2D2Distiller(nn.Module):
         # Plain attribute, not a submodule: out of parameters(), state_dict(), DDP and train()/eval().
         self._frozen = {"teacher": teacher}
         self._flip_teacher_channels = teacher_cfg.INPUT.FORMAT != student_cfg.INPUT.FORMAT
-        if not isinstance(ds.INHERIT_TEACHER_NECK_HEAD, bool):
-            raise ValueError(f"{INHERIT_KEY} must be True or False, got {ds.INHERIT_TEACHER_NECK_HEAD!r}.")
-        if ds.INHERIT_TEACHER_NECK_HEAD:
-            inherit_teacher_neck_head(self.student, teacher)
-
         s_shapes = self.student.backbone.output_shape()
         t_shapes = teacher.backbone.output_shape()
         self.teacher_family = self._teacher_family(teacher, s_shapes, t_shapes, teacher_source)
+        if not isinstance(ds.INHERIT_TEACHER_NECK_HEAD, bool):
+            raise ValueError(f"{INHERIT_KEY} must be True or False, got {ds.INHERIT_TEACHER_NECK_HEAD!r}.")
+        if ds.INHERIT_TEACHER_NECK_HEAD:  # after the pair is checked (``_teacher_family``)
+            inherit_teacher_neck_head(self.student, teacher)
         common = [f for f in s_shapes if f in t_shapes and s_shapes[f].stride == t_shapes[f].stride]
         self.in_features = list(ds.IN_FEATURES) or common
         bad = [f for f in self.in_features if f not in common]
