@@ -22,7 +22,7 @@ from detectron2.structures import RotatedBoxes
 from conftest import REPO, load_script
 from ds2d2.config import load_config
 from ds2d2.data.synthetic import write_synthetic_dota
-from ds2d2.deploy import detector_config, export_onnx, load_detector
+from ds2d2.deploy import detector_config, export_model, export_onnx, load_detector
 from ds2d2.deploy.onnx_export import deploy_info
 from ds2d2.rotated import ops
 from ds2d2_onnx import Detections, OnnxDetector
@@ -171,11 +171,15 @@ def test_a_distillers_rotated_student_is_what_exports(exported, tmp_path):
     assert info.proposals == {"nms_thresh": 0.7, "post_nms_topk": 50, "min_box_size": 0.0}
 
 
-def test_rotated_rcnn_of_another_pooler_is_refused_before_the_checkpoint_is_read(tmp_path):
+def test_rotated_rcnn_exports_refused(tmp_path):
+    """Another pooler (before the checkpoint is read), and a fixed input size (its graph runs twice)."""
     cfg = tiny_config(RCNN, ["MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIAlignV2"])
     message = r"model.yaml: .*POOLER_TYPE 'ROIAlignV2'.*needs 'RRPN' and 'ROIAlignRotated'"
     with pytest.raises(ValueError, match=message):
         export_onnx(cfg, str(tmp_path / "absent.pth"), str(tmp_path / "model.onnx"), config_file="model.yaml")
+    cfg = tiny_config(RCNN)
+    with pytest.raises(ValueError, match=r"\(128, 128\): a Rotated Faster R-CNN .* dynamic size only"):
+        export_model(build_model(cfg).eval(), cfg, str(tmp_path / "model.onnx"), input_size=(128, 128))
     assert not (tmp_path / "model.onnx").exists()
 
 

@@ -139,9 +139,10 @@ class OnnxDetector:
                 "proposals": np.array([[8.0, 8.0, 8.0, 8.0, 0.0]], np.float32)}
 
     def _dummy_image(self) -> np.ndarray:
-        """The minimal input of a graph's image part: the fixed size, else one size-divisibility square."""
+        """The minimal input of a graph's image part (dynamic, as every Rotated Faster R-CNN export): one
+        size-divisibility square."""
         side = max(self.info.size_divisibility, 1)
-        return np.zeros((1, 3, *(self.info.input_size or (side, side))), np.float32)
+        return np.zeros((1, 3, side, side), np.float32)
 
     def _run(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]

@@ -7,10 +7,11 @@ model's metadata (``ds2d2_onnx.DeployInfo``). Input size:
 
 - dynamic (default): any height and width that are multiples of the backbone's size divisibility
   (``ds2d2_onnx`` pads to them), up to ``MAX_DYNAMIC_SIDE``; detections equal Detectron2's at every size;
-- fixed ``(H, W)`` (multiples of the divisibility): every image is padded to H x W. Where Detectron2 would
-  pad less (a smaller image), features near the bottom/right border see more padding, so detections there
-  can differ slightly; for images whose padded size is H x W (e.g. all DIOR images at 800 x 800) they are
-  Detectron2's. Fixed sizes let onnxruntime plan memory once and suit accelerators that need static shapes.
+- fixed ``(H, W)`` (multiples of the divisibility; not for a Rotated Faster R-CNN, see
+  ``_check_input_size``): every image is padded to H x W. Where Detectron2 would pad less (a smaller
+  image), features near the bottom/right border see more padding, so detections there can differ slightly;
+  for images whose padded size is H x W (e.g. all DIOR images at 800 x 800) they are Detectron2's. Fixed
+  sizes let onnxruntime plan memory once and suit accelerators that need static shapes.
 """
 from typing import Dict, List, Optional, Tuple
 
@@ -91,11 +92,20 @@ def deploy_info(model: nn.Module, cfg: CfgNode, input_size: Optional[Tuple[int, 
     )
 
 
-def _check_input_size(input_size: Optional[Tuple[int, int]], divisibility: int) -> None:
-    if input_size is not None and (min(input_size) <= 0 or any(v % max(divisibility, 1) for v in input_size)):
+def _check_input_size(input_size: Optional[Tuple[int, int]], divisibility: int, family: str) -> None:
+    if input_size is None:
+        return
+    if min(input_size) <= 0 or any(v % max(divisibility, 1) for v in input_size):
         raise ValueError(
             f"input size {tuple(input_size)}: height and width must be positive multiples of the backbone's "
             f"size divisibility ({divisibility})."
+        )
+    if family == "RotatedGeneralizedRCNN":
+        raise ValueError(
+            f"input size {tuple(input_size)}: a Rotated Faster R-CNN is exported with a dynamic size only. "
+            "Its graph runs twice per image (the image part, then the box head after the NumPy NMS and "
+            "pooling), each run feeding both parts; at a fixed size the second would run the backbone on a "
+            "full image again. Export it without --input-size."
         )
 
 
@@ -120,7 +130,8 @@ def export_model(model: nn.Module, cfg: CfgNode, output: str, input_size: Option
     """Write ``model`` (eval mode, CPU, built from the plain detector config ``cfg``) to ``output`` as ONNX
     with its metadata (dynamic height/width when ``input_size`` is None); return the metadata."""
     divisibility = model.backbone.size_divisibility
-    _check_input_size(input_size, divisibility)
+    family = deploy_family(cfg)
+    _check_input_size(input_size, divisibility, family)
     height, width = input_size or tuple(b * max(divisibility, 1) for b in EXAMPLE_BLOCKS)
     image = torch.zeros(1, 3, height, width)
     dims = None
@@ -128,14 +139,13 @@ def export_model(model: nn.Module, cfg: CfgNode, output: str, input_size: Option
         blocks = [torch.export.Dim(f"{side}_blocks", min=1, max=MAX_DYNAMIC_SIDE // max(divisibility, 1))
                   for side in ("height", "width")]
         dims = {"image": {2: divisibility * blocks[0], 3: divisibility * blocks[1]}}
-    family = deploy_family(cfg)
     if family.endswith("RetinaNet"):
         graph, args, input_names = RetinaNetGraph(model), (image,), ["image"]
         output_names = [f"{kind}_{f}" for f in model.head_in_features for kind in ("scores", "boxes")]
     elif family == "RotatedGeneralizedRCNN":
         graph, args, input_names, output_names = _rotated_rcnn_graph(model, image)
-        rois = torch.export.Dim("rois", min=1, max=MAX_ROIS)  # dynamic at a fixed image size too
-        dims = {**(dims or {"image": None}), "roi_features": {0: rois}, "proposals": {0: rois}}
+        rois = torch.export.Dim("rois", min=1, max=MAX_ROIS)
+        dims.update(roi_features={0: rois}, proposals={0: rois})
     else:
         image_size = torch.tensor([height, width], dtype=torch.float32)
         graph, args, input_names = FasterRCNNGraph(model), (image, image_size), ["image", "image_size"]
