@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 r"""Export a trained detector: the student of a distiller (stage 3) checkpoint, or a plain RetinaNet / Faster
-R-CNN checkpoint, as a plain Detectron2 checkpoint (``--format pth``, the default) or as ONNX (``--format
-onnx``) that ``ds2d2_onnx.OnnxDetector`` / tools/predict_onnx.py run with onnxruntime, without torch.
+R-CNN checkpoint (rotated ones too), as a plain Detectron2 checkpoint (``--format pth``, the default) or as
+ONNX (``--format onnx``) that ``ds2d2_onnx.OnnxDetector`` / tools/predict_onnx.py run with onnxruntime,
+without torch.
 
     python tools/export_student.py --config-file configs/synthetic/retinanet_R50_to_R18.yaml \
         --checkpoint output/synthetic/retinanet_R50_to_R18/model_final.pth --output student.pth
@@ -13,9 +14,10 @@ or unexpected keys into the detector built from the same config with MODEL.META_
 MODEL.DS2D2.DETECTOR:
     python train_net.py --config-file CFG --eval-only \
         MODEL.META_ARCHITECTURE RetinaNet MODEL.WEIGHTS student.pth
-onnx: any distiller or detector config of this project. The file holds the graph, the weights and the test
-settings (resize, classes, thresholds). Without --input-size the height and width are dynamic; with it, every
-image is padded to that size (multiples of 32; see docs/deploy.md).
+onnx: any distiller or detector config of this project, the rotated detectors' included (their exports give
+boxes cx, cy, w, h, angle). The file holds the graph, the weights and the test settings (resize, classes,
+thresholds). Without --input-size the height and width are dynamic; with it, every image is padded to that
+size (multiples of 32; see docs/deploy.md; a Rotated Faster R-CNN is exported with a dynamic size only).
 """
 import argparse
 import sys

@@ -1,6 +1,6 @@
-"""The detector a deployment starts from: a plain RetinaNet / Faster R-CNN built from a config and loaded
-strictly from a checkpoint, whether the config is a distiller's (its student is taken, whatever
-MODEL.DS2D2.TERMS trained it: DS2D2's streams, FitNet, ...) or a plain detector's."""
+"""The detector a deployment starts from: a plain RetinaNet / Faster R-CNN (or a rotated one) built from a
+config and loaded strictly from a checkpoint, whether the config is a distiller's (its student is taken,
+whatever MODEL.DS2D2.TERMS trained it: DS2D2's streams, FitNet, ...) or a plain detector's."""
 from typing import List, Optional
 
 from detectron2.config import CfgNode
