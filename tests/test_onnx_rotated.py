@@ -25,7 +25,8 @@ from ds2d2.data.synthetic import write_synthetic_dota
 from ds2d2.deploy import detector_config, export_model, export_onnx, load_detector
 from ds2d2.deploy.onnx_export import deploy_info
 from ds2d2.rotated import ops
-from ds2d2_onnx import Detections, OnnxDetector
+from ds2d2_onnx import DeployFileError, DeployInfo, Detections, OnnxDetector
+from ds2d2_onnx.metadata import METADATA_KEY
 from ds2d2_onnx.postprocess import clip_rotated, rescale
 from ds2d2_onnx.roi_align_rotated import roi_align_rotated
 from ds2d2_onnx.rotated_ops import batched_nms_rotated, nms_rotated, pairwise_iou_rotated
@@ -169,6 +170,17 @@ def test_a_distillers_rotated_student_is_what_exports(exported, tmp_path):
     info = deploy_info(student, detector_config(distiller), None, {})
     assert info.family == "RotatedGeneralizedRCNN" and info.pooler["features"] == ["p2", "p3", "p4", "p5"]
     assert info.proposals == {"nms_thresh": 0.7, "post_nms_topk": 50, "min_box_size": 0.0}
+
+
+def test_metadata_of_the_rotated_rcnn_is_required_there_and_absent_elsewhere():
+    """A horizontal export's metadata has no rotated R-CNN fields (so older predictors still read it); a
+    Rotated Faster R-CNN's without them is refused."""
+    info = DeployInfo("RetinaNet", ["ship"], "BGR", [1.0, 2.0, 3.0], 128, 128, 32, None, 0.05, 0.5, 100)
+    assert not {"proposals", "pooler"} & set(json.loads(info.to_json()))
+    assert DeployInfo.from_metadata({METADATA_KEY: info.to_json()}, "m.onnx") == info
+    info.family = "RotatedGeneralizedRCNN"
+    with pytest.raises(DeployFileError, match="'m.onnx': a RotatedGeneralizedRCNN export needs 'proposals'"):
+        DeployInfo.from_metadata({METADATA_KEY: info.to_json()}, "m.onnx")
 
 
 def test_rotated_rcnn_exports_refused(tmp_path):

@@ -13,6 +13,7 @@ VERSION = 1
 # RetinaNet / Faster R-CNN (Detectron2's meta-architecture names) and their rotated twins: ds2d2's
 # RotatedRetinaNet, and a GeneralizedRCNN with RRPN + RROIHeads (Rotated Faster R-CNN)
 FAMILIES = ("RetinaNet", "GeneralizedRCNN", "RotatedRetinaNet", "RotatedGeneralizedRCNN")
+ROTATED_RCNN_FIELDS = ("proposals", "pooler")
 
 
 class DeployFileError(ValueError):
@@ -56,7 +57,10 @@ class DeployInfo:
         return 5 if self.rotated else 4
 
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "version": VERSION, **asdict(self)})
+        """The metadata document; the rotated R-CNN's fields only where set, so that the exports of the other
+        families stay readable by the predictors written before those fields existed."""
+        fields = {k: v for k, v in asdict(self).items() if v is not None or k not in ROTATED_RCNN_FIELDS}
+        return json.dumps({"format": FORMAT, "version": VERSION, **fields})
 
     @classmethod
     def from_metadata(cls, metadata: Dict[str, str], path: str) -> "DeployInfo":
