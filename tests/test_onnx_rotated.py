@@ -12,6 +12,7 @@ from typing import Callable, Dict, NamedTuple
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 import torch
 from detectron2.config import CfgNode
@@ -181,6 +182,17 @@ def test_metadata_of_the_rotated_rcnn_is_required_there_and_absent_elsewhere():
     info.family = "RotatedGeneralizedRCNN"
     with pytest.raises(DeployFileError, match="'m.onnx': a RotatedGeneralizedRCNN export needs 'proposals'"):
         DeployInfo.from_metadata({METADATA_KEY: info.to_json()}, "m.onnx")
+
+
+def test_a_rotated_graph_labelled_horizontal_is_refused(exported, tmp_path):
+    """Metadata that does not describe the graph: a RotatedRetinaNet export relabelled RetinaNet (its boxes
+    have 5 numbers, not 4)."""
+    model = onnx.load(exported(RETINANET).onnx)
+    entry = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    entry.value = entry.value.replace('"family": "RotatedRetinaNet"', '"family": "RetinaNet"')
+    onnx.save(model, str(tmp_path / "relabelled.onnx"))
+    with pytest.raises(DeployFileError, match="relabelled.onnx'.*is not a RetinaNet export with 3 classes"):
+        OnnxDetector(str(tmp_path / "relabelled.onnx"))
 
 
 def test_rotated_rcnn_exports_refused(tmp_path):

@@ -88,7 +88,8 @@ class OnnxDetector:
             levels = [n[len("scores_"):] for n in outputs if n.startswith("scores_")]
             fits = (inputs == ["image"] and len(levels) > 0 and len(outputs) == 2 * len(levels)
                     and all(_last_dim(outputs["scores_" + v]) in (k, None) for v in levels)
-                    and all(_last_dim(outputs.get("boxes_" + v)) in (dim, None) for v in levels))
+                    and all("boxes_" + v in outputs and _last_dim(outputs["boxes_" + v]) in (dim, None)
+                            for v in levels))
         else:
             expected = ["image", "image_size"]
             if self.info.rotated:
