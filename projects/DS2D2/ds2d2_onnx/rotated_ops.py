@@ -186,35 +186,60 @@ def pairwise_iou_rotated(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
     return iou
 
 
+def _iou_upper_bound(frames: _Frames, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """[P] an upper bound of the IoU of boxes i and j: the intersection of their bounding rectangles (at
+    most the smaller area) over the union it would leave."""
+    gap = np.abs(frames.screen_centers[i] - frames.screen_centers[j])
+    half_i, half_j = frames.screen_half[i], frames.screen_half[j]
+    overlap = np.maximum(np.minimum(half_i + half_j - gap, 2 * np.minimum(half_i, half_j)), 0).prod(1)
+    area_i, area_j = frames.area[i].astype(np.float32), frames.area[j].astype(np.float32)
+    overlap = np.minimum(overlap, np.minimum(area_i, area_j))
+    return overlap / (area_i + area_j - overlap)
+
+
+def _greedy_keep(frames: _Frames, source: np.ndarray, target: np.ndarray, iou_thresh: float) -> np.ndarray:
+    """Greedy NMS over boxes already in decreasing score order, given the pairs that may suppress (source <
+    target, IoU not yet known): the [N] mask of kept boxes. Solved as a fixed point, a pair's IoU computed
+    only once its source is kept (as the greedy loop does): a box is suppressed when one of those IoUs is
+    above the threshold, kept once none of its possible suppressors is undecided."""
+    threshold = frames.half.dtype.type(iou_thresh)  # as torch compares a float32 tensor with a Python float
+    kept = np.zeros(len(frames.area), dtype=bool)
+    suppressed = np.zeros_like(kept)
+    while len(source):
+        live = ~suppressed[source] & ~(kept | suppressed)[target]
+        source, target = source[live], target[live]
+        due = kept[source]  # pairs of a kept box and an undecided one: their IoU decides
+        i, j = source[due], target[due]
+        for start in range(0, len(i), PAIR_CHUNK):
+            chunk = slice(start, start + PAIR_CHUNK)
+            suppressed[j[chunk][_pair_iou(frames, i[chunk], frames, j[chunk]) > threshold]] = True
+        source, target = source[~due], target[~due]
+        waiting = np.zeros_like(kept)
+        waiting[target[~suppressed[source]]] = True
+        kept |= ~(kept | suppressed | waiting)
+    return ~suppressed
+
+
 def batched_nms_rotated(boxes: np.ndarray, scores: np.ndarray, classes: Optional[np.ndarray],
                         iou_thresh: float) -> np.ndarray:
     """Greedy NMS of rotated boxes [N, 5] with scores [N], independently per class ``classes`` [N] (None: one
-    class). Returns the int64 indices of the kept boxes, by decreasing score."""
+    class). Returns the int64 indices of the kept boxes, by decreasing score. Only pairs of one class whose
+    bounding rectangles bound their IoU above the threshold are candidates, and a candidate's exact IoU is
+    computed only once its higher-scoring box is kept."""
     boxes = np.asarray(boxes)
     _check_boxes(boxes, "boxes")
     order = np.argsort(-np.asarray(scores), kind="stable")
-    dtype = _work_dtype(boxes)
-    frames = _frames(boxes[order], dtype)
+    frames = _frames(boxes[order], _work_dtype(boxes))
     groups = [np.arange(len(order))] if classes is None else [
         np.flatnonzero(np.asarray(classes)[order] == c) for c in np.unique(classes)]
-    suppressors, victims = [], []  # pairs (in score order) whose IoU is above the threshold
+    sources, targets = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for members in groups:
         group = frames.take(members)
         for i, j in _near_pairs(group, group, upper=True):
-            # compared in the work dtype, as torch compares a float32 tensor with a Python float
-            over = _pair_iou(group, i, group, j) > dtype(iou_thresh)
-            suppressors.append(members[i[over]])
-            victims.append(members[j[over]])
-    source = np.concatenate(suppressors + [np.zeros(0, np.int64)])
-    target = np.concatenate(victims + [np.zeros(0, np.int64)])
-    by_source = np.argsort(source, kind="stable")
-    source, target = source[by_source], target[by_source]
-    bounds = np.searchsorted(source, np.arange(len(order) + 1))
-    suppressed = np.zeros(len(order), dtype=bool)
-    for k in np.unique(source):  # greedy: a box still standing suppresses the later ones it overlaps
-        if not suppressed[k]:
-            suppressed[target[bounds[k]:bounds[k + 1]]] = True
-    return order[~suppressed].astype(np.int64)
+            likely = _iou_upper_bound(group, i, j) > iou_thresh - 1e-5  # skips most pairs
+            sources.append(members[i[likely]])
+            targets.append(members[j[likely]])
+    return order[_greedy_keep(frames, np.concatenate(sources), np.concatenate(targets), iou_thresh)]
 
 
 def nms_rotated(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
