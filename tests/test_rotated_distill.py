@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from conftest import assert_step_leaves_teacher, load_script, losses_then_shared_step, tiny_stages
 from ds2d2.config import detector_architecture, load_config
 from ds2d2.distill import DistillStep
-from ds2d2.distill.box_kd import dense_rotated_box_kd, roi_rotated_box_kd
+from ds2d2.distill.box_kd import dense_rotated_box_kd
+from ds2d2.losses import roi_box_kd
 from ds2d2.export import student_config
 from ds2d2.families import AnchorTargets, RoITargets, RotatedRCNNFamily, RotatedRetinaNetFamily, family_for
 from ds2d2.losses import probiou_loss
@@ -209,7 +210,7 @@ def test_roi_box_kd_on_five_deltas_against_a_per_roi_loop(class_specific):
     student = torch.randn(rois, width, generator=g).requires_grad_()
     teacher = torch.randn(rois, width, generator=g)
     logits = torch.randn(rois, classes + 1, generator=g)
-    loss = roi_rotated_box_kd(student, teacher, logits)
+    loss = roi_box_kd(student, teacher, logits, box_dim=5)
     total, weights = 0.0, 0.0
     for r in range(rois):
         p = torch.softmax(logits[r].double(), dim=0)[:classes].tolist()
@@ -221,7 +222,7 @@ def test_roi_box_kd_on_five_deltas_against_a_per_roi_loop(class_specific):
     loss.backward()
     assert student.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"\[R, 5\] or \[R, 15\]"):
-        roi_rotated_box_kd(student[:, :4], teacher[:, :4], logits)
+        roi_box_kd(student[:, :4], teacher[:, :4], logits, box_dim=5)
 
 
 # ---- stage 2 -----------------------------------------------------------------------------------------------

@@ -316,32 +316,35 @@ def roi_cls_divisor(reduction: str, num_rois: int, num_images: int) -> float:
     return ROI_CLS_REDUCTIONS[reduction](num_rois, num_images)
 
 
-def roi_box_kd(student_deltas: Tensor, teacher_deltas: Tensor, teacher_logits: Tensor) -> Tensor:
+def roi_box_kd(
+    student_deltas: Tensor, teacher_deltas: Tensor, teacher_logits: Tensor, box_dim: int = 4
+) -> Tensor:
     """L1 between student and teacher deltas of the teacher's most probable foreground class.
 
-    Each RoI is weighted by that class's teacher probability p; the sum is divided by 4 * sum(p).
+    Each RoI is weighted by that class's teacher probability p; the sum is divided by box_dim * sum(p).
 
     Args:
-        student_deltas, teacher_deltas: [R, K*4] (class-specific) or [R, 4] (class-agnostic).
+        student_deltas, teacher_deltas: [R, K*box_dim] (class-specific) or [R, box_dim] (class-agnostic).
         teacher_logits: [R, K+1] (background last).
+        box_dim: deltas per box: 4 (dx, dy, dw, dh), or 5 for rotated boxes (and dangle, in radians).
     """
     _check_same_shape(student_deltas, teacher_deltas, "roi_box_kd deltas")
     if teacher_logits.dim() != 2 or teacher_logits.shape[0] != student_deltas.shape[0]:
         raise ValueError(f"roi_box_kd: teacher_logits {tuple(teacher_logits.shape)} do not match deltas "
                          f"{tuple(student_deltas.shape)} (expected [R, K+1])")
     num_rois, num_classes = teacher_logits.shape[0], teacher_logits.shape[1] - 1
-    if student_deltas.dim() != 2 or student_deltas.shape[1] not in (4, 4 * num_classes):
+    if student_deltas.dim() != 2 or student_deltas.shape[1] not in (box_dim, box_dim * num_classes):
         raise ValueError(
-            f"roi_box_kd: deltas must be [R, 4] or [R, {4 * num_classes}] for {num_classes} classes, "
-            f"got {tuple(student_deltas.shape)}"
+            f"roi_box_kd: deltas must be [R, {box_dim}] or [R, {box_dim * num_classes}] for {num_classes} "
+            f"classes, got {tuple(student_deltas.shape)}"
         )
     foreground = F.softmax(teacher_logits.detach().float(), dim=1)[:, :num_classes]
     prob, cls = foreground.max(dim=1)
     student, teacher = student_deltas.float(), teacher_deltas.detach().float()
-    if student.shape[1] != 4:
+    if student.shape[1] != box_dim:
         rows = torch.arange(num_rois, device=student.device)
-        student = student.view(num_rois, num_classes, 4)[rows, cls]
-        teacher = teacher.view(num_rois, num_classes, 4)[rows, cls]
+        student = student.view(num_rois, num_classes, box_dim)[rows, cls]
+        teacher = teacher.view(num_rois, num_classes, box_dim)[rows, cls]
     l1 = (student - teacher).abs().sum(dim=1)
-    denominator = (4.0 * prob.sum()).clamp(min=torch.finfo(torch.float32).tiny)
+    denominator = (box_dim * prob.sum()).clamp(min=torch.finfo(torch.float32).tiny)
     return (l1 * prob).sum() / denominator

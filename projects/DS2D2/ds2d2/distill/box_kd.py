@@ -7,13 +7,13 @@ family's ``box_dim`` (4: horizontal xyxy, 5: rotated XYWHA), so that the terms r
   centre enter one smooth, differentiable distance, with no polygon clipping) in place of 1 - GIoU (an
   extension, docs/method.md "Rotated boxes (extension)").
 - RoI (Faster R-CNN): L1 on the deltas of the teacher's most probable foreground class, weighted by its
-  probability (``losses.roi_box_kd`` for 4 deltas; ``roi_rotated_box_kd`` for the 5 rotated deltas, the angle
-  delta in radians counted like the others).
+  probability (``losses.roi_box_kd``, with ``box_dim=5`` for the rotated deltas: the angle delta, in radians,
+  counted like the others).
 """
+from functools import partial
 from typing import Callable, Dict, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..losses import dense_box_kd, probiou_loss, roi_box_kd
@@ -44,35 +44,7 @@ def dense_rotated_box_kd(
     return (loss * weight.detach().float()).sum() / divisor
 
 
-def roi_rotated_box_kd(student_deltas: Tensor, teacher_deltas: Tensor, teacher_logits: Tensor) -> Tensor:
-    """L1 between the student's and the teacher's 5 deltas of the teacher's most probable foreground class,
-    each RoI weighted by that class's teacher probability p, the sum divided by 5 * sum(p); a 0-dim float32
-    tensor whose gradient reaches ``student_deltas`` only.
-
-    Args:
-        student_deltas, teacher_deltas: [R, 5K] (class-specific) or [R, 5] (class-agnostic).
-        teacher_logits: [R, K+1] (background last).
-    """
-    num_rois, num_classes = teacher_logits.shape[0], teacher_logits.shape[1] - 1
-    if student_deltas.shape != teacher_deltas.shape or student_deltas.dim() != 2 \
-            or student_deltas.shape[0] != num_rois \
-            or student_deltas.shape[1] not in (ROTATED_BOX_DIM, ROTATED_BOX_DIM * num_classes):
-        raise ValueError(
-            f"roi_rotated_box_kd: deltas must both be [R, 5] or [R, {ROTATED_BOX_DIM * num_classes}] for "
-            f"{num_classes} classes and R = {num_rois} RoIs, got {tuple(student_deltas.shape)} and "
-            f"{tuple(teacher_deltas.shape)}"
-        )
-    prob, cls = F.softmax(teacher_logits.detach().float(), dim=1)[:, :num_classes].max(dim=1)
-    student, teacher = student_deltas.float(), teacher_deltas.detach().float()
-    if student.shape[1] != ROTATED_BOX_DIM:
-        rows = torch.arange(num_rois, device=student.device)
-        student = student.view(num_rois, num_classes, ROTATED_BOX_DIM)[rows, cls]
-        teacher = teacher.view(num_rois, num_classes, ROTATED_BOX_DIM)[rows, cls]
-    l1 = (student - teacher).abs().sum(dim=1)
-    denominator = (ROTATED_BOX_DIM * prob.sum()).clamp(min=torch.finfo(torch.float32).tiny)
-    return (l1 * prob).sum() / denominator
-
-
 # box_dim -> the box KD of that kind (see the module docstring)
 DENSE_BOX_KD: Dict[int, Callable[..., Tensor]] = {4: dense_box_kd, ROTATED_BOX_DIM: dense_rotated_box_kd}
-ROI_BOX_KD: Dict[int, Callable[..., Tensor]] = {4: roi_box_kd, ROTATED_BOX_DIM: roi_rotated_box_kd}
+ROI_BOX_KD: Dict[int, Callable[..., Tensor]] = {
+    4: roi_box_kd, ROTATED_BOX_DIM: partial(roi_box_kd, box_dim=ROTATED_BOX_DIM)}

@@ -34,7 +34,7 @@ class ImplicitKD:
       GIoU (``box_kd.dense_rotated_box_kd``).
     - RoIs (Faster R-CNN): ``cls_weight`` * temperature KL on the class scores (reduced over the RoIs as
       ``cls_reduction`` says) + L1 on the teacher-argmax class's deltas weighted by its probability (5
-      deltas for rotated RoI heads: ``box_kd.roi_rotated_box_kd``).
+      deltas for rotated RoI heads: ``losses.roi_box_kd`` with ``box_dim=5``).
     """
 
     beta: float
