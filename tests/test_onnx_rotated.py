@@ -288,6 +288,7 @@ EDGE_CASES = {  # (box 1, box 2, IoU by hand)
     "tiny, half overlap": ([3, 4, 1e-3, 1e-3, 0], [3 + 5e-4, 4, 1e-3, 1e-3, 0], 1 / 3),
     "zero area": ([3, 4, 0, 5, 10], [3, 4, 0, 5, 10], 0.0),
     "apart": ([0, 0, 4, 4, 10], [20, 0, 4, 4, 10], 0.0),
+    "apart, bounding rectangles meeting": ([0, 0, 10, 1, 45], [4, 4, 10, 1, 45], 0.0),
 }
 
 

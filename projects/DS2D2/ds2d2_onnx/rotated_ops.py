@@ -102,8 +102,8 @@ def _intersection(half_a: np.ndarray, center_b: np.ndarray, cos: np.ndarray, sin
     middle = np.maximum(x_low, y_low), np.minimum(x_high, y_high)
     t = np.stack([np.zeros_like(px), np.minimum(x_low, y_low), np.minimum(*middle), np.maximum(*middle),
                   np.maximum(x_high, y_high)], 2)  # [P, 4, 5], in order along each edge
-    xs = (px[..., None] + t * dx[..., None]).reshape(len(px), -1)  # [P, 20]: the path, edge by edge
-    ys = (py[..., None] + t * dy[..., None]).reshape(len(py), -1)
+    xs = (px[..., None] + t * dx[..., None]).reshape(len(px), 20)  # [P, 20]: the path, edge by edge
+    ys = (py[..., None] + t * dy[..., None]).reshape(len(py), 20)
     xs, ys = np.minimum(np.maximum(xs, -a), a), np.minimum(np.maximum(ys, -b), b)
     return np.abs((xs * np.roll(ys, -1, 1) - ys * np.roll(xs, -1, 1)).sum(1)) / dtype(2)
 
