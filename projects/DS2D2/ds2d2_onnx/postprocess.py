@@ -102,7 +102,7 @@ def dense_detections(
     topk: int, nms_thresh: float, max_det: int,
 ) -> Detections:
     """RetinaNet: ``level_scores[i]`` ``[Ai, K]`` (sigmoid), ``level_boxes[i]`` ``[Ai, 4]`` (all anchors
-    decoded) -> the detections in model-input pixels."""
+    decoded; ``[Ai, 5]`` for a RotatedRetinaNet) -> the detections in model-input pixels."""
     parts: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for scores, boxes in zip(level_scores, level_boxes):
         flat = scores.reshape(-1)
