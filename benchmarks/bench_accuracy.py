@@ -5,11 +5,14 @@
     python benchmarks/bench_accuracy.py --dry-run         # the runs the full table plans now; trains nothing
     python benchmarks/bench_accuracy.py --tables          # the tables of the finished runs; trains nothing
     nohup python benchmarks/bench_accuracy.py > benchmarks/results/accuracy.log 2>&1 &    # the full table
+    python benchmarks/bench_accuracy.py --detectors rotated_retinanet rotated_faster_rcnn    # oriented boxes
 
 Per detector: an R-50 teacher (longer schedule) and its high-frequency amplifier are trained once; then R-18
 students with one schedule: alone, the baselines FitNet, FGD, PKD, MGD, CrossKD
 (configs/synthetic/baselines/, their published weights; FitNet, which has none, the term's default 1),
 DS2D2 explicit only, implicit only, full DS2D2 (configs/synthetic/<detector>_R50_to_R18.yaml).
+The detectors: retinanet and faster_rcnn (the default), and the rotated families rotated_retinanet and
+rotated_faster_rcnn (configs/synthetic/rotated_*, asked for by name).
 
 Tuning, the same small budget for every method: each of FitNet, FGD, PKD, MGD, CrossKD and DS2D2 multiplies
 all of its loss weights (read from the run's own config: FGD's alpha, beta, gamma, lambda; DS2D2's l1..l4;
@@ -25,9 +28,14 @@ names: x1 keeps the untuned benchmark's (ds2d2_it1000_t6000_s1), another x adds 
 its absolute weight (fitnet10_... is FitNet at weight 10, whichever base and x give it).
 
 Everything trains on synthetic_dior_train; the table reports synthetic_dior_test for the chosen runs, and val
-next to it. Each run is a ``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json
-exists is kept and skipped, an unfinished one resumes from its last checkpoint, so the command can be re-run
-after an interruption at any point. The Markdown/CSV/PNG tables are rewritten after every run.
+next to it. The rotated detectors train on synthetic_diorr_train (the same generated images, oriented boxes),
+choose on synthetic_diorr_val and report synthetic_diorr_test by the DOTA Task-1 rule, the VOC07 11-point
+AP50 on the rotated IoU (mAP50, what the choice reads), with COCO-style AP on the rotated IoU beside it; their
+tables go to accuracy_oriented* (the horizontal ones to accuracy*, so neither overwrites the other).
+
+Each run is a ``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json exists is
+kept and skipped, an unfinished one resumes from its last checkpoint, so the command can be re-run after an
+interruption at any point. The Markdown/CSV/PNG tables are rewritten after every run.
 """
 import argparse
 import json
@@ -37,23 +45,64 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import ROOT, RESULTS, bar_plot, machine_line, markdown_table, set_threads  # noqa: E402
 from benchmarks.common import command_line, write_csv, write_report  # noqa: E402
 
-METRICS = ("AP", "AP50", "AP75", "APs")
+METRICS = ("AP", "AP50", "AP75", "APs")  # COCO-style, of the evaluator's "bbox" results
 METHODS = ("alone", "fitnet", "fgd", "pkd", "mgd", "crosskd", "explicit", "implicit", "ds2d2")
 # their configs: configs/synthetic/baselines/<detector>_R50_to_R18_<method>.yaml
 BASELINES = ("fitnet", "fgd", "pkd", "mgd", "crosskd")
 # methods with their own multiplier, chosen on val; explicit and implicit (DS2D2's ablations) use DS2D2's
 TUNED = ("fitnet", "fgd", "pkd", "mgd", "crosskd", "ds2d2")
 FOLLOW_DS2D2 = ("explicit", "implicit")
-DETECTORS = ("retinanet", "faster_rcnn")
 STAGES = ("R50_teacher", "R50_amplifier", "R18_student", "R50_to_R18")
-VAL, TEST = "synthetic_dior_val", "synthetic_dior_test"
+VAL, TEST = "synthetic_dior_val", "synthetic_dior_test"  # the horizontal detectors' (HORIZONTAL)
+
+
+class Scoring(NamedTuple):
+    """How the runs of one kind of detector are trained and scored: on ``train``, the tuning choice on
+    ``val`` by the ``headline`` metric, the table on ``test``. ``metrics``: the table's (column, evaluator,
+    field) in eval_results.json; ``opts``: overrides of every run; ``report``: the name of the report files
+    in --results, ``title`` their title, ``metric_note`` the notes' first words."""
+    train: str
+    val: str
+    test: str
+    metrics: Tuple[Tuple[str, str, str], ...]
+    headline: str
+    opts: Tuple[str, ...]
+    report: str
+    title: str
+    metric_note: str
+
+    @property
+    def columns(self) -> Tuple[str, ...]:
+        return tuple(column for column, _, _ in self.metrics)
+
+    def read(self, results: Dict, split: str) -> Dict[str, float]:
+        """Every metric of ``split`` (one of the run's DATASETS.TEST) from a run's eval_results.json."""
+        return {column: float(results[split][evaluator][field]) for column, evaluator, field in self.metrics}
+
+
+BOX_AP = tuple((m, "bbox", m) for m in METRICS)
+HORIZONTAL = Scoring("synthetic_dior_train", VAL, TEST, BOX_AP, "AP50", (), "accuracy",
+                     "Accuracy on synthetic DIOR", "COCO-style box AP")
+# The DOTA Task-1 rule (the VOC07 11-point AP50 on the rotated IoU) heads the rotated detectors' table;
+# COCO-style AP on the rotated IoU (RotatedCOCOEvaluator's "bbox") is kept beside it.
+ORIENTED = Scoring(
+    "synthetic_diorr_train", "synthetic_diorr_val", "synthetic_diorr_test",
+    (("mAP50", "voc_rotated_ap50", "mAP50"),) + BOX_AP, "mAP50", ("TEST.VOC_USE_07_METRIC", "True"),
+    "accuracy_oriented", "Accuracy of the rotated detectors on synthetic DIOR-R",
+    "mAP50: the DOTA Task-1 rule (VOC07 11-point AP50 on the rotated IoU, TEST.VOC_USE_07_METRIC True), "
+    "the headline; AP, AP50, AP75, APs: COCO-style box AP on the rotated IoU (RotatedCOCOEvaluator); all",
+)
+SCORING = {"retinanet": HORIZONTAL, "faster_rcnn": HORIZONTAL,
+           "rotated_retinanet": ORIENTED, "rotated_faster_rcnn": ORIENTED}
+DETECTORS = tuple(SCORING)
+DEFAULT_DETECTORS = ("retinanet", "faster_rcnn")  # the rotated ones are asked for by name
 LR = "SOLVER.BASE_LR"  # the student alone's tuned value
 # The loss weights of each distillation term (MODEL.DS2D2.TERMS): a multiplier scales every one of them.
 TERM_WEIGHTS = {
@@ -74,13 +123,16 @@ ZERO_EXPLICIT = ["MODEL.DS2D2.LOSS.EXPLICIT_LOW", "0.0", "MODEL.DS2D2.LOSS.EXPLI
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="RetinaNet, one seed, alone vs full DS2D2, --grid 1")
+    p.add_argument("--quick", action="store_true",
+                   help="RetinaNet (or --detectors), one seed, alone vs full DS2D2, --grid 1")
     p.add_argument("--dry-run", action="store_true",
                    help="print the runs planned now (name, config, overrides) and those waiting; no training")
     p.add_argument("--tables", action="store_true",
                    help="rewrite the tables from the planned runs that have finished (e.g. while another "
                         "process trains the rest); no training")
-    p.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS))
+    p.add_argument("--detectors", nargs="+", choices=DETECTORS, default=None,
+                   help=f"default: {' '.join(DEFAULT_DETECTORS)} (--quick: retinanet); the rotated ones, "
+                        "asked for by name, report to accuracy_oriented*")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3],
                    help="student seeds; the first one trains the tuning grid (teacher: seed 1)")
@@ -122,8 +174,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if any(not x > 0 or math.isinf(x) for x in values):
             p.error(f"--{flag.replace('_', '-')} takes positive finite multipliers; got {values}")
         setattr(args, flag, sorted(set(values)))
+    if args.detectors is None:
+        args.detectors = ["retinanet"] if args.quick else list(DEFAULT_DETECTORS)
     if args.quick:
-        args.detectors, args.methods, args.seeds = ["retinanet"], ["alone", "ds2d2"], args.seeds[:1]
+        args.methods, args.seeds = ["alone", "ds2d2"], args.seeds[:1]
         args.grid = args.alone_lr_grid = [1.0]
     return args
 
@@ -262,13 +316,14 @@ def student_run(args: argparse.Namespace, detector: str, method: str, seed: int,
     return run
 
 
-def val_ap50(output: str) -> Optional[float]:
-    """Val AP50 of a finished run (None if unfinished). Reads synthetic_dior_val only, never the test set."""
+def val_score(output: str, scoring: Scoring) -> Optional[float]:
+    """The headline metric on val of a finished run (None if unfinished): scoring.val only, never the test
+    set."""
     path = os.path.join(output, "eval_results.json")
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return float(json.load(f)[VAL]["bbox"]["AP50"])
+        return scoring.read(json.load(f), scoring.val)[scoring.headline]
 
 
 def grid_of(args: argparse.Namespace, method: str) -> List[float]:
@@ -277,12 +332,13 @@ def grid_of(args: argparse.Namespace, method: str) -> List[float]:
     return args.alone_lr_grid if method == "alone" else args.grid
 
 
-def choose(grid: Sequence[Dict]) -> Optional[float]:
-    """The multiplier of the grid run with the best val AP50 (ties: the one closest to x1 on a log scale, then
-    the smaller); None while a grid run is unfinished. A one-value grid needs no result."""
+def choose(grid: Sequence[Dict], scoring: Scoring = HORIZONTAL) -> Optional[float]:
+    """The multiplier of the grid run with the best val headline metric (AP50; mAP50 for the rotated
+    detectors) (ties: the one closest to x1 on a log scale, then the smaller); None while a grid run is
+    unfinished. A one-value grid needs no result."""
     if len(grid) == 1:
         return grid[0]["x"]
-    scores = [(val_ap50(run["output"]), run["x"]) for run in grid]
+    scores = [(val_score(run["output"], scoring), run["x"]) for run in grid]
     if any(score is None for score, _ in scores):
         return None
     return min(scores, key=lambda s: (-s[0], abs(math.log(s[1])), s[1]))[1]
@@ -325,7 +381,7 @@ def plan(args: argparse.Namespace, detector: str, waiting: Optional[List[Tuple]]
             start = len(runs)
             for multiplier in grid_of(args, method):
                 add(method, first, multiplier, "grid")
-            chosen[method] = choose(runs[start:])
+            chosen[method] = choose(runs[start:], SCORING[detector])
             for run in runs[start:]:
                 run["picked"] = run["x"] == chosen[method]
                 run["chosen"] = run["picked"] and method in methods
@@ -379,9 +435,10 @@ def run_training(args: argparse.Namespace, run: Dict, data_root: str) -> None:
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", run["config"]]
     if os.path.isfile(os.path.join(run["output"], "last_checkpoint")):
         cmd.append("--resume")
-    cmd += run["opts"] + [
-        "DATASETS.TRAIN", "('synthetic_dior_train',)",
-        "DATASETS.TEST", f"('{VAL}', '{TEST}')",
+    scoring = SCORING[run["detector"]]
+    cmd += run["opts"] + list(scoring.opts) + [
+        "DATASETS.TRAIN", f"('{scoring.train}',)",
+        "DATASETS.TEST", f"('{scoring.val}', '{scoring.test}')",
         "SOLVER.IMS_PER_BATCH", str(args.batch), "DATALOADER.NUM_WORKERS", str(args.workers),
         "MODEL.DEVICE", "cpu", "OUTPUT_DIR", run["output"],
     ]
@@ -394,20 +451,21 @@ def run_training(args: argparse.Namespace, run: Dict, data_root: str) -> None:
 
 
 def read_result(run: Dict) -> Optional[Dict]:
-    """Test metrics (and val AP50, train seconds, multiplier, weights) of a finished run, else None."""
+    """Test metrics (and the val headline metric, train seconds, multiplier, weights) of a finished run, else
+    None."""
     path = os.path.join(run["output"], "eval_results.json")
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         results = json.load(f)
-    test = results[TEST]["bbox"]
+    scoring = SCORING[run["detector"]]
     row = {k: run[k] for k in ("detector", "method", "seed", "role", "chosen", "name")}
     row["x"] = ("lr " if run["method"] == "alone" else "") + x_text(run["x"])
     row["picked"] = run.get("picked", False)
     row["base_weights"] = run.get("base_weights")
     row["weights"] = " ".join(f"{k.split('.')[-1]}={w:g}" for k, w in run.get("weights", {}).items())
-    row.update({m: float(test[m]) for m in METRICS})
-    row["val_AP50"] = val_ap50(run["output"])
+    row.update(scoring.read(results, scoring.test))
+    row[f"val_{scoring.headline}"] = val_score(run["output"], scoring)
     time_file = os.path.join(run["output"], "bench_time.json")
     if os.path.isfile(time_file):
         with open(time_file) as f:
@@ -437,8 +495,9 @@ def training_log(folder: str, last: int = 3) -> Dict[str, float]:
 
 
 def summarise(rows: List[Dict]) -> List[Dict]:
-    """Mean and spread (population std over seeds) per (detector, method) of the chosen runs; dAP50: AP50 gain
-    over the student alone; x: the method's chosen multiplier; s_per_it: the fastest seed's median seconds per
+    """Mean and spread (population std over seeds) per (detector, method) of the chosen runs, of each metric
+    of the detector's scoring and of its val headline; d<headline> (dAP50, dmAP50): the headline's gain over
+    the student alone; x: the method's chosen multiplier; s_per_it: the fastest seed's median seconds per
     iteration (other jobs on the machine only ever slow a run down)."""
     groups: Dict[tuple, List[Dict]] = {}
     for row in rows:
@@ -447,7 +506,8 @@ def summarise(rows: List[Dict]) -> List[Dict]:
     summary = []
     for (detector, method), members in groups.items():
         entry = {"detector": detector, "method": method, "x": members[0].get("x", ""), "seeds": len(members)}
-        for m in METRICS + ("val_AP50",):
+        scoring = SCORING[detector]
+        for m in scoring.columns + (f"val_{scoring.headline}",):
             values = [r[m] for r in members]
             entry[m] = statistics.mean(values)
             entry[f"{m}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
@@ -461,7 +521,8 @@ def summarise(rows: List[Dict]) -> List[Dict]:
     for entry in summary:
         alone = [e for e in summary if e["detector"] == entry["detector"] and e["method"] == "alone"]
         if alone and entry["method"] not in ("teacher", "amplifier"):
-            entry["dAP50"] = entry["AP50"] - alone[0]["AP50"]
+            headline = SCORING[entry["detector"]].headline
+            entry[f"d{headline}"] = entry[headline] - alone[0][headline]
     return summary
 
 
@@ -477,51 +538,61 @@ def weights_note(rows: List[Dict]) -> str:
 
 
 def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
-    name = "accuracy_quick" if args.quick else "accuracy"
-    columns = ["detector", "method", "x", "seed", "role", "chosen", "name", *METRICS, "val_AP50", "train_s",
+    """The tables of ``rows``: one report per scoring of the detectors asked for (accuracy* for the horizontal
+    detectors, accuracy_oriented* for the rotated ones), so that neither kind overwrites the other's."""
+    scorings = dict.fromkeys(SCORING[d] for d in args.detectors)
+    texts = [scoring_report(args, [r for r in rows if SCORING[r["detector"]] == scoring], scoring, machine)
+             for scoring in scorings]
+    return "\n".join(texts)
+
+
+def scoring_report(args: argparse.Namespace, rows: List[Dict], scoring: Scoring, machine: str) -> str:
+    """The Markdown, CSV and PNG tables of the ``rows`` of one scoring's detectors."""
+    name = scoring.report + ("_quick" if args.quick else "")
+    h = scoring.headline
+    val, gain = f"val_{h}", f"d{h}"  # val_AP50, dAP50 for the horizontal detectors
+    columns = ["detector", "method", "x", "seed", "role", "chosen", "name", *scoring.columns, val, "train_s",
                "s_per_it", "weights", *LOSS_TERMS]
     write_csv(os.path.join(args.results, f"{name}_runs.csv"), rows, columns)
     summary = summarise(rows)
-    shown = METRICS + ("val_AP50",)
+    shown = scoring.columns + (val,)
     show = [dict(e, **{m: f"{e[m]:.1f} ± {e[m + '_std']:.1f}" for m in shown}) for e in summary]
     for e in show:
-        e["dAP50"] = f"{e['dAP50']:+.1f}" if "dAP50" in e else ""
-    table_cols = ["detector", "method", "x", "seeds", *shown, "dAP50", "s_per_it"]
+        e[gain] = f"{e[gain]:+.1f}" if gain in e else ""
+    table_cols = ["detector", "method", "x", "seeds", *shown, gain, "s_per_it"]
     csv_cols = ["detector", "method", "x", "seeds"] + [c for m in shown for c in (m, m + "_std")]
     csv_cols += table_cols[-2:]
     write_csv(os.path.join(args.results, f"{name}.csv"), summary, csv_cols)
     grid = [dict(r, chosen="yes" if r["picked"] else "") for r in rows if r.get("role") == "grid"]
-    grid_cols = ["detector", "method", "x", "val_AP50", "chosen", "weights"]
+    grid_cols = ["detector", "method", "x", val, "chosen", "weights"]
     write_csv(os.path.join(args.results, f"{name}_grid.csv"), grid, grid_cols)
     first = args.seeds[0]
     table = markdown_table(show, table_cols)
     if grid:
-        table += (f"\n\nTuning grid: val AP50 (synthetic_dior_val) of seed {first} at each multiplier x of "
+        table += (f"\n\nTuning grid: val {h} ({scoring.val}) of seed {first} at each multiplier x of "
                   f"the method's loss weights (weights: the values trained with).\n\n"
                   + markdown_table(grid, grid_cols))
-    notes = (f"COCO-style box AP on synthetic_dior_test (mean ± std over seeds {args.seeds}) of each method "
-             f"at its chosen x; val_AP50 on synthetic_dior_val; dAP50 = AP50 gain over the student alone; "
+    notes = (f"{scoring.metric_note} on {scoring.test} (mean ± std over seeds {args.seeds}) of each method "
+             f"at its chosen x; {val} on {scoring.val}; {gain} = {h} gain over the student alone; "
              f"s_per_it: median training seconds per iteration on this (shared) machine, of the fastest "
              f"seed. x multiplies every loss weight of the method; it is chosen per detector among "
-             f"{[float(x) for x in args.grid]} by the best val AP50 of seed {first} (ties: the x closest to "
+             f"{[float(x) for x in args.grid]} by the best val {h} of seed {first} (ties: the x closest to "
              f"1), never on test; explicit and implicit use DS2D2's x; for the student alone x (lr) "
              f"multiplies SOLVER.BASE_LR, among {[float(x) for x in args.alone_lr_grid]}. Loss weights at x1 "
              f"(the configs', with the weight flags given; zero weights left out): "
              f"{weights_note(rows) or '-'}. Teacher R-50 {args.teacher_iters} iterations, amplifier "
              f"{args.amplifier_iters}, students R-18 {args.student_iters}, batch {args.batch}, 128 px, "
              f"{args.num_images} images. Command: python benchmarks/bench_accuracy.py {args.command}")
-    text = write_report(os.path.join(args.results, f"{name}.md"), "Accuracy on synthetic DIOR", machine,
-                        table, notes)
+    text = write_report(os.path.join(args.results, f"{name}.md"), scoring.title, machine, table, notes)
     students = [e for e in summary if e["method"] not in ("amplifier",)]
     if students:
         methods = [m for m in ("teacher",) + METHODS if any(e["method"] == m for e in students)]
         detectors = sorted({e["detector"] for e in students})
         pick = {(e["detector"], e["method"]): e for e in students}
-        series = {d: [pick.get((d, m), {}).get("AP50", 0.0) for m in methods] for d in detectors}
-        errors = {d: [pick.get((d, m), {}).get("AP50_std", 0.0) for m in methods] for d in detectors}
-        bar_plot(os.path.join(args.results, f"{name}.png"), methods, series, "AP50 (synthetic_dior_test)",
-                 "Accuracy on synthetic DIOR (each method at its chosen x; mean ± std over seeds)",
-                 errors=errors)
+        series = {d: [pick.get((d, m), {}).get(h, 0.0) for m in methods] for d in detectors}
+        errors = {d: [pick.get((d, m), {}).get(f"{h}_std", 0.0) for m in methods] for d in detectors}
+        bar_plot(os.path.join(args.results, f"{name}.png"), methods, series, f"{h} ({scoring.test})",
+                 f"{scoring.title} (each method at its chosen x; mean ± std over seeds)", errors=errors)
     return text
 
 

@@ -278,3 +278,129 @@ def test_summary_gives_mean_spread_gain_and_the_fastest_seeds_speed():
     assert ds2d2["AP50_std"] == pytest.approx((32 / 3) ** 0.5)
     assert ds2d2["dAP50"] == pytest.approx(32.0)
     assert ds2d2["s_per_it"] == 0.6  # seeds slowed by other jobs do not count
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The rotated detectors: their own configs, datasets, headline metric (DOTA Task 1 on val) and report files
+# ------------------------------------------------------------------------------------------------------------
+
+
+def fake_rotated_result(output, val_map50, val_ap50, test_map50=None, test_ap50=None):
+    """A rotated run's eval_results.json: the VOC07 rotated mAP50 and RotatedCOCOEvaluator's box AP per split
+    (test only when given)."""
+    def split(map50, ap50):
+        return {"bbox": {"AP": ap50 / 2, "AP50": ap50, "AP75": ap50 / 4, "APs": ap50 / 3},
+                "voc_rotated_ap50": {"mAP50": map50, "AP50-a": map50}}
+
+    results = {"synthetic_diorr_val": split(val_map50, val_ap50)}
+    if test_map50 is not None:
+        results["synthetic_diorr_test"] = split(test_map50, test_ap50)
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, "eval_results.json"), "w") as f:
+        json.dump(results, f)
+
+
+def test_rotated_detectors_are_asked_for_by_name():
+    assert ba.parse_args([]).detectors == ["retinanet", "faster_rcnn"]
+    assert ba.parse_args(["--quick"]).detectors == ["retinanet"]
+    quick = ba.parse_args(["--quick", "--detectors", "rotated_faster_rcnn"])
+    assert quick.detectors == ["rotated_faster_rcnn"]
+    assert (quick.methods, quick.grid, quick.seeds) == (["alone", "ds2d2"], [1.0], [1])
+    args = ba.parse_args(["--explicit-weight", "rotated_retinanet=0.5"])
+    assert ba.run_names(args, "rotated_retinanet")["ds2d2"] == "ds2d2_ex0.5_it1000_t6000"
+    assert ba.run_names(args, "retinanet")["ds2d2"] == "ds2d2_it1000_t6000"
+
+
+@pytest.mark.parametrize("detector", ["rotated_retinanet", "rotated_faster_rcnn"])
+def test_a_rotated_detector_trains_its_own_configs_on_the_oriented_splits(detector, tmp_path, monkeypatch):
+    args = ba.parse_args(["--work", str(tmp_path), "--detectors", detector])
+    runs = ba.plan(args, detector)
+    configs = {r["method"]: r["config"] for r in runs}
+    assert configs["teacher"] == f"configs/synthetic/{detector}_R50_teacher.yaml"
+    assert configs["amplifier"] == f"configs/synthetic/{detector}_R50_amplifier.yaml"
+    assert configs["alone"] == f"configs/synthetic/{detector}_R18_student.yaml"
+    assert configs["ds2d2"] == f"configs/synthetic/{detector}_R50_to_R18.yaml"
+    assert configs["fgd"] == f"configs/synthetic/baselines/{detector}_R50_to_R18_fgd.yaml"
+    assert all(os.path.dirname(r["output"]) == str(tmp_path / detector) for r in runs)
+    teacher = overrides(next(r for r in runs if r["method"] == "ds2d2"))["MODEL.DS2D2.TEACHER_WEIGHTS"]
+    assert teacher == str(tmp_path / detector / "teacher_it6000" / "model_final.pth")
+    # every run: the oriented splits of the one generated dataset, and the Task-1 rule's VOC07 11 points
+    commands = []
+    monkeypatch.setattr(ba.subprocess, "run", lambda cmd, **kw: commands.append(cmd))
+    for run in (runs[0], ba.plan(args, "retinanet")[0]):
+        ba.run_training(args, run, str(tmp_path / "data"))
+    rotated, horizontal = (dict(zip(cmd[4::2], cmd[5::2])) for cmd in commands)
+    assert rotated["DATASETS.TRAIN"] == "('synthetic_diorr_train',)"
+    assert rotated["DATASETS.TEST"] == "('synthetic_diorr_val', 'synthetic_diorr_test')"
+    assert rotated["TEST.VOC_USE_07_METRIC"] == "True"
+    assert horizontal["DATASETS.TRAIN"] == "('synthetic_dior_train',)"  # the horizontal runs as before
+    assert horizontal["DATASETS.TEST"] == "('synthetic_dior_val', 'synthetic_dior_test')"
+    assert "TEST.VOC_USE_07_METRIC" not in horizontal
+
+
+def test_a_rotated_choice_reads_the_val_task1_map_only(tmp_path):
+    grid = []
+    # val mAP50 (VOC07, rotated IoU) best at x0.1; val COCO AP50 and both test metrics best at x10
+    for x, val_map50, val_ap50 in ((0.1, 60.0, 10.0), (1.0, 50.0, 20.0), (10.0, 40.0, 90.0)):
+        out = str(tmp_path / f"x{x:g}")
+        fake_rotated_result(out, val_map50, val_ap50, test_map50=100 * x, test_ap50=100 * x)
+        grid.append({"x": x, "output": out})
+    assert ba.choose(grid, ba.SCORING["rotated_retinanet"]) == 0.1
+    assert ba.val_score(grid[1]["output"], ba.ORIENTED) == 50.0
+    out = str(tmp_path / "val_only")
+    fake_rotated_result(out, 33.0, 44.0)  # no test results: never read
+    assert ba.val_score(out, ba.ORIENTED) == 33.0
+    with pytest.raises(KeyError, match="synthetic_dior_val"):  # a horizontal run's file is not a rotated one
+        ba.val_score(out, ba.HORIZONTAL)
+
+    # the plan: the other seeds train at the x that val mAP50 chose
+    args = ba.parse_args(["--work", str(tmp_path / "w"), "--detectors", "rotated_faster_rcnn", "--methods",
+                          "pkd", "--seeds", "1", "2"])
+    for x, val_map50 in ((0.1, 70.0), (1.0, 60.0), (10.0, 50.0)):
+        name = ba.run_names(args, "rotated_faster_rcnn", x)["pkd"] + "_s1"
+        fake_rotated_result(str(tmp_path / "w" / "rotated_faster_rcnn" / name), val_map50, 100 - val_map50,
+                            test_map50=100 - val_map50, test_ap50=100 - val_map50)
+    seeds = [(r["seed"], r["x"]) for r in ba.plan(args, "rotated_faster_rcnn") if r["chosen"]]
+    assert seeds[-2:] == [(1, 0.1), (2, 0.1)]
+
+
+def test_rotated_tables_report_task1_map_in_their_own_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(ba, "run_training", lambda *a: pytest.fail("--tables trained a run"))
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / "accuracy.md").write_text("the horizontal table\n")
+    common = ["--work", str(tmp_path / "work"), "--results", str(res), "--methods", "alone",
+              "--alone-lr-grid", "1", "--seeds", "1", "2"]
+    argv = common + ["--detectors", "rotated_retinanet"]
+    by_name = {r["name"]: r for r in ba.plan(ba.parse_args(argv), "rotated_retinanet")}
+    fake_rotated_result(by_name["teacher_it6000"]["output"], 80.0, 70.0, 81.0, 71.0)
+    fake_rotated_result(by_name["alone_it1000_t6000_s1"]["output"], 50.0, 40.0, 52.0, 42.0)
+    fake_rotated_result(by_name["alone_it1000_t6000_s2"]["output"], 54.0, 40.0, 56.0, 46.0)
+    text = ba.main(argv + ["--tables"])
+    assert (res / "accuracy.md").read_text() == "the horizontal table\n"  # never overwritten
+    assert not (res / "accuracy.csv").exists() and not (res / "accuracy_runs.csv").exists()
+    assert text.startswith("## Accuracy of the rotated detectors on synthetic DIOR-R\n")
+    header = ("| detector | method | x | seeds | mAP50 | AP | AP50 | AP75 | APs | val_mAP50 | dmAP50 "
+              "| s_per_it |")
+    assert header in text
+    # test mAP50 (52, 56) and COCO AP50 (42, 46) averaged apart; val mAP50 (50, 54); gain on mAP50
+    assert "| rotated_retinanet | alone | lr 1 | 2 | 54.0 ± 2.0 | 22.0 ± 1.0 | 44.0 ± 2.0 |" in text
+    assert "| 52.0 ± 2.0 | +0.0 |" in text
+    assert "| rotated_retinanet | teacher |  | 1 | 81.0 ± 0.0 | 35.5 ± 0.0 | 71.0 ± 0.0 |" in text
+    assert "DOTA Task-1 rule (VOC07 11-point AP50 on the rotated IoU" in text
+    assert "on synthetic_diorr_test" in text and "val_mAP50 on synthetic_diorr_val" in text
+    assert "by the best val mAP50 of seed 1" in text
+    for ext in ("md", "csv", "png"):
+        assert (res / f"accuracy_oriented.{ext}").stat().st_size > 0
+    with open(res / "accuracy_oriented_runs.csv") as f:
+        header = f.readline()
+    assert header.startswith("detector,method,x,seed,role,chosen,name,mAP50,AP,AP50,AP75,APs,val_mAP50,")
+
+    # both kinds asked for: each report holds its own detectors' rows only
+    argv = common + ["--detectors", "retinanet", "rotated_retinanet"]
+    fake_result(ba.plan(ba.parse_args(argv), "retinanet")[0]["output"], 60.0, 61.0)
+    text = ba.main(argv + ["--tables"])
+    horizontal, oriented = (res / "accuracy.md").read_text(), (res / "accuracy_oriented.md").read_text()
+    assert text == horizontal + "\n" + oriented
+    assert "| retinanet | teacher |" in horizontal and "| rotated_retinanet |" not in horizontal
+    assert "| rotated_retinanet | teacher |" in oriented and "| retinanet |" not in oriented
