@@ -1,5 +1,6 @@
 """Generic builders of tiny Detectron2/DS2D2 configs and random batches, shared by the tests."""
 import importlib.util
+import math
 from pathlib import Path
 from types import ModuleType
 from typing import Dict, Iterator, List, Sequence
@@ -167,6 +168,25 @@ def assert_step_leaves_teacher(model: torch.nn.Module, losses: Dict, saved_prefi
     assert all(p.grad is None for p in model.teacher.parameters())
     assert all(torch.equal(v, teacher[k]) for k, v in model.teacher.state_dict().items())
     assert all(k.startswith(tuple(saved_prefixes)) for k in model.state_dict())
+
+
+def assert_terms_train_student_only(model: torch.nn.Module, batch: List[Dict], expected: set):
+    """A distiller's distillation losses on ``batch`` are exactly ``expected``, finite and positive; their
+    gradient reaches the student's backbone and never the implicit stream's amplifier head; an SGD step leaves
+    the teacher as it was, and the state dict holds the student, adapters and terms only. Returns the
+    DistillStep the terms saw."""
+    losses, detection, step = losses_then_shared_step(model, batch)
+    kd = {k: v for k, v in losses.items() if k not in detection}
+    assert set(kd) == expected
+    assert all(math.isfinite(float(v)) and float(v) > 0 for v in kd.values()), kd
+    sum(kd.values()).backward(retain_graph=True)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.student.backbone.parameters())
+    implicit = model.terms["DS2D2Implicit"] if "DS2D2Implicit" in model.terms else None
+    if implicit is not None and implicit.amplifier_head is not None:
+        assert all(p.grad is None for p in implicit.amplifier_head.parameters())
+    model.zero_grad()
+    assert_step_leaves_teacher(model, losses, ("student.", "adapters.", "terms."))
+    return step
 
 
 class CrashAt(HookBase):

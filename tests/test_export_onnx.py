@@ -15,7 +15,6 @@ import onnx
 import pytest
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from torchvision.ops import batched_nms as batched_nms_torch
 from torchvision.ops import nms as nms_torch
@@ -28,6 +27,7 @@ from ds2d2_onnx import DeployFileError, Detections, OnnxDetector
 from ds2d2_onnx.metadata import METADATA_KEY
 from ds2d2_onnx.postprocess import batched_nms, nms
 from ds2d2_onnx.preprocess import to_input
+from onnx_support import torch_detections
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_torch_thread")]
 SYNTHETIC = REPO / "configs" / "synthetic"
@@ -117,17 +117,6 @@ def sample_images(work: Path) -> Dict[str, np.ndarray]:
     scene = cv2.imread(str(sorted((work / "datasets" / "synthetic_dior").glob("JPEGImages-*/*.jpg"))[0]))
     tall = np.concatenate([scene, scene[::-1]], axis=0)
     return {"128x128": scene, "96x128": scene[:96], "200x90": tall[:200, :90], "110x120": scene[9:119, 4:124]}
-
-
-def torch_detections(model, cfg: CfgNode, image: np.ndarray) -> Detections:
-    """What Detectron2's DefaultPredictor computes for a BGR image (test resize, model, rescale)."""
-    pixels = image if cfg.INPUT.FORMAT == "BGR" else image[:, :, ::-1]
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-    pixels = resize.get_transform(pixels).apply_image(pixels)
-    tensor = torch.as_tensor(np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype("float32"))
-    with torch.no_grad():
-        inst = model([{"image": tensor, "height": image.shape[0], "width": image.shape[1]}])[0]["instances"]
-    return Detections(inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), inst.pred_classes.numpy())
 
 
 def assert_same_detections(expected: Detections, got: Detections, image_side: int) -> None:

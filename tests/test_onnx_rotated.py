@@ -16,7 +16,6 @@ import onnx
 import pytest
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import RotatedBoxes
 
@@ -31,6 +30,7 @@ from ds2d2_onnx.metadata import METADATA_KEY
 from ds2d2_onnx.postprocess import clip_rotated, rescale
 from ds2d2_onnx.roi_align_rotated import roi_align_rotated
 from ds2d2_onnx.rotated_ops import batched_nms_rotated, nms_rotated, pairwise_iou_rotated
+from onnx_support import torch_detections
 from rotated_setup import DETECTORS, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_torch_thread")]
@@ -114,17 +114,6 @@ def scene(work: Path) -> np.ndarray:
     paths = sorted((work / "dota").glob("*/images/*.png"))
     images = [cv2.imread(str(p)) for p in paths]
     return max(images, key=lambda image: image.size)
-
-
-def torch_detections(model, cfg: CfgNode, image: np.ndarray) -> Detections:
-    """What Detectron2's DefaultPredictor computes for a BGR image (test resize, model, rescale)."""
-    pixels = image if cfg.INPUT.FORMAT == "BGR" else image[:, :, ::-1]
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-    pixels = resize.get_transform(pixels).apply_image(pixels)
-    tensor = torch.as_tensor(np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype("float32"))
-    with torch.no_grad():
-        inst = model([{"image": tensor, "height": image.shape[0], "width": image.shape[1]}])[0]["instances"]
-    return Detections(inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), inst.pred_classes.numpy())
 
 
 # Crops of the scene: square ones for the fixed 128 x 128 RetinaNet export (resized to exactly 128 x 128, as
