@@ -5,12 +5,16 @@
     python benchmarks/bench_step.py --sizes 512 --teachers 101 --repeats 3 --warmup 1    # reduced
 
 Models are the DIOR configs (student R-18, FPN 256, 20 classes; teacher R-50 / R-101 from configs/DIOR;
-the authors' DIOR loss weights) with random weights (speed does not depend on them). For each detector,
+the authors' DIOR loss weights) with random weights (speed does not depend on them). The rotated families
+(``--detectors rotated_retinanet rotated_faster_rcnn``) use the DIOR-R configs (configs/DIOR-R, the same
+trunks and their horizontal twin's loss weights) on batches of oriented boxes; their tables go to
+step_rotated.{md,csv,png}, so a run of either kind never overwrites the other's. For each detector,
 teacher and input size, each variant runs in its own process (so that peak memory is its own): ``alone``
 (the student), ``teacher_fwd`` (the distiller with every weight 0: student + teacher forward; check_config
 refuses such a config, so it is built with that one check bypassed), ``explicit``
 (implicit weights 0), ``implicit`` (explicit weights 0) and ``full``. A step is forward, backward and SGD
-update on a random batch with ``--boxes`` ground-truth boxes per image. The full variant also times its
+update on a random batch with ``--boxes`` ground-truth boxes per image (oriented ones, at random angles, for
+a rotated detector). The full variant also times its
 components alone on the same batch (forward + backward where a gradient flows): teacher backbone forward,
 DISW (all levels), explicit stream (adapter, DWT, DISW, weighted band MSE), full-frequency amplifier (KD
 through the teacher head) and high-frequency amplifier (HF features + KD through the amplifier head); the
@@ -28,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 from unittest import mock
 
 import torch
@@ -43,16 +47,37 @@ WEIGHTS = {  # which of (EXPLICIT_LOW, EXPLICIT_HIGH, IMPLICIT_FULL, IMPLICIT_HI
     "teacher_fwd": (0, 0, 0, 0), "explicit": (1, 1, 0, 0), "implicit": (0, 0, 1, 1), "full": (1, 1, 1, 1),
 }
 LOSS_KEYS = ("EXPLICIT_LOW", "EXPLICIT_HIGH", "IMPLICIT_FULL", "IMPLICIT_HIGH")
-# The authors' DIOR weights l1..l4 (docs/method.md), set on the student config like configs/DIOR/ds2d2/*.yaml
+# The authors' DIOR weights l1..l4 (docs/method.md), set on the student config like configs/DIOR/ds2d2/*.yaml;
+# a rotated family takes its horizontal twin's, as configs/DIOR-R/ds2d2/*.yaml
 AUTHORS_DIOR = {"retinanet": (1e-5, 1e-5, 1.0, 1.0), "faster_rcnn": (0.5, 0.5, 1e-5, 1e-5)}
 COMPONENTS = ("teacher_fwd_ms", "disw_ms", "explicit_ms", "amp_full_ms", "amp_high_ms")
-DETECTORS = {"retinanet": "retinanet", "faster_rcnn": "faster_rcnn"}
+
+
+class Family(NamedTuple):
+    """What a detector's rows differ in: the folder of its configs under configs/, whether its boxes are
+    oriented, and the name and title of its report files in --results."""
+    configs: str
+    oriented: bool
+    report: str
+    title: str
+
+
+HORIZONTAL = Family("DIOR", False, "step", "Training-step cost")
+ROTATED = Family("DIOR-R", True, "step_rotated",
+                 "Training-step cost of the rotated detectors (DIOR-R configs, oriented boxes)")
+DETECTORS = {"retinanet": HORIZONTAL, "faster_rcnn": HORIZONTAL,
+             "rotated_retinanet": ROTATED, "rotated_faster_rcnn": ROTATED}
 
 
 def cfg_paths(detector: str, depth: int) -> Dict[str, str]:
-    base = os.path.join(ROOT, "configs", "DIOR")
+    base = os.path.join(ROOT, "configs", DETECTORS[detector].configs)
     return {"student": os.path.join(base, f"{detector}_R18.yaml"),
             "teacher": os.path.join(base, f"{detector}_R{depth}.yaml")}
+
+
+def loss_weights(detector: str) -> Tuple[float, ...]:
+    """The authors' DIOR l1..l4 of ``detector`` (of its horizontal twin for a rotated family)."""
+    return AUTHORS_DIOR[detector.removeprefix("rotated_")]
 
 
 def load(path: str, opts: List[str]):
@@ -79,8 +104,13 @@ def write_teacher_files(detector: str, depth: int, device: str, folder: str) -> 
     return out
 
 
-def random_batch(num_images: int, size: int, boxes: int, seed: int = 0) -> List[Dict]:
-    from detectron2.structures import Boxes, Instances
+def random_batch(num_images: int, size: int, boxes: int, seed: int = 0, oriented: bool = False) -> List[Dict]:
+    """``num_images`` random images of ``size`` px with ``boxes`` objects each, sides size/64 to size/6 px:
+    horizontal boxes, or (``oriented``) the same rectangles turned about their centres by uniform angles in
+    [-90, 90) degrees, in the canonical XYWHA form (ds2d2/rotated/boxes.py)."""
+    from detectron2.structures import Boxes, Instances, RotatedBoxes
+
+    from ds2d2.rotated.boxes import canonical_rotated_boxes
 
     generator = torch.Generator().manual_seed(seed)
     batch = []
@@ -88,7 +118,12 @@ def random_batch(num_images: int, size: int, boxes: int, seed: int = 0) -> List[
         side = torch.empty(boxes, 2).uniform_(size / 64, size / 6, generator=generator)
         corner = torch.rand(boxes, 2, generator=generator) * (size - side)
         instances = Instances((size, size))
-        instances.gt_boxes = Boxes(torch.cat([corner, corner + side], dim=1))
+        if oriented:
+            angle = torch.empty(boxes, 1).uniform_(-90, 90, generator=generator)
+            xywha = torch.cat([corner + side / 2, side, angle], dim=1)
+            instances.gt_boxes = RotatedBoxes(canonical_rotated_boxes(xywha))
+        else:
+            instances.gt_boxes = Boxes(torch.cat([corner, corner + side], dim=1))
         instances.gt_classes = torch.randint(0, 20, (boxes,), generator=generator)
         image = torch.rand(3, size, size, generator=generator) * 255
         batch.append({"image": image, "instances": instances, "height": size, "width": size})
@@ -106,7 +141,7 @@ def build_variant(spec: Dict):
     ds.DETECTOR, cfg.MODEL.META_ARCHITECTURE = cfg.MODEL.META_ARCHITECTURE, "DS2D2Distiller"
     ds.TEACHER_CONFIG, ds.TEACHER_WEIGHTS = spec["files"]["teacher.yaml"], spec["files"]["teacher.pth"]
     ds.AMPLIFIER_WEIGHTS = spec["files"]["amp.pth"]
-    for key, weight, keep in zip(LOSS_KEYS, AUTHORS_DIOR[spec["detector"]], WEIGHTS[spec["variant"]]):
+    for key, weight, keep in zip(LOSS_KEYS, loss_weights(spec["detector"]), WEIGHTS[spec["variant"]]):
         ds.LOSS[key] = weight if keep else 0.0
     if spec["variant"] != "teacher_fwd":
         return build_model(cfg)
@@ -191,7 +226,8 @@ def measure(spec: Dict) -> Dict:
     params = [p for p in model.parameters() if p.requires_grad]
     # learning rate 0: the update costs what it always does, and random weights stay put (no divergence)
     optimizer = torch.optim.SGD(params, lr=0.0, momentum=0.9)
-    batch = random_batch(spec["batch"], spec["size"], spec["boxes"])
+    batch = random_batch(spec["batch"], spec["size"], spec["boxes"],
+                         oriented=DETECTORS[spec["detector"]].oriented)
     rss_before = rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -271,7 +307,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
     p.add_argument("--results", default=RESULTS)
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = argv
+    return args
 
 
 def main(argv: Optional[List[str]] = None) -> str:
@@ -302,28 +340,36 @@ def main(argv: Optional[List[str]] = None) -> str:
     add_ratios(rows)
     for row in rows:
         row["teacher"] = f"R-{row['depth']}"
+    machine = "; ".join(machine_line(d) for d in devices)
+    reports = dict.fromkeys(DETECTORS[d] for d in args.detectors)  # in the order asked for
+    texts = [write_tables(args, [r for r in rows if DETECTORS[r["detector"]] == family], family, machine)
+             for family in reports]
+    text = "\n".join(texts)
+    print(text, flush=True)
+    return text
+
+
+def write_tables(args: argparse.Namespace, rows: List[Dict], family: Family, machine: str) -> str:
+    """``rows`` as <report>.csv, <report>.png (each variant's s/it over the student alone) and <report>.md."""
+    name = family.report
     columns = ["device", "detector", "teacher", "size", "variant", "s_per_it", "ratio", "peak_mb",
                "step_extra_mb", *COMPONENTS, "vs_inherent", "met"]
-    write_csv(os.path.join(args.results, "step.csv"), rows, columns)
+    write_csv(os.path.join(args.results, f"{name}.csv"), rows, columns)
     groups = sorted({(r["device"], r["detector"], r["teacher"], r["size"]) for r in rows}, key=str)
     labels = [f"{d} {det} {t} {s}px" for d, det, t, s in groups]
     pick = {(r["device"], r["detector"], r["teacher"], r["size"], r["variant"]): r for r in rows}
     series = {v: [pick.get(g + (v,), {}).get("ratio", 0.0) for g in groups] for v in args.variants}
-    bar_plot(os.path.join(args.results, "step.png"), labels, series, "s/it relative to the student alone",
-             "Training-step cost (student R-18)")
-    machine = "; ".join(machine_line(d) for d in devices)
-    command = command_line(argv)
+    bar_plot(os.path.join(args.results, f"{name}.png"), labels, series, "s/it relative to the student alone",
+             f"{family.title} (student R-18)")
     notes = (
         f"Batch {args.batch}, {args.boxes} boxes/image; median of {args.repeats} steps after {args.warmup} "
         f"warm-up, then median over {args.rounds} round(s) of one process per variant. ratio: s/it over the "
         "student alone; vs_inherent (full only): s/it over teacher_fwd + both amplifier components (target "
         "<= 1.15). Component columns: ms, each measured alone on the same batch. "
-        f"Command: python benchmarks/bench_step.py {command}"
+        f"Command: python benchmarks/bench_step.py {command_line(args.argv)}"
     )
-    text = write_report(os.path.join(args.results, "step.md"), "Training-step cost", machine,
+    return write_report(os.path.join(args.results, f"{name}.md"), family.title, machine,
                         markdown_table(rows, columns), notes)
-    print(text, flush=True)
-    return text
 
 
 if __name__ == "__main__":

@@ -97,3 +97,56 @@ def test_bench_oriented_tiny_scores_both_box_kinds(tmp_path, capsys):
     capsys.readouterr()
     bench_oriented.main(argv + ["--tables"])  # rewrites the tables from the finished runs, trains nothing
     assert "| retinanet | R18 | oriented |" in capsys.readouterr().out
+
+
+def test_bench_step_rotated_batch_turns_the_horizontal_rectangles():
+    import torch
+    from detectron2.structures import RotatedBoxes
+
+    flat, turned = (bench_step.random_batch(2, 256, 40, seed=3, oriented=o) for o in (False, True))
+    for image in turned:
+        boxes = image["instances"].gt_boxes
+        assert isinstance(boxes, RotatedBoxes) and boxes.tensor.shape == (40, 5)
+        _, _, w, h, angle = boxes.tensor.unbind(1)
+        assert bool((w >= h).all()) and bool(((angle >= -90) & (angle < 90)).all())  # canonical XYWHA
+        assert float(angle.std()) > 20  # turned at random, not all at one angle
+    # the first image draws its rectangles before any angle: the same rectangles as the horizontal batch's
+    x0, y0, x1, y1 = flat[0]["instances"].gt_boxes.tensor.unbind(1)
+    cx, cy, w, h, _ = turned[0]["instances"].gt_boxes.tensor.unbind(1)
+    assert torch.allclose(cx, (x0 + x1) / 2) and torch.allclose(cy, (y0 + y1) / 2)
+    assert torch.allclose(w, torch.maximum(x1 - x0, y1 - y0))
+    assert torch.allclose(h, torch.minimum(x1 - x0, y1 - y0))
+
+
+@pytest.mark.slow
+def test_bench_step_rotated_tiny_writes_its_own_tables(tmp_path, capsys):
+    bench_step.main(["--detectors", "rotated_retinanet", "rotated_faster_rcnn", "--teachers", "50", "--sizes",
+                     "64", "--variants", "alone", "teacher_fwd", "full", "--batch", "1", "--boxes", "2",
+                     "--repeats", "1", "--warmup", "0", "--threads", "1", "--devices", "cpu",
+                     "--results", str(tmp_path)])
+    assert "## Training-step cost of the rotated detectors" in capsys.readouterr().out
+    rows = check_outputs(tmp_path, "step_rotated", 6)
+    assert not os.path.exists(tmp_path / "step.md"), "the horizontal table is never overwritten"
+    assert [(r["detector"], r["variant"]) for r in rows] == [
+        (d, v) for d in ("rotated_retinanet", "rotated_faster_rcnn")
+        for v in ("alone", "teacher_fwd", "full")]
+    for full in (r for r in rows if r["variant"] == "full"):
+        assert all(float(full[c]) > 0 for c in bench_step.COMPONENTS) and float(full["vs_inherent"]) > 0
+
+
+@pytest.mark.slow
+def test_bench_accuracy_rotated_tiny_reports_task1_map(tmp_path, capsys):
+    argv = ["--quick", "--detectors", "rotated_retinanet", "rotated_faster_rcnn", "--teacher-iters", "2",
+            "--amplifier-iters", "2", "--student-iters", "2", "--batch", "1", "--num-images", "10",
+            "--workers", "0", "--threads", "1", "--work", str(tmp_path / "work"),
+            "--results", str(tmp_path / "results")]
+    bench_accuracy.main(argv)
+    rows = check_outputs(tmp_path / "results", "accuracy_oriented_quick", 8)
+    assert [(r["detector"], r["method"]) for r in rows] == [
+        (d, m) for d in ("rotated_retinanet", "rotated_faster_rcnn")
+        for m in ("teacher", "amplifier", "alone", "ds2d2")]
+    assert all(0.0 <= float(r[m]) <= 100.0 for r in rows for m in ("mAP50", "val_mAP50"))
+    assert not os.path.exists(tmp_path / "results" / "accuracy_quick.md")
+    capsys.readouterr()
+    bench_accuracy.main(argv)  # every run finished: all kept, none retrained
+    assert capsys.readouterr().out.count("already done, kept") == 8
