@@ -3,6 +3,7 @@
 
     python benchmarks/bench_step.py                  # 512 and 800 px, R-50 and R-101 teachers, both detectors
     python benchmarks/bench_step.py --sizes 512 --teachers 101 --repeats 3 --warmup 1    # reduced
+    python benchmarks/bench_step.py --detectors rotated_retinanet rotated_faster_rcnn    # step_rotated.*
 
 Models are the DIOR configs (student R-18, FPN 256, 20 classes; teacher R-50 / R-101 from configs/DIOR;
 the authors' DIOR loss weights) with random weights (speed does not depend on them). The rotated families
@@ -55,16 +56,17 @@ COMPONENTS = ("teacher_fwd_ms", "disw_ms", "explicit_ms", "amp_full_ms", "amp_hi
 
 class Family(NamedTuple):
     """What a detector's rows differ in: the folder of its configs under configs/, whether its boxes are
-    oriented, and the name and title of its report files in --results."""
+    oriented (``boxes`` names them in the notes), and the name and title of its report files in --results."""
     configs: str
     oriented: bool
+    boxes: str
     report: str
     title: str
 
 
-HORIZONTAL = Family("DIOR", False, "step", "Training-step cost")
-ROTATED = Family("DIOR-R", True, "step_rotated",
-                 "Training-step cost of the rotated detectors (DIOR-R configs, oriented boxes)")
+HORIZONTAL = Family("DIOR", False, "boxes", "step", "Training-step cost")
+ROTATED = Family("DIOR-R", True, "oriented boxes (random angles)", "step_rotated",
+                 "Training-step cost, rotated detectors (DIOR-R configs)")
 DETECTORS = {"retinanet": HORIZONTAL, "faster_rcnn": HORIZONTAL,
              "rotated_retinanet": ROTATED, "rotated_faster_rcnn": ROTATED}
 
@@ -362,10 +364,10 @@ def write_tables(args: argparse.Namespace, rows: List[Dict], family: Family, mac
     bar_plot(os.path.join(args.results, f"{name}.png"), labels, series, "s/it relative to the student alone",
              f"{family.title} (student R-18)")
     notes = (
-        f"Batch {args.batch}, {args.boxes} boxes/image; median of {args.repeats} steps after {args.warmup} "
-        f"warm-up, then median over {args.rounds} round(s) of one process per variant. ratio: s/it over the "
-        "student alone; vs_inherent (full only): s/it over teacher_fwd + both amplifier components (target "
-        "<= 1.15). Component columns: ms, each measured alone on the same batch. "
+        f"Batch {args.batch}, {args.boxes} {family.boxes}/image; median of {args.repeats} steps after "
+        f"{args.warmup} warm-up, then median over {args.rounds} round(s) of one process per variant. ratio: "
+        "s/it over the student alone; vs_inherent (full only): s/it over teacher_fwd + both amplifier "
+        "components (target <= 1.15). Component columns: ms, each measured alone on the same batch. "
         f"Command: python benchmarks/bench_step.py {command_line(args.argv)}"
     )
     return write_report(os.path.join(args.results, f"{name}.md"), family.title, machine,

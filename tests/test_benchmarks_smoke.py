@@ -124,7 +124,7 @@ def test_bench_step_rotated_tiny_writes_its_own_tables(tmp_path, capsys):
                      "64", "--variants", "alone", "teacher_fwd", "full", "--batch", "1", "--boxes", "2",
                      "--repeats", "1", "--warmup", "0", "--threads", "1", "--devices", "cpu",
                      "--results", str(tmp_path)])
-    assert "## Training-step cost of the rotated detectors" in capsys.readouterr().out
+    assert "## Training-step cost, rotated detectors" in capsys.readouterr().out
     rows = check_outputs(tmp_path, "step_rotated", 6)
     assert not os.path.exists(tmp_path / "step.md"), "the horizontal table is never overwritten"
     assert [(r["detector"], r["variant"]) for r in rows] == [
