@@ -24,22 +24,23 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_accuracy import load_config, schedule, training_log  # noqa: E402
+from benchmarks.bench_accuracy import load_config, run_training, schedule, training_log  # noqa: E402
 from benchmarks.common import ROOT, RESULTS, bar_plot, command_line, machine_line  # noqa: E402
 from benchmarks.common import markdown_table, set_threads, write_csv, write_report  # noqa: E402
 
 DETECTORS = ("retinanet", "faster_rcnn")
 KINDS = ("horizontal", "oriented")
 MODELS = {"R50": "R50_teacher", "R18": "R18_student"}  # depth -> config suffix
+SCORING_KEY = {"horizontal": "", "oriented": "rotated_"}  # + detector: its key in bench_accuracy.SCORING
 DATASET = {"horizontal": "synthetic_dior", "oriented": "synthetic_diorr"}
 VOC_KEY = {"horizontal": "voc_ap50", "oriented": "voc_rotated_ap50"}
+VOC07 = ["TEST.VOC_USE_07_METRIC", "True"]  # the DOTA devkit's AP rule, for both box kinds
 STUDENT_LR_X = {"retinanet": 0.25, "faster_rcnn": 1.0}
 
 
@@ -89,6 +90,7 @@ def plan(args: argparse.Namespace) -> List[Dict]:
                 for depth in MODELS:
                     config = config_of(kind, detector, depth)
                     opts = schedule(args.iters) + ["SEED", str(seed)]
+                    opts += VOC07 if kind == "horizontal" else []  # bench_accuracy sets it for oriented runs
                     if depth == "R18":
                         base_lr = float(load_config(config, []).SOLVER.BASE_LR)
                         opts += ["SOLVER.BASE_LR", f"{base_lr * args.lr_x[detector]:g}"]
@@ -100,26 +102,13 @@ def plan(args: argparse.Namespace) -> List[Dict]:
     return runs
 
 
-def run_training(args: argparse.Namespace, run: Dict, data_root: str) -> None:
-    os.makedirs(run["output"], exist_ok=True)
-    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", run["config"]]
-    if os.path.isfile(os.path.join(run["output"], "last_checkpoint")):
-        cmd.append("--resume")
-    data = DATASET[run["kind"]]
-    cmd += run["opts"] + [
-        "DATASETS.TRAIN", f"('{data}_train',)", "DATASETS.TEST", f"('{data}_val', '{data}_test')",
-        "TEST.VOC_USE_07_METRIC", "True", "SOLVER.IMS_PER_BATCH", str(args.batch),
-        "DATALOADER.NUM_WORKERS", str(args.workers), "MODEL.DEVICE", "cpu", "OUTPUT_DIR", run["output"],
-    ]
-    env = dict(os.environ, DETECTRON2_DATASETS=data_root)
-    start = time.time()
-    with open(os.path.join(run["output"], "stdout.txt"), "a") as log:
-        subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+def train(args: argparse.Namespace, run: Dict, data_root: str) -> None:
+    """Train and score one run with bench_accuracy's runner (the datasets of its box kind), then delete its
+    checkpoints: nothing reuses them."""
+    run_training(args, dict(run, detector=SCORING_KEY[run["kind"]] + run["detector"]), data_root)
     for name in os.listdir(run["output"]):
         if name.startswith("model_") and name.endswith(".pth"):
-            os.remove(os.path.join(run["output"], name))  # keep the work folder small: nothing reuses them
-    with open(os.path.join(run["output"], "bench_time.json"), "w") as f:
-        json.dump({"seconds": time.time() - start, "resumed": "--resume" in cmd}, f)
+            os.remove(os.path.join(run["output"], name))
 
 
 def read_result(run: Dict) -> Optional[Dict]:
@@ -208,7 +197,7 @@ def main(argv: Optional[List[str]] = None) -> str:
                 continue
             now = time.strftime("%H:%M:%S")
             print(f"[{now}] run {i}/{len(mine)}: {run['group']}/{run['name']}", flush=True)
-            run_training(args, run, data_root)
+            train(args, run, data_root)
             report(args, [r for r in map(read_result, runs) if r is not None], machine)
     text = report(args, [r for r in map(read_result, runs) if r is not None], machine)
     print(text, flush=True)
