@@ -183,10 +183,9 @@ def main(argv: Optional[List[str]] = None) -> str:
         text = "\n".join(f"{r['group']}/{r['name']}: {r['config']} {' '.join(r['opts'])}" for r in runs)
         print(text, flush=True)
         return text
+    set_threads(args.threads)  # the machine line names the runs' threads, also when --tables rewrites it
     machine = machine_line()
     if not args.tables:
-        set_threads(args.threads)
-        machine = machine_line()
         data_root = os.path.join(args.work, "datasets")
         from ds2d2.data.synthetic import write_synthetic_dior
 
