@@ -39,11 +39,8 @@ from ds2d2.data.dota import read_image
 from ds2d2.data.dota_split import cut_patches, resize_by_rate
 from ds2d2.deploy import class_names_for, detector_config, load_detector
 from ds2d2.evaluation.dota_merge import (
-    DEFAULT_NMS_THRESH,
-    DEFAULT_ROTATED_NMS_THRESH,
     ImageDetections,
-    merge_detections,
-    merge_rotated_detections,
+    merge_detections_of_kind,
     patch_to_image,
     rotated_patch_to_image,
 )
@@ -104,10 +101,8 @@ def merge_tiles(
     """The tiles' detections (in image pixels) merged into the (width, height) image's with class-wise NMS
     at ``nms_thresh``: by default the DOTA devkit's, IoU 0.3 for horizontal boxes, rotated IoU 0.1 for
     rotated ones (N, 5), which are not clipped (``ds2d2.evaluation.dota_merge``)."""
-    if any(t.boxes.shape[1] == 5 for t in tiles):
-        thresh = DEFAULT_ROTATED_NMS_THRESH if nms_thresh is None else nms_thresh
-        return merge_rotated_detections(tiles, width, height, thresh)
-    return merge_detections(tiles, width, height, DEFAULT_NMS_THRESH if nms_thresh is None else nms_thresh)
+    rotated = any(t.boxes.shape[1] == 5 for t in tiles)
+    return merge_detections_of_kind(tiles, width, height, rotated, nms_thresh)
 
 
 def predict_tiles_onnx(

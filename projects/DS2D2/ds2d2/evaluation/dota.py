@@ -33,15 +33,7 @@ from ..data.dota import (
     read_split_info,
 )
 from .dota_ap import devkit_average_precision
-from .dota_merge import (
-    DEFAULT_NMS_THRESH,
-    DEFAULT_ROTATED_NMS_THRESH,
-    ImageDetections,
-    merge_detections,
-    merge_rotated_detections,
-    patch_to_image,
-    rotated_patch_to_image,
-)
+from .dota_merge import ImageDetections, merge_detections_of_kind, patch_to_image, rotated_patch_to_image
 from .dota_task1 import (
     polygon_detections,
     polygon_ground_truth_from_labels,
@@ -213,11 +205,9 @@ def evaluate_full_images(
     unknown = sorted(set(patch_detections) - {r["image"] for r in records})
     if unknown:
         raise KeyError(f"Detections for images that are not in the patch set: {unknown[:5]}")
-    if nms_thresh is None:
-        nms_thresh = DEFAULT_ROTATED_NMS_THRESH if task == 1 else DEFAULT_NMS_THRESH
-    merge = merge_rotated_detections if task == 1 else merge_detections
     merged = {
-        r["image"]: merge(patch_detections.get(r["image"], []), r["width"], r["height"], nms_thresh)
+        r["image"]: merge_detections_of_kind(
+            patch_detections.get(r["image"], []), r["width"], r["height"], task == 1, nms_thresh)
         for r in records
     }
     if task == 1:

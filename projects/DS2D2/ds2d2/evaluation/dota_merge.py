@@ -13,7 +13,7 @@ at rotated IoU 0.1 (the devkit's ``ResultMerge_multi_process.py``, its polygon m
 merges DOTA patches at 0.1 too). Boxes wholly outside the image (in a patch's padding) are dropped.
 """
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ __all__ = [
     "rotated_patch_to_image",
     "merge_detections",
     "merge_rotated_detections",
+    "merge_detections_of_kind",
 ]
 
 DEFAULT_NMS_THRESH = 0.3  # Task 2 (horizontal boxes)
@@ -122,3 +123,15 @@ def merge_rotated_detections(
     keep = order[keep]
     keep = keep[np.argsort(-scores[keep], kind="stable")]
     return ImageDetections(boxes[keep], scores[keep], classes[keep])
+
+
+def merge_detections_of_kind(
+    parts: Sequence[ImageDetections], width: int, height: int, rotated: bool,
+    nms_thresh: Optional[float] = None,
+) -> ImageDetections:
+    """``merge_rotated_detections`` (boxes (N, 5), Task 1) or ``merge_detections`` (boxes (N, 4), Task 2) at
+    ``nms_thresh``, by default the devkit's IoU of that kind (0.1 rotated, 0.3 horizontal)."""
+    if rotated:
+        thresh = DEFAULT_ROTATED_NMS_THRESH if nms_thresh is None else nms_thresh
+        return merge_rotated_detections(parts, width, height, thresh)
+    return merge_detections(parts, width, height, DEFAULT_NMS_THRESH if nms_thresh is None else nms_thresh)
