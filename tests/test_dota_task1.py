@@ -19,6 +19,7 @@ from ds2d2.evaluation.dota import DOTAFullImageEvaluator, merge_and_evaluate_coc
 from ds2d2.evaluation.dota_ap import Detections, Objects
 from ds2d2.evaluation.dota_merge import (
     DEFAULT_ROTATED_NMS_THRESH,
+    boxes_to_image,
     merge_rotated_detections,
     rotated_patch_to_image,
 )
@@ -238,6 +239,17 @@ def test_rotated_merge_is_classwise_greedy_nms_at_the_devkits_threshold():
     assert 10 < len(expected) < n - 10
     np.testing.assert_array_equal(merged.boxes, boxes[expected])
     np.testing.assert_array_equal(merged.classes, classes[expected])
+
+
+def test_boxes_to_image_maps_each_box_kind_by_its_width():
+    # xyxy: every coordinate halves, then shifts by the origin; XYWHA: centre and size halve, the angle stays
+    np.testing.assert_allclose(boxes_to_image(np.array([[10.0, 20.0, 30.0, 40.0]]), (100.0, 50.0), 2.0),
+                               [[105.0, 60.0, 115.0, 70.0]])
+    np.testing.assert_allclose(boxes_to_image(np.array([[40.0, 20.0, 30.0, 10.0, 33.0]]), (100.0, 50.0), 2.0),
+                               [[120.0, 60.0, 15.0, 5.0, 33.0]])
+    assert boxes_to_image(np.zeros((0, 5)), (1.0, 2.0), 1.0).shape == (0, 5)
+    with pytest.raises(ValueError, match=r"shape \(2, 6\)"):
+        boxes_to_image(np.zeros((2, 6)), (0.0, 0.0), 1.0)
 
 
 def test_rotated_merge_maps_patches_keeps_whole_boxes_and_drops_padding():

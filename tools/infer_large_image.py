@@ -38,12 +38,7 @@ from ds2d2.config import load_config, model_num_classes
 from ds2d2.data.dota import read_image
 from ds2d2.data.dota_split import cut_patches, resize_by_rate
 from ds2d2.deploy import class_names_for, detector_config, load_detector
-from ds2d2.evaluation.dota_merge import (
-    ImageDetections,
-    merge_detections_of_kind,
-    patch_to_image,
-    rotated_patch_to_image,
-)
+from ds2d2.evaluation.dota_merge import ImageDetections, boxes_to_image, merge_detections_of_kind
 from ds2d2_onnx import OnnxDetector, save_detections
 from ds2d2_onnx.cli_args import fraction, non_negative_int, positive_float, positive_int
 from ds2d2_onnx.image_io import DEFAULT_MAX_PIXELS
@@ -89,8 +84,7 @@ def predict_tiles(
         for (_, origin, rate), output in zip(batch, model(inputs)):
             inst = output["instances"].to("cpu")
             boxes = inst.pred_boxes.tensor.numpy()  # (N, 4) xyxy, or (N, 5) XYWHA for a rotated detector
-            to_image = rotated_patch_to_image if boxes.shape[1] == 5 else patch_to_image
-            results.append(ImageDetections(to_image(boxes, origin, rate), inst.scores.numpy(),
+            results.append(ImageDetections(boxes_to_image(boxes, origin, rate), inst.scores.numpy(),
                                            inst.pred_classes.numpy()))
     return results
 
@@ -112,11 +106,10 @@ def predict_tiles_onnx(
     """``predict_tiles`` through an ONNX export: the detector resizes each tile as its config's test
     transform did and returns boxes in tile pixels (rotated ones for a rotated export), mapped back the same
     way."""
-    to_image = rotated_patch_to_image if detector.info.rotated else patch_to_image
     results = []
     for patch, origin, rate in cut_tiles(image, patch_size, gap, rates):
         dets = detector(np.ascontiguousarray(patch))
-        results.append(ImageDetections(to_image(dets.boxes, origin, rate), dets.scores, dets.classes))
+        results.append(ImageDetections(boxes_to_image(dets.boxes, origin, rate), dets.scores, dets.classes))
     return results
 
 

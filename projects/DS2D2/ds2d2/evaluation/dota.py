@@ -33,7 +33,7 @@ from ..data.dota import (
     read_split_info,
 )
 from .dota_ap import devkit_average_precision
-from .dota_merge import ImageDetections, merge_detections_of_kind, patch_to_image, rotated_patch_to_image
+from .dota_merge import ImageDetections, boxes_to_image, merge_detections_of_kind
 from .dota_task1 import (
     polygon_detections,
     polygon_ground_truth_from_labels,
@@ -281,11 +281,10 @@ def load_coco_detections(
             box = [box[0], box[1], box[0] + box[2], box[1] + box[3]]
         grouped[r["image_id"]].append(box + [r["score"], cat])
     out: Dict[str, List[ImageDetections]] = defaultdict(list)
-    to_image = rotated_patch_to_image if width == 5 else patch_to_image
     for image_id, rows in grouped.items():
         d = patches[image_id]
         arr = np.array(rows, dtype=np.float64)
-        boxes = to_image(arr[:, :width], d["patch_origin"], d["patch_scale"])
+        boxes = boxes_to_image(arr[:, :width], d["patch_origin"], d["patch_scale"])
         classes = arr[:, width + 1].astype(np.int64)
         out[d["source_image"]].append(ImageDetections(boxes, arr[:, width], classes))
     task = None if width is None else (1 if width == 5 else 2)
@@ -398,8 +397,7 @@ class DOTAFullImageEvaluator(DatasetEvaluator):
             boxes = instances.pred_boxes.tensor.numpy()
             if boxes.shape[1] != BOX_WIDTH[self._task]:
                 raise ValueError(self._wrong_boxes_message(boxes.shape[1], inp.get("file_name")))
-            to_image = rotated_patch_to_image if self._task == 1 else patch_to_image
-            boxes = to_image(boxes, inp["patch_origin"], inp["patch_scale"])
+            boxes = boxes_to_image(boxes, inp["patch_origin"], inp["patch_scale"])
             det = ImageDetections(boxes, instances.scores.numpy(), instances.pred_classes.numpy())
             self._parts[inp["source_image"]].append(det)
             self._num_patches += 1

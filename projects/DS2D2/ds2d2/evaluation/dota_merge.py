@@ -27,6 +27,7 @@ __all__ = [
     "ImageDetections",
     "patch_to_image",
     "rotated_patch_to_image",
+    "boxes_to_image",
     "merge_detections",
     "merge_rotated_detections",
     "merge_detections_of_kind",
@@ -58,6 +59,16 @@ def rotated_patch_to_image(boxes: np.ndarray, origin: Sequence[float], scale: fl
     out[:, :4] /= scale
     out[:, :2] += np.asarray(origin, dtype=np.float64)
     return out
+
+
+def boxes_to_image(boxes: np.ndarray, origin: Sequence[float], scale: float) -> np.ndarray:
+    """Patch boxes -> original image pixels, by their kind: (N, 4) xyxy as ``patch_to_image``, (N, 5) XYWHA
+    as ``rotated_patch_to_image``."""
+    boxes = np.asarray(boxes)
+    if boxes.ndim != 2 or boxes.shape[1] not in (4, 5):
+        raise ValueError(f"boxes of shape {tuple(boxes.shape)}: expected (N, 4) xyxy or (N, 5) XYWHA")
+    to_image = rotated_patch_to_image if boxes.shape[1] == 5 else patch_to_image
+    return to_image(boxes, origin, scale)
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
