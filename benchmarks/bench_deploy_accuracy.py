@@ -510,31 +510,38 @@ def summarise(rows: List[Dict], latency: Dict[Tuple[str, bool], Dict[str, float]
     return summary
 
 
-def verdict(met: Optional[bool]) -> str:
-    return "not measured" if met is None else ("met" if met else "not met")
+class Target(NamedTuple):
+    """One target's verdict: ``met`` True / False, None when the table lacks the rows it compares."""
+    number: int
+    what: str
+    met: Optional[bool]
+    numbers: str
+
+    def line(self) -> str:
+        verdict = "not measured" if self.met is None else ("met" if self.met else "not met")
+        return f"- Target {self.number}, {self.what}: {verdict} ({self.numbers})"
 
 
-def targets(summary: Sequence[Dict]) -> List[Tuple[str, Optional[bool], str]]:
-    """The two targets of issue 23, each (name, met: True / False / None when not measured, the numbers):
-    (1) per family, the deployment student distilled by DS2D2 from its family's teacher within WITHIN_AP50
-    test AP50 (mean) of the R-18 student distilled the same way; (2) for at least one student, a
-    cross-family pair (DS2D2, or the baseline when both pairs use the same one) with a test AP50 (mean) at
-    least that of the same-family pair of the same method."""
+def targets(summary: Sequence[Dict]) -> List[Target]:
+    """The two targets of issue 23: (1) per family in the table, the deployment student distilled by DS2D2
+    from its family's teacher within WITHIN_AP50 test AP50 (mean) of the R-18 student distilled the same way;
+    (2) for at least one student, a cross-family pair (DS2D2, or the baseline when both pairs use the same
+    one) with a test AP50 (mean) at least that of the same-family pair of the same method."""
     def find(key: str, teacher: str, slot: str) -> Optional[Dict]:
         return next((e for e in summary if (e["student_key"], e["teacher_family"], e["slot"]) ==
                      (key, teacher, slot)), None)
 
-    out: List[Tuple[str, Optional[bool], str]] = []
-    for family in FAMILIES:
+    out: List[Target] = []
+    for family in dict.fromkeys(e["family"] for e in summary):
         deploy, r18 = (find(f"{family}_{w}", family, "ds2d2") for w in ("deploy", "R18"))
-        name = f"{FAMILY_LABEL[family]}: distilled deploy student within {WITHIN_AP50:g} AP50 of the " \
-               "distilled R-18 student (DS2D2, same-family teacher)"
+        name = (f"{FAMILY_LABEL[family]}: distilled deploy student within {WITHIN_AP50:g} AP50 of the "
+                "distilled R-18 student (DS2D2, same-family teacher)")
         if deploy is None or r18 is None:
-            out.append((name, None, "a DS2D2 same-family row is missing"))
+            out.append(Target(1, name, None, "a DS2D2 same-family row is missing"))
             continue
         gap = deploy["AP50"] - r18["AP50"]
         numbers = f"deploy {deploy['AP50']:.1f} vs R-18 {r18['AP50']:.1f} ({gap:+.1f})"
-        out.append((name, gap >= -WITHIN_AP50, numbers))
+        out.append(Target(1, name, gap >= -WITHIN_AP50, numbers))
     pairs = []
     for cross in summary:
         if cross["teacher_family"] in ("", cross["family"]):
@@ -545,7 +552,8 @@ def targets(summary: Sequence[Dict]) -> List[Tuple[str, Optional[bool], str]]:
     name = "a cross-family pair at least as good (test AP50) as the same-family pair of the same method"
     text = "; ".join(f"{c['student']} {METHOD_LABEL[c['method_key']]}: from {c['teacher']} "
                      f"{c['AP50']:.1f} vs from {s['teacher']} {s['AP50']:.1f}" for c, s, _ in pairs)
-    out.append((name, any(ok for _, _, ok in pairs) if pairs else None, text or "no pair of rows to compare"))
+    met = any(ok for _, _, ok in pairs) if pairs else None
+    out.append(Target(2, name, met, text or "no pair of rows to compare"))
     return out
 
 
@@ -565,13 +573,13 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
                   *LATENCY.values()]
     csv_cols = ["student", "teacher", "method", "x", "seeds"] + [c for m in shown for c in (m, m + "_std")]
     write_csv(os.path.join(args.results, f"{name}.csv"), summary, csv_cols + table_cols[-4:])
-    grid = [dict(r, chosen="yes" if r.get("picked") else "") for r in rows if r.get("role") == "grid"]
+    grid = [dict(r, chosen="yes" if r.get("picked") else "", student=student(r["student"]).label,
+                 teacher=r["teacher"] and f"{FAMILY_LABEL[r['teacher']]} R-50",
+                 method=METHOD_LABEL[r["method"]]) for r in rows if r.get("role") == "grid"]
     grid_cols = ["student", "teacher", "method", "x", "val_AP50", "chosen", "weights", "name"]
     write_csv(os.path.join(args.results, f"{name}_grid.csv"), grid, grid_cols)
     table = markdown_table(show, table_cols)
-    lines = [f"- Target {i}, {what}: {verdict(met)} ({numbers})"
-             for i, (what, met, numbers) in enumerate(targets(summary), 1)]
-    table += "\n\n" + "\n".join(lines)
+    table += "\n\n" + "\n".join(target.line() for target in targets(summary))
     if grid:
         table += (f"\n\nTuning grid: val AP50 ({ba.VAL}) of seed {args.seeds[0]} at each multiplier x "
                   f"(weights: the values trained with).\n\n" + markdown_table(grid, grid_cols))
@@ -629,8 +637,9 @@ def notes(args: argparse.Namespace, summary: List[Dict], latency_note: str) -> s
                      f"with the deployment student's own keys ({text}), and {INHERIT} False where the config "
                      f"sets it True.")
     reused = [f"{e['student']} {e['method']} ({e['teacher']})" for e in summary if e["reused"]]
-    parts.append("Reused from bench_accuracy.py (its runs, same folders in the shared --work): "
-                 f"{', '.join(reused) or 'none'}; the teachers and amplifiers too.")
+    parts.append("Reused from bench_accuracy.py (its runs, same folders in the shared --work): the teachers "
+                 f"and amplifiers, the R-18 baselines' runs the baseline choice reads, and the rows "
+                 f"{', '.join(reused) or '(none in this table)'}.")
     parts.append(latency_note + ".")
     parts.append(f"Teachers R-50 {args.teacher_iters} iterations, amplifiers {args.amplifier_iters}, "
                  f"students {args.student_iters}, batch {args.batch}, 128 px, {args.num_images} images, "
