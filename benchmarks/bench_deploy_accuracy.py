@@ -468,8 +468,8 @@ def read_latency(path: str, threads: int) -> Tuple[Dict[Tuple[str, bool], Dict[s
                 found.setdefault((row["family"], deploy), {})[LATENCY[row["runtime"]]] = float(row["ms"])
     text = (f"CPU latency (ms per image, batch 1): {os.path.relpath(path, ROOT)} (bench_deploy.py), its rows "
             f"'{LATENCY_MODEL[False]}' / '{LATENCY_MODEL[True]}' of the student's family at input {where}, "
-            f"{used} thread(s), PyTorch fp32 and onnxruntime; its models are those of its configs for that "
-            f"input, the student's width and depth")
+            f"{used} thread(s), PyTorch fp32 and onnxruntime: bench_deploy's models of that shape at that "
+            f"input size (random weights), not the 128 px synthetic students trained here")
     return found, text
 
 
@@ -637,9 +637,9 @@ def notes(args: argparse.Namespace, summary: List[Dict], latency_note: str) -> s
                      f"with the deployment student's own keys ({text}), and {INHERIT} False where the config "
                      f"sets it True.")
     reused = [f"{e['student']} {e['method']} ({e['teacher']})" for e in summary if e["reused"]]
-    parts.append("Reused from bench_accuracy.py (its runs, same folders in the shared --work): the teachers "
-                 f"and amplifiers, the R-18 baselines' runs the baseline choice reads, and the rows "
-                 f"{', '.join(reused) or '(none in this table)'}.")
+    choice = ", the R-18 baselines' runs the baseline choice reads" if "baseline" in args.methods else ""
+    parts.append(f"Reused from bench_accuracy.py (its runs, same folders in the shared --work): the teachers "
+                 f"and amplifiers{choice}, and the rows {', '.join(reused) or '(none in this table)'}.")
     parts.append(latency_note + ".")
     parts.append(f"Teachers R-50 {args.teacher_iters} iterations, amplifiers {args.amplifier_iters}, "
                  f"students {args.student_iters}, batch {args.batch}, 128 px, {args.num_images} images, "

@@ -58,6 +58,16 @@ def test_full_default_plan_on_an_empty_work_folder(tmp_path):
     assert "[waiting] RetinaNet deploy best baseline from Faster R-CNN R-50: 5 run(s)" in text
 
 
+def test_quick_plans_the_retinanet_students_alone_and_distilled_by_their_own_teacher(tmp_path):
+    waiting = []
+    runs = bda.plan(bda.parse_args(["--quick", "--work", str(tmp_path)]), waiting)
+    assert not waiting
+    assert [(r["name"], r["reused"]) for r in runs] == [
+        ("teacher_it6000", True), ("amplifier_it1000_t6000", True), ("alone_it1000_t6000_s1", True),
+        ("ds2d2_it1000_t6000_s1", True), ("deploy_alone_it1000_t6000_s1", False),
+        ("deploy_ds2d2_it1000_t6000_s1", False)]
+
+
 def test_deploy_and_cross_rows_read_their_configs(tmp_path):
     args = bda.parse_args(["--work", str(tmp_path)])
     deploy, r18 = bda.student("retinanet_deploy"), bda.student("faster_rcnn_R18")
@@ -319,3 +329,8 @@ def test_tiny_deploy_table_resumes(tmp_path, capsys):
     assert "- Target 2, " in out and "Faster R-CNN: distilled" not in out
     bda.main(argv)  # every run finished: all kept, none retrained
     assert capsys.readouterr().out.count("already done, kept") == 14
+    with open(results / "deploy_accuracy.csv") as f:
+        assert list(csv.DictReader(f)) == rows
+    text = bda.main(argv + ["--tables"])  # rewrites the tables from the finished runs, trains nothing
+    assert "| RetinaNet deploy | Faster R-CNN R-50 | DS2D2 | 1 | 1 |" in text
+    assert f"Command: python benchmarks/bench_deploy_accuracy.py {' '.join(argv)}\n" in text
