@@ -36,16 +36,31 @@ tables go to accuracy_oriented* (the horizontal ones to accuracy*, so neither ov
 Each run is a ``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json exists is
 kept and skipped, an unfinished one resumes from its last checkpoint, so the command can be re-run after an
 interruption at any point. The Markdown/CSV/PNG tables are rewritten after every run.
+
+--device (default cpu; cuda on a GPU machine) is every run's MODEL.DEVICE, recorded in its bench_time.json
+(the runs CSV's ``device`` column; the notes count the runs per device); it is not in the folder names, so a
+run finished on one device is kept by a command on another. --parallel N trains up to N runs at once, each a
+process with --threads torch threads (N x --threads should not exceed the cores; on a GPU the N trainings
+share the card); a run starts once the runs whose weights it loads have finished (ready_runs). A failed run
+lets the others finish, then stops the command naming its folder; Ctrl-C or SIGTERM stops the running
+trainings, which resume from their checkpoints next time.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
+import re
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable, Collection, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -119,6 +134,28 @@ LOSS_TERMS = ("total_loss", "loss_ds2d2_ex_low", "loss_ds2d2_ex_high", "loss_ds2
               "loss_pkd", "loss_mgd", "loss_crosskd_cls", "loss_crosskd_box")
 ZERO_IMPLICIT = ["MODEL.DS2D2.LOSS.IMPLICIT_FULL", "0.0", "MODEL.DS2D2.LOSS.IMPLICIT_HIGH", "0.0"]
 ZERO_EXPLICIT = ["MODEL.DS2D2.LOSS.EXPLICIT_LOW", "0.0", "MODEL.DS2D2.LOSS.EXPLICIT_HIGH", "0.0"]
+TEACHER_WEIGHTS, AMPLIFIER_WEIGHTS = "MODEL.DS2D2.TEACHER_WEIGHTS", "MODEL.DS2D2.AMPLIFIER_WEIGHTS"
+IMPLICIT_HIGH = "MODEL.DS2D2.LOSS.IMPLICIT_HIGH"  # the distiller loads the amplifier only when it is > 0
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")  # what --device takes
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """--device and --parallel, of every benchmark that trains through run_training / train_plan."""
+    p.add_argument("--device", default="cpu",
+                   help="MODEL.DEVICE of every training (cpu, cuda, cuda:1), recorded in its "
+                        "bench_time.json; not part of the run folders' names")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="train up to N runs at once, each with --threads torch threads (N x threads should "
+                        "not exceed the cores; on a GPU the trainings share the card); a run waits for the "
+                        "runs whose weights it loads")
+
+
+def check_run_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a --device torch would not take, or a --parallel below 1."""
+    if not DEVICE.fullmatch(args.device):
+        p.error(f"--device takes cpu, cuda or cuda:<index>; got {args.device!r}")
+    if args.parallel < 1:
+        p.error(f"--parallel takes a number of trainings >= 1; got {args.parallel}")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -157,10 +194,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads of every training process")
     p.add_argument("--workers", type=int, default=1, help="DATALOADER.NUM_WORKERS")
+    add_run_flags(p)
     p.add_argument("--work", default=os.path.join(ROOT, "output", "benchmarks", "accuracy"),
                    help="folder of the runs and the generated data")
     p.add_argument("--results", default=RESULTS, help="where the Markdown/CSV/PNG tables go")
     args = p.parse_args(argv)
+    check_run_flags(p, args)
     # the command that trains what the tables show (--tables only rewrites them)
     args.command = " ".join(a for a in command_line(argv).split(" ") if a != "--tables")
     for flag in ("explicit_weight", "implicit_weight"):
@@ -429,8 +468,40 @@ def describe(args: argparse.Namespace) -> str:
 # ------------------------------------------------------------------------------------------------------------
 
 
+_CHILDREN: set = set()  # the training processes running now (stop_trainings ends them)
+_CHILDREN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _registered(child: subprocess.Popen) -> Iterator[None]:
+    with _CHILDREN_LOCK:
+        _CHILDREN.add(child)
+    try:
+        yield
+    finally:
+        with _CHILDREN_LOCK:
+            _CHILDREN.discard(child)
+
+
+def stop_trainings(grace_s: float = 10.0) -> None:
+    """SIGTERM every running training's process group (train_net.py and its data loader workers), SIGKILL
+    what is left after ``grace_s`` seconds; they resume from their last checkpoint next time."""
+    with _CHILDREN_LOCK:
+        children = list(_CHILDREN)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for child in children:
+            if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, sig)
+        deadline = time.time() + grace_s
+        while any(child.poll() is None for child in children) and time.time() < deadline:
+            time.sleep(0.1)
+
+
 def run_training(args: argparse.Namespace, run: Dict, data_root: str) -> None:
-    """Train and evaluate one run in its folder (resuming from its checkpoint if any); log in stdout.txt."""
+    """Train and evaluate one run in its folder on ``args.device`` (resuming from its checkpoint if any); log
+    in stdout.txt; seconds, resumption and device in bench_time.json. Raises naming the folder and the log if
+    train_net.py fails."""
     os.makedirs(run["output"], exist_ok=True)
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", run["config"]]
     if os.path.isfile(os.path.join(run["output"], "last_checkpoint")):
@@ -440,14 +511,146 @@ def run_training(args: argparse.Namespace, run: Dict, data_root: str) -> None:
         "DATASETS.TRAIN", f"('{scoring.train}',)",
         "DATASETS.TEST", f"('{scoring.val}', '{scoring.test}')",
         "SOLVER.IMS_PER_BATCH", str(args.batch), "DATALOADER.NUM_WORKERS", str(args.workers),
-        "MODEL.DEVICE", "cpu", "OUTPUT_DIR", run["output"],
+        "MODEL.DEVICE", args.device, "OUTPUT_DIR", run["output"],
     ]
     env = dict(os.environ, DETECTRON2_DATASETS=data_root)
     start = time.time()
-    with open(os.path.join(run["output"], "stdout.txt"), "a") as log:
-        subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    log_path = os.path.join(run["output"], "stdout.txt")
+    with open(log_path, "a") as log:
+        # its own process group: stop_trainings ends it with its data loader workers
+        child = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        with _registered(child):
+            code = child.wait()
+    if code != 0:
+        raise RuntimeError(f"{run['output']}: train_net.py exited with code {code}; its log: {log_path}")
     with open(os.path.join(run["output"], "bench_time.json"), "w") as f:
-        json.dump({"seconds": time.time() - start, "resumed": "--resume" in cmd}, f)
+        json.dump({"seconds": time.time() - start, "resumed": "--resume" in cmd, "device": args.device}, f)
+
+
+def overrides_of(run: Dict) -> Dict[str, str]:
+    """A run's KEY VALUE overrides as a dict (the last value of a key wins, as in merge_from_list)."""
+    return dict(zip(run["opts"][::2], run["opts"][1::2]))
+
+
+def needed_folders(run: Dict) -> List[str]:
+    """The run folders whose model_final.pth ``run`` loads: its teacher's (MODEL.DS2D2.TEACHER_WEIGHTS) and
+    its amplifier's (MODEL.DS2D2.AMPLIFIER_WEIGHTS) where the distiller loads it, i.e. where the run's loss
+    weights (its ``weights``, from its terms) put IMPLICIT_HIGH above 0 (DS2D2 and implicit, not explicit,
+    nor a baseline, which are handed the path too); a run with no ``weights`` waits for both."""
+    opts = overrides_of(run)
+    keys = [TEACHER_WEIGHTS]
+    if run.get("weights", {IMPLICIT_HIGH: 1.0}).get(IMPLICIT_HIGH, 0.0) > 0:
+        keys.append(AMPLIFIER_WEIGHTS)
+    return [os.path.dirname(opts[key]) for key in keys if opts.get(key)]
+
+
+def ready_runs(runs: Sequence[Dict], done: Collection[str], running: Collection[str], slots: int
+               ) -> List[Dict]:
+    """The runs of ``runs`` (a plan, in its order) to start now: not in ``done`` nor ``running`` (sets of run
+    folders), and every run of the plan whose weights they load (needed_folders) in ``done``; at most
+    ``slots`` minus the running ones, the first in plan order. Weights from outside the plan are not waited
+    for."""
+    planned = {run["output"] for run in runs}
+    start: List[Dict] = []
+    for run in runs:
+        if len(start) >= slots - len(running):
+            break
+        if run["output"] in done or run["output"] in running:
+            continue
+        if all(folder in done for folder in needed_folders(run) if folder in planned):
+            start.append(run)
+    return start
+
+
+def devices_note(rows: Sequence[Dict]) -> str:
+    """How many of ``rows`` trained on each device, e.g. 'runs on cpu: 30, cuda: 12'."""
+    counts: Dict[str, int] = {}
+    for row in rows:
+        device = row.get("device") or "unknown"
+        counts[device] = counts.get(device, 0) + 1
+    return "runs on " + ", ".join(f"{device}: {n}" for device, n in counts.items()) if counts else "no runs"
+
+
+def training_device(args: argparse.Namespace) -> str:
+    """The device the machine line names: --device's GPU where torch sees one, else the CPU."""
+    return args.device if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def train_plan(args: argparse.Namespace, plan_now: Callable[[], Tuple[List[Dict], str]],
+               write_tables: Callable[[List[Dict]], object], data_root: str,
+               train: Optional[Callable[[argparse.Namespace, Dict, str], None]] = None) -> List[Dict]:
+    """Train every run of the plan, up to ``args.parallel`` at once, each as soon as ready_runs allows.
+    ``plan_now()`` gives (the runs known now in training order, the note of those waiting, e.g. '+3 waiting
+    on a grid'); it is called again after every finished run, as the plan grows when grids finish.
+    ``write_tables(finished runs)`` rewrites the tables after every finished run. ``train(args, run,
+    data_root)`` (default run_training) trains one run, in a thread of this process. A failed run lets the
+    running ones finish, then raises naming its folder; Ctrl-C / SIGTERM stops the running trainings.
+    Returns the final plan's runs, all finished."""
+    if args.device != "cpu" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {args.device}: torch sees no CUDA device on this machine; "
+                           "train with --device cpu")
+    kept: set = set()
+    failed: List[str] = []
+    running: Dict[Future, Dict] = {}
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main else None
+    if args.parallel > 1 and args.parallel * args.threads > (os.cpu_count() or 1):
+        print(f"note: --parallel {args.parallel} x --threads {args.threads} exceeds the {os.cpu_count()} "
+              f"cores: the trainings slow each other down", flush=True)
+    pool = ThreadPoolExecutor(max_workers=args.parallel)
+    try:
+        while True:  # the plan grows as grids finish: rebuild it after every run
+            runs, waiting = plan_now()
+            for i, run in enumerate(runs, 1):
+                if run["output"] not in kept and finished(run):
+                    kept.add(run["output"])
+                    print(f"run {i}/{len(runs)}: {run['detector']} {run['name']} already done, kept",
+                          flush=True)
+            if not failed:
+                busy = {run["output"] for run in running.values()}
+                done = {run["output"] for run in runs if finished(run)}
+                for run in ready_runs(runs, done, busy, args.parallel):
+                    i = runs.index(run) + 1
+                    print(f"[{time.strftime('%H:%M:%S')}] run {i}/{len(runs)} ({waiting}): {run['detector']} "
+                          f"{run['name']}", flush=True)
+                    running[pool.submit(train or run_training, args, run, data_root)] = run
+            if not running:
+                todo = [run["output"] for run in runs if not finished(run)]
+                if failed or not todo:
+                    break
+                raise RuntimeError(f"no run can start (each waits for another's weights): {todo}")
+            for future in wait(running, return_when=FIRST_COMPLETED)[0]:
+                run = running.pop(future)
+                error = future.exception()
+                if error is not None and not isinstance(error, Exception):
+                    raise error  # e.g. KeyboardInterrupt
+                if error is None and not finished(run):
+                    error = RuntimeError(f"{run['output']}: training finished without eval_results.json")
+                if error is not None:
+                    failed.append(str(error))
+                    print(f"[{time.strftime('%H:%M:%S')}] FAILED {run['detector']} {run['name']}: {error}",
+                          flush=True)
+                    continue
+                kept.add(run["output"])
+                if args.parallel > 1:
+                    print(f"[{time.strftime('%H:%M:%S')}] finished {run['detector']} {run['name']} "
+                          f"({len(running)} running)", flush=True)
+                write_tables([r for r in plan_now()[0] if finished(r)])
+    except BaseException:
+        stop_trainings()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed, the others finished: " + "; ".join(failed))
+    return runs
 
 
 def read_result(run: Dict) -> Optional[Dict]:
@@ -467,9 +670,12 @@ def read_result(run: Dict) -> Optional[Dict]:
     row.update(scoring.read(results, scoring.test))
     row[f"val_{scoring.headline}"] = val_score(run["output"], scoring)
     time_file = os.path.join(run["output"], "bench_time.json")
+    row["device"] = ""
     if os.path.isfile(time_file):
         with open(time_file) as f:
-            row["train_s"] = json.load(f)["seconds"]
+            timing = json.load(f)
+        row["train_s"] = timing["seconds"]
+        row["device"] = timing.get("device", "cpu")  # runs timed before --device all trained on the CPU
     row.update(training_log(run["output"]))
     return row
 
@@ -552,7 +758,7 @@ def scoring_report(args: argparse.Namespace, rows: List[Dict], scoring: Scoring,
     h = scoring.headline
     val, gain = f"val_{h}", f"d{h}"  # val_AP50, dAP50 for the horizontal detectors
     columns = ["detector", "method", "x", "seed", "role", "chosen", "name", *scoring.columns, val, "train_s",
-               "s_per_it", "weights", *LOSS_TERMS]
+               "s_per_it", "device", "weights", *LOSS_TERMS]
     write_csv(os.path.join(args.results, f"{name}_runs.csv"), rows, columns)
     summary = summarise(rows)
     shown = scoring.columns + (val,)
@@ -575,11 +781,11 @@ def scoring_report(args: argparse.Namespace, rows: List[Dict], scoring: Scoring,
     notes = (f"{scoring.metric_note} on {scoring.test} (mean ± std over seeds {args.seeds}) of each method "
              f"at its chosen x; {val} on {scoring.val}; {gain} = {h} gain over the student alone; "
              f"s_per_it: median training seconds per iteration on this (shared) machine, of the fastest "
-             f"seed. x multiplies every loss weight of the method; it is chosen per detector among "
-             f"{[float(x) for x in args.grid]} by the best val {h} of seed {first} (ties: the x closest to "
-             f"1), never on test; explicit and implicit use DS2D2's x; for the student alone x (lr) "
-             f"multiplies SOLVER.BASE_LR, among {[float(x) for x in args.alone_lr_grid]}. Loss weights at x1 "
-             f"(the configs', with the weight flags given; zero weights left out): "
+             f"seed ({devices_note(rows)}). x multiplies every loss weight of the method; it is chosen per "
+             f"detector among {[float(x) for x in args.grid]} by the best val {h} of seed {first} (ties: the "
+             f"x closest to 1), never on test; explicit and implicit use DS2D2's x; for the student alone x "
+             f"(lr) multiplies SOLVER.BASE_LR, among {[float(x) for x in args.alone_lr_grid]}. Loss weights "
+             f"at x1 (the configs', with the weight flags given; zero weights left out): "
              f"{weights_note(rows) or '-'}. Teacher R-50 {args.teacher_iters} iterations, amplifier "
              f"{args.amplifier_iters}, students R-18 {args.student_iters}, batch {args.batch}, 128 px, "
              f"{args.num_images} images. Command: python benchmarks/bench_accuracy.py {args.command}")
@@ -606,7 +812,7 @@ def main(argv: Optional[List[str]] = None) -> str:
         text = describe(args)
         print(text, flush=True)
         return text
-    machine = machine_line()
+    machine = machine_line(training_device(args))
     if args.tables:
         return report(args, [read_result(run) for run in full_plan(args)[0] if finished(run)], machine)
     set_threads(args.threads)
@@ -614,26 +820,15 @@ def main(argv: Optional[List[str]] = None) -> str:
     from ds2d2.data.synthetic import write_synthetic_dior
 
     write_synthetic_dior(os.path.join(data_root, "synthetic_dior"), args.num_images, args.data_seed)
-    kept: set = set()
-    while True:  # the plan grows as grids finish: rebuild it after every run
+
+    def plan_now() -> Tuple[List[Dict], str]:
         runs, waiting = full_plan(args)
-        for i, run in enumerate(runs, 1):
-            if run["output"] not in kept and finished(run):
-                kept.add(run["output"])
-                print(f"run {i}/{len(runs)}: {run['detector']} {run['name']} already done, kept", flush=True)
-        todo = [(i, run) for i, run in enumerate(runs, 1) if not finished(run)]
-        if not todo:
-            break
-        i, run = todo[0]
-        now = time.strftime("%H:%M:%S")
-        print(f"[{now}] run {i}/{len(runs)} (+{len(waiting)} waiting on a grid): {run['detector']} "
-              f"{run['name']}", flush=True)
-        run_training(args, run, data_root)
-        if read_result(run) is None:
-            raise RuntimeError(f"{run['output']}: training finished without eval_results.json")
-        kept.add(run["output"])
-        report(args, [read_result(r) for r in full_plan(args)[0] if finished(r)], machine)
-    text = report(args, [read_result(run) for run in runs], machine)
+        return runs, f"+{len(waiting)} waiting on a grid"
+
+    def write_tables(runs: List[Dict]) -> str:
+        return report(args, [read_result(run) for run in runs], machine)
+
+    text = write_tables(train_plan(args, plan_now, write_tables, data_root))
     print(text, flush=True)
     return text
 
