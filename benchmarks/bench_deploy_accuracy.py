@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The table a user deploys from (issue 23): the R-18 and the deployment students of both families on
 synthetic DIOR, alone, distilled by DS2D2 and by the best baseline, from the teacher of their own family and
-from the other family's, tuned as bench_accuracy.py tunes (CPU, seeded, resumable), with each student's CPU
-latency from bench_deploy.py beside its accuracy.
+from the other family's, tuned as bench_accuracy.py tunes (seeded, resumable; CPU or --device), with each
+student's CPU latency from bench_deploy.py beside its accuracy.
 
     python benchmarks/bench_deploy_accuracy.py --dry-run     # the runs planned now, and those waiting
     python benchmarks/bench_deploy_accuracy.py --tables      # the tables of the finished runs; trains nothing
@@ -48,14 +48,14 @@ else the file's first) and one thread count (--threads if there, else the most).
 
 A run whose eval_results.json exists is kept, an unfinished one resumes from its last checkpoint; the tables
 (deploy_accuracy.{md,csv,png}, deploy_accuracy_runs.csv, deploy_accuracy_grid.csv in --results; _quick with
---quick) are rewritten after every run.
+--quick) are rewritten after every run. --device and --parallel N as bench_accuracy.py's (its train_plan): up
+to N trainings at once, each once the teacher / amplifier it loads has finished.
 """
 import argparse
 import math
 import os
 import statistics
 import sys
-import time
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import yaml
@@ -127,12 +127,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                  "threads", "workers"):
         p.add_argument("--" + flag.replace("_", "-"), type=int, default=getattr(ACCURACY, flag),
                        help="as bench_accuracy.py's")
+    ba.add_run_flags(p)
     p.add_argument("--work", default=ACCURACY.work,
                    help="folder of the runs and the generated data: bench_accuracy.py's, shared with it")
     p.add_argument("--results", default=RESULTS, help="where the Markdown/CSV/PNG tables go")
     p.add_argument("--latency-csv", default=os.path.join(RESULTS, "deploy.csv"),
                    help="bench_deploy.py's table, read for the students' CPU latency")
     args = p.parse_args(argv)
+    ba.check_run_flags(p, args)
     args.command = " ".join(a for a in command_line(argv).split(" ") if a != "--tables")
     for flag in ("grid", "alone_lr_grid"):
         values = getattr(args, flag)
@@ -561,7 +563,7 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
     """The Markdown, CSV and PNG tables of the finished ``rows`` (bench_accuracy's reused ones included)."""
     name = "deploy_accuracy" + ("_quick" if args.quick else "")
     columns = ["student", "teacher", "method", "x", "seed", "role", "chosen", "reused", "name",
-               *ba.METRICS, "val_AP50", "train_s", "s_per_it", "weights", "overrides"]
+               *ba.METRICS, "val_AP50", "train_s", "s_per_it", "device", "weights", "overrides"]
     write_csv(os.path.join(args.results, f"{name}_runs.csv"), rows, columns)
     latency, latency_note = read_latency(args.latency_csv, args.threads)
     summary = summarise(rows, latency)
@@ -585,7 +587,7 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
                   f"(weights: the values trained with).\n\n" + markdown_table(grid, grid_cols))
     title = "The table a user deploys from: accuracy and CPU latency of the students on synthetic DIOR"
     text = write_report(os.path.join(args.results, f"{name}.md"), title, machine, table,
-                        notes(args, summary, latency_note))
+                        notes(args, rows, summary, latency_note))
     if summary:
         labels = list(dict.fromkeys(e["student"] for e in summary))
         kinds = list(dict.fromkeys(bar_kind(e) for e in summary))
@@ -606,7 +608,7 @@ def bar_kind(entry: Dict) -> str:
     return f"{'DS2D2' if entry['slot'] == 'ds2d2' else 'baseline'} {pair}"
 
 
-def notes(args: argparse.Namespace, summary: List[Dict], latency_note: str) -> str:
+def notes(args: argparse.Namespace, rows: List[Dict], summary: List[Dict], latency_note: str) -> str:
     """What the table's numbers are, how the rows were chosen and trained, and which came from
     bench_accuracy."""
     first = args.seeds[0]
@@ -643,7 +645,7 @@ def notes(args: argparse.Namespace, summary: List[Dict], latency_note: str) -> s
     parts.append(latency_note + ".")
     parts.append(f"Teachers R-50 {args.teacher_iters} iterations, amplifiers {args.amplifier_iters}, "
                  f"students {args.student_iters}, batch {args.batch}, 128 px, {args.num_images} images, "
-                 f"trained on CPU with {args.threads} thread(s). Command: python "
+                 f"{args.threads} torch thread(s) per training ({ba.devices_note(rows)}). Command: python "
                  f"benchmarks/bench_deploy_accuracy.py {args.command}")
     return " ".join(parts)
 
@@ -654,7 +656,7 @@ def main(argv: Optional[List[str]] = None) -> str:
         text = describe(args)
         print(text, flush=True)
         return text
-    machine = machine_line()
+    machine = machine_line(ba.training_device(args))
     if args.tables:
         return report(args, [read_result(run) for run in plan(args) if finished(run)], machine)
     set_threads(args.threads)
@@ -662,26 +664,16 @@ def main(argv: Optional[List[str]] = None) -> str:
     from ds2d2.data.synthetic import write_synthetic_dior
 
     write_synthetic_dior(os.path.join(data_root, "synthetic_dior"), args.num_images, args.data_seed)
-    kept: set = set()
-    while True:  # the plan grows as grids and the baseline choice finish: rebuild it after every run
+
+    def plan_now() -> Tuple[List[Dict], str]:  # the plan grows as grids and the baseline choice finish
         waiting: List[Waiting] = []
         runs = plan(args, waiting)
-        for i, run in enumerate(runs, 1):
-            if run["output"] not in kept and finished(run):
-                kept.add(run["output"])
-                print(f"run {i}/{len(runs)}: {run['detector']} {run['name']} already done, kept", flush=True)
-        todo = [(i, run) for i, run in enumerate(runs, 1) if not finished(run)]
-        if not todo:
-            break
-        i, run = todo[0]
-        print(f"[{time.strftime('%H:%M:%S')}] run {i}/{len(runs)} (+{sum(w.runs for w in waiting)} waiting): "
-              f"{run['detector']} {run['name']}", flush=True)
-        ba.run_training(args, run, data_root)
-        if read_result(run) is None:
-            raise RuntimeError(f"{run['output']}: training finished without eval_results.json")
-        kept.add(run["output"])
-        report(args, [read_result(r) for r in plan(args) if finished(r)], machine)
-    text = report(args, [read_result(run) for run in runs], machine)
+        return runs, f"+{sum(w.runs for w in waiting)} waiting"
+
+    def write_tables(runs: List[Dict]) -> str:
+        return report(args, [read_result(run) for run in runs], machine)
+
+    text = write_tables(ba.train_plan(args, plan_now, write_tables, data_root))
     print(text, flush=True)
     return text
 

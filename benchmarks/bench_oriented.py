@@ -17,20 +17,23 @@ COCOEvaluator / RotatedCOCOEvaluator) beside it. The R-18's learning rate is its
 RetinaNet 0.25, Faster R-CNN 1), the same for both box kinds. Nothing is chosen on test.
 
 Each run is a ``train_net.py`` process in WORK/<kind>_<detector>/<run>; a finished one (eval_results.json)
-is kept, an unfinished one resumes, so the command can be re-run at any point. ``--only`` splits the plan
-between processes (e.g. one per core); the tables always cover every finished run of the plan.
+is kept, an unfinished one resumes, so the command can be re-run at any point. --parallel N trains up to N
+runs at once (bench_accuracy.train_plan; N x --threads should not exceed the cores), --device picks every
+run's MODEL.DEVICE (recorded per run). ``--only`` splits the plan between processes; the tables always cover
+every finished run of the plan.
 """
 import argparse
 import json
 import os
 import statistics
 import sys
-import time
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_accuracy import load_config, run_training, schedule, training_log  # noqa: E402
+from benchmarks.bench_accuracy import add_run_flags, check_run_flags, devices_note, load_config  # noqa: E402
+from benchmarks.bench_accuracy import run_training, schedule, train_plan, training_device  # noqa: E402
+from benchmarks.bench_accuracy import training_log  # noqa: E402
 from benchmarks.common import ROOT, RESULTS, bar_plot, command_line, machine_line  # noqa: E402
 from benchmarks.common import markdown_table, set_threads, write_csv, write_report  # noqa: E402
 
@@ -62,9 +65,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="DATALOADER.NUM_WORKERS")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads of every training process")
+    add_run_flags(p)
     p.add_argument("--work", default=os.path.join(ROOT, "output", "benchmarks", "oriented"))
     p.add_argument("--results", default=RESULTS)
     args = p.parse_args(argv)
+    check_run_flags(p, args)
     args.command = " ".join(a for a in command_line(argv).split(" ") if a != "--tables")
     lr_x = dict(STUDENT_LR_X)
     for item in args.student_lr_x:
@@ -102,10 +107,16 @@ def plan(args: argparse.Namespace) -> List[Dict]:
     return runs
 
 
+def training_run(run: Dict) -> Dict:
+    """``run`` as bench_accuracy's runner takes it: ``detector`` its key in SCORING (the box kind's datasets),
+    e.g. rotated_retinanet."""
+    return dict(run, detector=SCORING_KEY[run["kind"]] + run["detector"])
+
+
 def train(args: argparse.Namespace, run: Dict, data_root: str) -> None:
-    """Train and score one run with bench_accuracy's runner (the datasets of its box kind), then delete its
-    checkpoints: nothing reuses them."""
-    run_training(args, dict(run, detector=SCORING_KEY[run["kind"]] + run["detector"]), data_root)
+    """Train and score one run (a training_run) with bench_accuracy's runner, then delete its checkpoints:
+    nothing reuses them."""
+    run_training(args, run, data_root)
     for name in os.listdir(run["output"]):
         if name.startswith("model_") and name.endswith(".pth"):
             os.remove(os.path.join(run["output"], name))
@@ -122,6 +133,10 @@ def read_result(run: Dict) -> Optional[Dict]:
     row["mAP50"] = float(results[f"{data}_test"][voc]["mAP50"])
     row["val_mAP50"] = float(results[f"{data}_val"][voc]["mAP50"])
     row["AP"] = float(results[f"{data}_test"]["bbox"]["AP"])
+    time_file = os.path.join(run["output"], "bench_time.json")
+    if os.path.isfile(time_file):
+        with open(time_file) as f:
+            row["device"] = json.load(f).get("device", "cpu")  # runs timed before --device: on the CPU
     row.update({k: v for k, v in training_log(run["output"]).items() if k == "s_per_it"})
     return row
 
@@ -146,7 +161,7 @@ def summarise(rows: List[Dict]) -> List[Dict]:
 
 def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
     write_csv(os.path.join(args.results, "oriented_runs.csv"), rows,
-              ["kind", "detector", "depth", "seed", "name", "mAP50", "val_mAP50", "AP", "s_per_it"])
+              ["kind", "detector", "depth", "seed", "name", "mAP50", "val_mAP50", "AP", "s_per_it", "device"])
     summary = summarise(rows)
     metrics = ("mAP50", "AP", "val_mAP50")
     write_csv(os.path.join(args.results, "oriented.csv"), summary,
@@ -162,7 +177,8 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
              f"over seeds {args.seeds}. Every run {args.iters} iterations, batch {args.batch}, 128 px, "
              f"{args.num_images} images, from scratch; R-50 at its config's learning rate, R-18 at its "
              f"config's times ({lr}). "
-             f"s_per_it: median training seconds per iteration of the fastest seed on this shared machine. "
+             f"s_per_it: median training seconds per iteration of the fastest seed on this shared machine "
+             f"({devices_note(rows)}). "
              f"Command: python benchmarks/bench_oriented.py {args.command}")
     title = "Rotated detectors and their horizontal twins on synthetic data"
     text = write_report(os.path.join(args.results, "oriented.md"), title, machine, table, notes)
@@ -184,20 +200,18 @@ def main(argv: Optional[List[str]] = None) -> str:
         print(text, flush=True)
         return text
     set_threads(args.threads)  # the machine line names the runs' threads, also when --tables rewrites it
-    machine = machine_line()
+    machine = machine_line(training_device(args))
     if not args.tables:
         data_root = os.path.join(args.work, "datasets")
         from ds2d2.data.synthetic import write_synthetic_dior
 
         write_synthetic_dior(os.path.join(data_root, "synthetic_dior"), args.num_images, args.data_seed)
-        mine = [r for r in runs if args.only is None or r["group"] in args.only]
-        for i, run in enumerate(mine, 1):
-            if os.path.isfile(os.path.join(run["output"], "eval_results.json")):
-                continue
-            now = time.strftime("%H:%M:%S")
-            print(f"[{now}] run {i}/{len(mine)}: {run['group']}/{run['name']}", flush=True)
-            train(args, run, data_root)
-            report(args, [r for r in map(read_result, runs) if r is not None], machine)
+        mine = [training_run(r) for r in runs if args.only is None or r["group"] in args.only]
+
+        def write_tables(finished: List[Dict]) -> str:  # every finished run of the plan, --only's or not
+            return report(args, [r for r in map(read_result, runs) if r is not None], machine)
+
+        train_plan(args, lambda: (mine, f"{len(runs)} in the plan"), write_tables, data_root, train)
     text = report(args, [r for r in map(read_result, runs) if r is not None], machine)
     print(text, flush=True)
     return text
