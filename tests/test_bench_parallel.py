@@ -230,7 +230,9 @@ def test_the_device_reaches_every_training_and_its_record(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("flags", [["--device", "gpu"], ["--device", "cuda:x"], ["--parallel", "0"]])
 def test_bad_device_or_parallel_is_refused(flags, capsys):
-    for parse in (ba.parse_args, bda.parse_args):
+    from benchmarks import bench_oriented
+
+    for parse in (ba.parse_args, bda.parse_args, bench_oriented.parse_args):
         with pytest.raises(SystemExit):
             parse(flags)
         assert flags[0] in capsys.readouterr().err
