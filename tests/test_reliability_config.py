@@ -21,6 +21,7 @@ from ds2d2.config import LOSS_KEYS, load_config
 from ds2d2.data import register_coco_detection
 from ds2d2.distill import DISTILL_TERM_REGISTRY
 from ds2d2.engine import Trainer
+from ds2d2.teacher import resolve_teacher_config
 from reliability_setup import (
     register_in_process,
     run_train_net,
@@ -383,3 +384,38 @@ def test_own_entry_errors_of_any_constructor_get_the_key(tmp_path, monkeypatch, 
         load_config(config)
     assert type(error.value) is kind and error.value.__cause__ is raised
     assert str(error.value) == f"DATASETS.OWN.reliability_raising_coco: {raised}"
+
+
+SYNTHETIC = REPO / "configs" / "synthetic"
+
+
+def test_an_unknown_key_is_named_with_the_file_and_line_that_set_it(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(f"_BASE_: {SYNTHETIC / 'retinanet_R50_teacher.yaml'}\nTEST:\n  EVAL_PERIOD: 0\n"
+                    "  DOTA_TASK2: true\n")
+    child = tmp_path / "child.yaml"
+    child.write_text(f"_BASE_: {base}\nSEED: 3\n")
+    with pytest.raises(KeyError, match=re.escape(f"{base}:4: TEST.DOTA_TASK2 is not a config key")) as e:
+        load_config(str(child), register=False)
+    assert str(child) in str(e.value)
+
+
+def test_a_teachers_recorded_config_from_another_version_is_named(tmp_path):
+    # a teacher trained by a version with TEST.DOTA_TASK2 (since renamed): its recorded config.yaml names it
+    teacher_dir = tmp_path / "teacher"
+    teacher_dir.mkdir()
+    recorded = teacher_dir / "config.yaml"
+    dumped = load_config(str(SYNTHETIC / "retinanet_R50_teacher.yaml"), register=False).dump()
+    recorded.write_text(dumped.replace("\nTEST:\n", "\nTEST:\n  DOTA_TASK2: true\n", 1))
+    line = recorded.read_text().splitlines().index("  DOTA_TASK2: true") + 1
+    cfg = load_config(str(SYNTHETIC / "retinanet_R50_to_R18.yaml"), register=False)
+    cfg.MODEL.DS2D2.TEACHER_WEIGHTS = str(teacher_dir / "model_final.pth")
+    with pytest.raises(KeyError, match=re.escape(f"{recorded}:{line}: TEST.DOTA_TASK2 is not a config key")):
+        resolve_teacher_config(cfg)
+
+
+def test_a_value_of_the_wrong_type_is_named_with_its_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"_BASE_: {SYNTHETIC / 'retinanet_R50_teacher.yaml'}\nSOLVER:\n  MAX_ITER: many\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:3: Type mismatch")):
+        load_config(str(path), register=False)

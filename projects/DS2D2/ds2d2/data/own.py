@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 from detectron2.config import CfgNode
@@ -167,9 +167,8 @@ def _duplicate_keys(node: yaml.MappingNode, path: str, where: str) -> None:
         first[key_node.value] = line
 
 
-def check_own_yaml(config_file: str) -> None:
-    """Refuse a config file (or one of its ``_BASE_`` files) that declares a ``DATASETS.OWN`` name, or a key
-    of one entry, twice: YAML itself keeps the last one without a word."""
+def _yaml_chain(config_file: str) -> Iterator[Tuple[str, yaml.Node]]:
+    """(path, composed YAML root) of ``config_file`` and then of each file of its local ``_BASE_`` chain."""
     seen = set()
     path: Optional[str] = config_file
     while path and path not in seen and os.path.isfile(path):
@@ -182,30 +181,64 @@ def check_own_yaml(config_file: str) -> None:
                 f"{path}: byte {e.start} is not UTF-8 ({e.reason}); config files are read as UTF-8: save it "
                 "in UTF-8."
             ) from None
-        base = None
-        if isinstance(root, yaml.MappingNode):
-            top = {k.value: v for k, v in root.value}
-            base_node, datasets = top.get("_BASE_"), top.get("DATASETS")
-            base = base_node.value if isinstance(base_node, yaml.ScalarNode) else None
-            own = None
-            if isinstance(datasets, yaml.MappingNode):
-                own = {k.value: v for k, v in datasets.value}.get("OWN")
-            if isinstance(own, yaml.MappingNode):
-                _duplicate_keys(own, _PREFIX, path)
-                for key_node, entry in own.value:
-                    if isinstance(entry, yaml.MappingNode):
-                        _duplicate_keys(entry, f"{_PREFIX}.{key_node.value}", path)
+        yield path, root
+        top = {k.value: v for k, v in root.value} if isinstance(root, yaml.MappingNode) else {}
+        base_node = top.get("_BASE_")
+        base = base_node.value if isinstance(base_node, yaml.ScalarNode) else None
         if base is None or base.startswith(("https://", "http://")):
             break
         base = os.path.expanduser(base)
         path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
 
 
+def check_own_yaml(config_file: str) -> None:
+    """Refuse a config file (or one of its ``_BASE_`` files) that declares a ``DATASETS.OWN`` name, or a key
+    of one entry, twice: YAML itself keeps the last one without a word."""
+    for path, root in _yaml_chain(config_file):
+        if not isinstance(root, yaml.MappingNode):
+            continue
+        datasets = {k.value: v for k, v in root.value}.get("DATASETS")
+        own = None
+        if isinstance(datasets, yaml.MappingNode):
+            own = {k.value: v for k, v in datasets.value}.get("OWN")
+        if isinstance(own, yaml.MappingNode):
+            _duplicate_keys(own, _PREFIX, path)
+            for key_node, entry in own.value:
+                if isinstance(entry, yaml.MappingNode):
+                    _duplicate_keys(entry, f"{_PREFIX}.{key_node.value}", path)
+
+
+def _key_location(config_file: str, full_key: str) -> str:
+    """'file:line' of the first file in ``config_file``'s ``_BASE_`` chain that sets ``full_key``
+    (e.g. 'TEST.DOTA_TASK2'; of a key given twice, the last, which YAML keeps), else ``config_file``."""
+
+    def line_of(node: yaml.Node, parts: List[str]) -> Optional[int]:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        for key_node, child in reversed(node.value):
+            if key_node.value == parts[0]:
+                found = key_node.start_mark.line + 1 if len(parts) == 1 else line_of(child, parts[1:])
+                if found is not None:
+                    return found
+        return None
+
+    for path, root in _yaml_chain(config_file):
+        line = line_of(root, full_key.split("."))
+        if line is not None:
+            return f"{path}:{line}"
+    return config_file
+
+
+_YACS_KEY = re.compile(r"(?:Non-existent config key|for config key): (\S+)$")
+
+
 def merge_yaml_safely(cfg: CfgNode, config_file: str) -> None:
     """``cfg.merge_from_file(config_file)`` with every file of the ``_BASE_`` chain parsed by
     ``yaml.safe_load`` only: a tag that would build a Python object (``!!python/...``) is a ValueError naming
     the file and line, and nothing of it is constructed or run. (Detectron2's default falls back to
-    ``yaml.unsafe_load`` on such a tag; ``allow_unsafe=False`` reaches every ``_BASE_`` file.)"""
+    ``yaml.unsafe_load`` on such a tag; ``allow_unsafe=False`` reaches every ``_BASE_`` file.) A key this
+    version does not know (KeyError) or a value of the wrong type (ValueError) names the file and line that
+    set it."""
     try:
         cfg.merge_from_file(config_file, allow_unsafe=False)
     except yaml.constructor.ConstructorError as e:
@@ -216,6 +249,23 @@ def merge_yaml_safely(cfg: CfgNode, config_file: str) -> None:
             "(numbers, strings, lists, mappings) and never Python objects, so no code in a config can run. "
             f"Remove the tag (config file {config_file!r})."
         ) from None
+    except KeyError as e:
+        found = _YACS_KEY.search(str(e.args[0]) if e.args else "")
+        if found is None:
+            raise
+        key = found.group(1)
+        raise KeyError(
+            f"{_key_location(config_file, key)}: {key} is not a config key of this Detectron2 + DS2D2 "
+            f"(config file {config_file!r}). A config written by another version (e.g. a teacher's recorded "
+            "config.yaml) can hold keys this one lacks: remove the key, or rename it to the current one "
+            "(README, config keys)."
+        ) from None
+    except ValueError as e:
+        found = _YACS_KEY.search(str(e))
+        if found is None:
+            raise
+        where = _key_location(config_file, found.group(1))
+        raise ValueError(f"{where}: {e} (config file {config_file!r})") from None
 
 
 def merge_config(cfg: CfgNode, config_file: str, opts: Sequence = ()) -> None:
