@@ -158,6 +158,27 @@ def check_run_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         p.error(f"--parallel takes a number of trainings >= 1; got {args.parallel}")
 
 
+def add_tuning_flags(p: argparse.ArgumentParser) -> None:
+    """--seeds, --grid and --alone-lr-grid, of every benchmark that tunes as this one."""
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3],
+                   help="student seeds; the first one trains the tuning grid (teacher: seed 1)")
+    p.add_argument("--grid", nargs="+", type=float, default=[0.1, 1.0, 10.0], metavar="X",
+                   help="multipliers of a method's loss weights tried on the first seed (chosen on val AP50)")
+    p.add_argument("--alone-lr-grid", nargs="+", type=float, default=[0.25, 1.0], metavar="X",
+                   help="multipliers of the student alone's SOLVER.BASE_LR tried on the first seed "
+                        "(chosen on val AP50)")
+
+
+def check_tuning_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a multiplier of --grid or --alone-lr-grid that is not positive and finite; sort each, without
+    repeats."""
+    for flag in ("grid", "alone_lr_grid"):
+        values = getattr(args, flag)
+        if any(not x > 0 or math.isinf(x) for x in values):
+            p.error(f"--{flag.replace('_', '-')} takes positive finite multipliers; got {values}")
+        setattr(args, flag, sorted(set(values)))
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
@@ -171,13 +192,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help=f"default: {' '.join(DEFAULT_DETECTORS)} (--quick: retinanet); the rotated ones, "
                         "asked for by name, report to accuracy_oriented*")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3],
-                   help="student seeds; the first one trains the tuning grid (teacher: seed 1)")
-    p.add_argument("--grid", nargs="+", type=float, default=[0.1, 1.0, 10.0], metavar="X",
-                   help="multipliers of a method's loss weights tried on the first seed (chosen on val AP50)")
-    p.add_argument("--alone-lr-grid", nargs="+", type=float, default=[0.25, 1.0], metavar="X",
-                   help="multipliers of the student alone's SOLVER.BASE_LR tried on the first seed "
-                        "(chosen on val AP50)")
+    add_tuning_flags(p)
     p.add_argument("--teacher-iters", type=int, default=6000,
                    help="RetinaNet teacher val AP50 25 / 44 / 55 after 1.5k / 3k / 4.5k of 6k iterations")
     p.add_argument("--amplifier-iters", type=int, default=1000)
@@ -208,11 +223,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} takes DETECTOR=W, DETECTOR in {DETECTORS}; "
                     f"got {getattr(args, flag)}")
         setattr(args, flag, {detector: float(weight) for detector, weight in pairs})
-    for flag in ("grid", "alone_lr_grid"):
-        values = getattr(args, flag)
-        if any(not x > 0 or math.isinf(x) for x in values):
-            p.error(f"--{flag.replace('_', '-')} takes positive finite multipliers; got {values}")
-        setattr(args, flag, sorted(set(values)))
+    check_tuning_flags(p, args)
     if args.detectors is None:
         args.detectors = ["retinanet"] if args.quick else list(DEFAULT_DETECTORS)
     if args.quick:

@@ -52,7 +52,6 @@ A run whose eval_results.json exists is kept, an unfinished one resumes from its
 to N trainings at once, each once the teacher / amplifier it loads has finished.
 """
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -117,12 +116,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="same: the R-50 teacher of the student's family; cross: the other family's")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                    help="baseline: the family's best of bench_accuracy's baselines, chosen on val")
-    p.add_argument("--seeds", nargs="+", type=int, default=ACCURACY.seeds,
-                   help="student seeds; the first one trains the tuning grid (teacher: seed 1)")
-    p.add_argument("--grid", nargs="+", type=float, default=ACCURACY.grid, metavar="X",
-                   help="multipliers of a method's loss weights tried on the first seed (chosen on val AP50)")
-    p.add_argument("--alone-lr-grid", nargs="+", type=float, default=ACCURACY.alone_lr_grid, metavar="X",
-                   help="multipliers of the student alone's SOLVER.BASE_LR tried on the first seed")
+    ba.add_tuning_flags(p)
     for flag in ("teacher_iters", "amplifier_iters", "student_iters", "batch", "num_images", "data_seed",
                  "threads", "workers"):
         p.add_argument("--" + flag.replace("_", "-"), type=int, default=getattr(ACCURACY, flag),
@@ -136,11 +130,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     ba.check_run_flags(p, args)
     args.command = " ".join(a for a in command_line(argv).split(" ") if a != "--tables")
-    for flag in ("grid", "alone_lr_grid"):
-        values = getattr(args, flag)
-        if any(not x > 0 or math.isinf(x) for x in values):
-            p.error(f"--{flag.replace('_', '-')} takes positive finite multipliers; got {values}")
-        setattr(args, flag, sorted(set(values)))
+    ba.check_tuning_flags(p, args)
     if args.quick:
         args.students, args.teachers = ["retinanet_R18", "retinanet_deploy"], ["same"]
         args.methods, args.seeds = ["alone", "ds2d2"], args.seeds[:1]

@@ -56,6 +56,21 @@ def fake_result(output, val_ap50, test_ap50=None):
         json.dump(results, f)
 
 
+def fake_train_net(monkeypatch) -> list:
+    """Make run_training's train_net.py processes succeed at once; returns the list their commands go to."""
+    commands = []
+
+    class FakeProcess:
+        def __init__(self, cmd, **kwargs):
+            commands.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(ba.subprocess, "Popen", FakeProcess)
+    return commands
+
+
 def test_x1_keeps_the_names_of_the_untuned_benchmark():
     args = ba.parse_args([])
     names = ba.run_names(args, "retinanet")
@@ -325,16 +340,7 @@ def test_a_rotated_detector_trains_its_own_configs_on_the_oriented_splits(detect
     teacher = overrides(next(r for r in runs if r["method"] == "ds2d2"))["MODEL.DS2D2.TEACHER_WEIGHTS"]
     assert teacher == str(tmp_path / detector / "teacher_it6000" / "model_final.pth")
     # every run: the oriented splits of the one generated dataset, and the Task-1 rule's VOC07 11 points
-    commands = []
-
-    class FakeProcess:  # train_net.py that succeeds at once
-        def __init__(self, cmd, **kwargs):
-            commands.append(cmd)
-
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(ba.subprocess, "Popen", FakeProcess)
+    commands = fake_train_net(monkeypatch)
     for run in (runs[0], ba.plan(args, "retinanet")[0]):
         ba.run_training(args, run, str(tmp_path / "data"))
     rotated, horizontal = (dict(zip(cmd[4::2], cmd[5::2])) for cmd in commands)

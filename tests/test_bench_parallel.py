@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from test_bench_accuracy_plan import fake_result
+from test_bench_accuracy_plan import fake_result, fake_train_net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -198,16 +198,7 @@ def test_sigterm_stops_the_running_trainings(tmp_path):
 
 
 def test_the_device_reaches_every_training_and_its_record(tmp_path, monkeypatch):
-    commands = []
-
-    class FakeProcess:  # train_net.py that succeeds at once
-        def __init__(self, cmd, **kwargs):
-            commands.append(cmd)
-
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(ba.subprocess, "Popen", FakeProcess)
+    commands = fake_train_net(monkeypatch)
     for device in ("cpu", "cuda:1"):
         args = ba.parse_args(["--work", str(tmp_path / device), "--detectors", "retinanet",
                               "--device", device])
