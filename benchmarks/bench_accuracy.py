@@ -179,15 +179,19 @@ def check_tuning_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
         setattr(args, flag, sorted(set(values)))
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="RetinaNet (or --detectors), one seed, alone vs full DS2D2, --grid 1")
+def add_mode_flags(p: argparse.ArgumentParser, quick: str) -> None:
+    """--quick (``quick``: what it trains), --dry-run and --tables of the benchmarks that plan like this."""
+    p.add_argument("--quick", action="store_true", help=quick)
     p.add_argument("--dry-run", action="store_true",
                    help="print the runs planned now (name, config, overrides) and those waiting; no training")
     p.add_argument("--tables", action="store_true",
                    help="rewrite the tables from the planned runs that have finished (e.g. while another "
                         "process trains the rest); no training")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_mode_flags(p, "RetinaNet (or --detectors), one seed, alone vs full DS2D2, --grid 1")
     p.add_argument("--detectors", nargs="+", choices=DETECTORS, default=None,
                    help=f"default: {' '.join(DEFAULT_DETECTORS)} (--quick: retinanet); the rotated ones, "
                         "asked for by name, report to accuracy_oriented*")
@@ -711,6 +715,20 @@ def training_log(folder: str, last: int = 3) -> Dict[str, float]:
     return out
 
 
+def seed_statistics(members: Sequence[Dict], metrics: Sequence[str]) -> Dict[str, float]:
+    """Over the seeds ``members`` (rows of one method): each metric's mean and ``<metric>_std`` (population
+    std, 0 for one seed), and ``s_per_it``, the fastest seed's (other jobs only ever slow a run down)."""
+    out: Dict[str, float] = {}
+    for m in metrics:
+        values = [r[m] for r in members]
+        out[m] = statistics.mean(values)
+        out[f"{m}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+    speeds = [r["s_per_it"] for r in members if "s_per_it" in r]
+    if speeds:
+        out["s_per_it"] = min(speeds)
+    return out
+
+
 def summarise(rows: List[Dict]) -> List[Dict]:
     """Mean and spread (population std over seeds) per (detector, method) of the chosen runs, of each metric
     of the detector's scoring and of its val headline; d<headline> (dAP50, dmAP50): the headline's gain over
@@ -724,13 +742,7 @@ def summarise(rows: List[Dict]) -> List[Dict]:
     for (detector, method), members in groups.items():
         entry = {"detector": detector, "method": method, "x": members[0].get("x", ""), "seeds": len(members)}
         scoring = SCORING[detector]
-        for m in scoring.columns + (f"val_{scoring.headline}",):
-            values = [r[m] for r in members]
-            entry[m] = statistics.mean(values)
-            entry[f"{m}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
-        speeds = [r["s_per_it"] for r in members if "s_per_it" in r]
-        if speeds:
-            entry["s_per_it"] = min(speeds)
+        entry.update(seed_statistics(members, scoring.columns + (f"val_{scoring.headline}",)))
         summary.append(entry)
     order = ("teacher", "amplifier") + METHODS  # per detector, in the order of the runs' first appearance
     detectors = list(dict.fromkeys(e["detector"] for e in summary))

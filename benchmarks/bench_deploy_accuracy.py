@@ -105,12 +105,7 @@ def student(key: str) -> Student:
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="RetinaNet R-18 and deploy students, own-family teacher, alone vs DS2D2, seed 1, x1")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the runs planned now (name, config, overrides) and those waiting; no training")
-    p.add_argument("--tables", action="store_true",
-                   help="rewrite the tables from the planned runs that have finished; no training")
+    ba.add_mode_flags(p, "RetinaNet R-18 and deploy students, own-family teacher, alone vs DS2D2, seed 1, x1")
     p.add_argument("--students", nargs="+", choices=STUDENTS, default=list(STUDENTS))
     p.add_argument("--teachers", nargs="+", choices=TEACHERS, default=list(TEACHERS),
                    help="same: the R-50 teacher of the student's family; cross: the other family's")
@@ -482,13 +477,7 @@ def summarise(rows: List[Dict], latency: Dict[Tuple[str, bool], Dict[str, float]
                  "method_key": method, "x": members[0]["x"], "seeds": len(members),
                  "method": METHOD_LABEL[method] + (" (best baseline)" if slot == "baseline" else ""),
                  "reused": all(m["reused"] for m in members)}
-        for m in ("AP", "AP50", "val_AP50"):
-            values = [r[m] for r in members]
-            entry[m] = statistics.mean(values)
-            entry[f"{m}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
-        speeds = [r["s_per_it"] for r in members if "s_per_it" in r]
-        if speeds:
-            entry["s_per_it"] = min(speeds)
+        entry.update(ba.seed_statistics(members, ("AP", "AP50", "val_AP50")))
         for column in LATENCY.values():
             entry[column] = latency.get((s.family, s.deploy), {}).get(column, "-")
         summary.append(entry)
