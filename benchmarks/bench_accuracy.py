@@ -148,6 +148,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="train up to N runs at once, each with --threads torch threads (N x threads should "
                         "not exceed the cores; on a GPU the trainings share the card); a run waits for the "
                         "runs whose weights it loads")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the .pth files of finished student runs (by default deleted once the run is "
+                        "evaluated: the tables read only its logs and results, ~290 MB per Faster R-CNN run)")
 
 
 def check_run_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -596,6 +599,19 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+PRUNED_ROLES = ("grid", "seed")  # student runs: no other run loads their weights
+
+
+def prune_checkpoints(run: Dict) -> None:
+    """Delete the checkpoints (``*.pth``, ``last_checkpoint``) of a finished student run (role grid or
+    seed); a teacher's or amplifier's, which other runs load, are kept. Its logs and results stay."""
+    if run.get("role") not in PRUNED_ROLES or not finished(run):
+        return
+    for name in os.listdir(run["output"]):
+        if name.endswith(".pth") or name == "last_checkpoint":
+            os.remove(os.path.join(run["output"], name))
+
+
 def train_plan(args: argparse.Namespace, plan_now: Callable[[], Tuple[List[Dict], str]],
                write_tables: Callable[[List[Dict]], object], data_root: str,
                train: Optional[Callable[[argparse.Namespace, Dict, str], None]] = None) -> List[Dict]:
@@ -652,6 +668,8 @@ def train_plan(args: argparse.Namespace, plan_now: Callable[[], Tuple[List[Dict]
                           flush=True)
                     continue
                 kept.add(run["output"])
+                if not args.keep_checkpoints:
+                    prune_checkpoints(run)
                 if args.parallel > 1:
                     print(f"[{time.strftime('%H:%M:%S')}] finished {run['detector']} {run['name']} "
                           f"({len(running)} running)", flush=True)

@@ -248,3 +248,25 @@ def test_tiny_parallel_run_trains_the_same_runs_and_rows_as_one_at_a_time(tmp_pa
         tables[parallel] = (finished, rows)
     assert tables["1"] == tables["2"]
     assert tables["1"][0] == ["alone_it2_t2_s1", "amplifier_it2_t2", "ds2d2_it2_t2_s1", "teacher_it2"]
+
+
+def test_a_finished_student_runs_checkpoints_are_pruned_a_teachers_kept(tmp_path, monkeypatch):
+    args = ba.parse_args(["--work", str(tmp_path), "--detectors", "retinanet", "--quick"])
+    runs = [r for r in ba.plan(args, "retinanet") if r["role"] in ("teacher", "grid")][:2]
+    assert [r["role"] for r in runs] == ["teacher", "grid"]
+
+    def train(args, run, data_root):  # a training that leaves checkpoints and results
+        os.makedirs(run["output"], exist_ok=True)
+        for name in ("model_0000099.pth", "model_final.pth", "last_checkpoint"):
+            open(os.path.join(run["output"], name), "w").close()
+        fake_result(run["output"], 50.0, 50.0)
+
+    ba.train_plan(args, lambda: (runs, ""), lambda finished: None, str(tmp_path), train)
+    teacher_files = ["eval_results.json", "last_checkpoint", "model_0000099.pth", "model_final.pth"]
+    assert sorted(os.listdir(runs[0]["output"])) == teacher_files
+    assert os.listdir(runs[1]["output"]) == ["eval_results.json"]
+    kept = ba.parse_args(["--work", str(tmp_path / "kept"), "--detectors", "retinanet", "--quick",
+                          "--keep-checkpoints"])
+    runs = [r for r in ba.plan(kept, "retinanet") if r["role"] in ("teacher", "grid")][:2]
+    ba.train_plan(kept, lambda: (runs, ""), lambda finished: None, str(tmp_path), train)
+    assert "model_final.pth" in os.listdir(runs[1]["output"])
