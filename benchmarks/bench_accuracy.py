@@ -847,6 +847,17 @@ def finished(run: Dict) -> bool:
     return os.path.isfile(os.path.join(run["output"], "eval_results.json"))
 
 
+def prepare_training(args: argparse.Namespace) -> str:
+    """Set this process's torch threads and write the synthetic DIOR images the runs train on (kept if
+    there); returns the folder DETECTRON2_DATASETS points the trainings to."""
+    set_threads(args.threads)
+    data_root = os.path.join(args.work, "datasets")
+    from ds2d2.data.synthetic import write_synthetic_dior
+
+    write_synthetic_dior(os.path.join(data_root, "synthetic_dior"), args.num_images, args.data_seed)
+    return data_root
+
+
 def main(argv: Optional[List[str]] = None) -> str:
     args = parse_args(argv)
     if args.dry_run:
@@ -856,11 +867,7 @@ def main(argv: Optional[List[str]] = None) -> str:
     machine = machine_line(training_device(args))
     if args.tables:
         return report(args, [read_result(run) for run in full_plan(args)[0] if finished(run)], machine)
-    set_threads(args.threads)
-    data_root = os.path.join(args.work, "datasets")
-    from ds2d2.data.synthetic import write_synthetic_dior
-
-    write_synthetic_dior(os.path.join(data_root, "synthetic_dior"), args.num_images, args.data_seed)
+    data_root = prepare_training(args)
 
     def plan_now() -> Tuple[List[Dict], str]:
         runs, waiting = full_plan(args)

@@ -63,7 +63,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import bench_accuracy as ba  # noqa: E402
 from benchmarks.common import ROOT, RESULTS, bar_plot, command_line, machine_line  # noqa: E402
-from benchmarks.common import markdown_table, read_csv, set_threads, write_csv, write_report  # noqa: E402
+from benchmarks.common import markdown_table, read_csv, write_csv, write_report  # noqa: E402
 
 FAMILIES = ("retinanet", "faster_rcnn")
 OTHER = {"retinanet": "faster_rcnn", "faster_rcnn": "retinanet"}
@@ -396,10 +396,6 @@ def row_label(s: Student, teacher: Optional[str], method: str) -> str:
     return f"{s.label} {METHOD_LABEL[method]}" + (f" from {FAMILY_LABEL[teacher]} R-50" if teacher else "")
 
 
-def finished(run: Dict) -> bool:
-    return os.path.isfile(os.path.join(run["output"], "eval_results.json"))
-
-
 def describe(args: argparse.Namespace) -> str:
     """The dry run: every run planned now (done or to train) with its config and overrides, then those
     waiting."""
@@ -409,12 +405,12 @@ def describe(args: argparse.Namespace) -> str:
     for i, run in enumerate(runs, 1):
         who = run["student"] and f"{row_label(student(run['student']), run['teacher'], run['method'])}, "
         reused = ", bench_accuracy's" if run["reused"] else ""
-        lines.append(f"{i:3d} [{'done' if finished(run) else 'to train'}] {run['detector']}/{run['name']} "
+        lines.append(f"{i:3d} [{'done' if ba.finished(run) else 'to train'}] {run['detector']}/{run['name']} "
                      f"({who}{run['role']}, x {ba.x_text(run['x']) or '-'}{reused}): {run['config']} "
                      f"{' '.join(run['opts'])}")
     for entry in waiting:
         lines.append(f"    [waiting] {entry.what}: {entry.runs} run(s), once {entry.until}")
-    todo = sum(not finished(r) for r in runs)
+    todo = sum(not ba.finished(r) for r in runs)
     later = sum(entry.runs for entry in waiting)
     lines.append(f"{len(runs)} runs planned now ({todo} to train), {later} waiting: "
                  f"{len(runs) + later} in all")
@@ -637,12 +633,8 @@ def main(argv: Optional[List[str]] = None) -> str:
         return text
     machine = machine_line(ba.training_device(args))
     if args.tables:
-        return report(args, [read_result(run) for run in plan(args) if finished(run)], machine)
-    set_threads(args.threads)
-    data_root = os.path.join(args.work, "datasets")
-    from ds2d2.data.synthetic import write_synthetic_dior
-
-    write_synthetic_dior(os.path.join(data_root, "synthetic_dior"), args.num_images, args.data_seed)
+        return report(args, [read_result(run) for run in plan(args) if ba.finished(run)], machine)
+    data_root = ba.prepare_training(args)
 
     def plan_now() -> Tuple[List[Dict], str]:  # the plan grows as grids and the baseline choice finish
         waiting: List[Waiting] = []
