@@ -56,10 +56,13 @@ def setup(args) -> CfgNode:
 
 
 def save_results(cfg, results) -> None:
-    """Write the final evaluation to OUTPUT_DIR/eval_results.json (rank 0), for scripts that chain stages."""
+    """Write the final evaluation to OUTPUT_DIR/eval_results.json (rank 0), for scripts that chain stages.
+    Written whole or not at all (a temporary file renamed), so a script polling for it never reads half."""
     if results and comm.is_main_process():
-        with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
+        path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(results, f, indent=2)
+        os.replace(path + ".tmp", path)
 
 
 def evaluated_weights(cfg: CfgNode, resume: bool) -> str:

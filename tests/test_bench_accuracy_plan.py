@@ -52,8 +52,16 @@ def fake_result(output, val_ap50, test_ap50=None):
     results = {ba.VAL: {"bbox": {"AP": val_ap50 / 2, "AP50": val_ap50, "AP75": 0.0, "APs": 0.0}}}
     if test_ap50 is not None:
         results[ba.TEST] = {"bbox": {"AP": test_ap50 / 2, "AP50": test_ap50, "AP75": 0.0, "APs": 0.0}}
-    with open(os.path.join(output, "eval_results.json"), "w") as f:
+    write_results(output, results)
+
+
+def write_results(output, results):
+    """Write eval_results.json as train_net.save_results does: whole or not at all (the parallel benchmark
+    reads it while other runs' threads write theirs)."""
+    path = os.path.join(output, "eval_results.json")
+    with open(path + ".tmp", "w") as f:
         json.dump(results, f)
+    os.replace(path + ".tmp", path)
 
 
 def fake_train_net(monkeypatch) -> list:
@@ -311,8 +319,7 @@ def fake_rotated_result(output, val_map50, val_ap50, test_map50=None, test_ap50=
     if test_map50 is not None:
         results["synthetic_diorr_test"] = split(test_map50, test_ap50)
     os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, "eval_results.json"), "w") as f:
-        json.dump(results, f)
+    write_results(output, results)
 
 
 def test_rotated_detectors_are_asked_for_by_name():

@@ -75,3 +75,28 @@ def test_train_evaluate_and_resume(data_root, tmp_path, config):
     assert sorted(p.name for p in out.glob("model_*.pth")) == [
         "model_0000001.pth", "model_0000003.pth", "model_0000007.pth", "model_final.pth"
     ]
+
+
+def test_save_results_writes_whole_or_nothing(tmp_path, monkeypatch):
+    """A script polling OUTPUT_DIR (the parallel accuracy benchmark) never sees half an eval_results.json: a
+    write that fails midway leaves none, a finished one leaves only the whole file."""
+    from types import SimpleNamespace
+
+    from conftest import REPO, load_script
+
+    script = load_script(REPO / "train_net.py", "train_net_for_save_results")
+    cfg = SimpleNamespace(OUTPUT_DIR=str(tmp_path))
+    results = {"synthetic_dior_val": {"bbox": {"AP50": 50.0}}}
+
+    def half_then_fail(obj, f, **kwargs):
+        f.write('{"synthetic_dior_val": ')
+        raise OSError("disk full")
+
+    monkeypatch.setattr(script.json, "dump", half_then_fail)
+    with pytest.raises(OSError):
+        script.save_results(cfg, results)
+    assert not (tmp_path / "eval_results.json").exists()
+    monkeypatch.undo()
+    script.save_results(cfg, results)
+    assert read_json(tmp_path / "eval_results.json") == results
+    assert os.listdir(tmp_path) == ["eval_results.json"]
