@@ -858,27 +858,36 @@ def prepare_training(args: argparse.Namespace) -> str:
     return data_root
 
 
-def main(argv: Optional[List[str]] = None) -> str:
-    args = parse_args(argv)
+def run_modes(args: argparse.Namespace, describe: Callable[[argparse.Namespace], str],
+              plan_now: Callable[[], Tuple[List[Dict], str]], read_result: Callable[[Dict], Dict],
+              report: Callable[[argparse.Namespace, List[Dict], str], str]) -> str:
+    """What an accuracy benchmark's main does with its flags: --dry-run prints ``describe(args)``;
+    --tables rewrites the report from the finished runs of ``plan_now()``; else trains the plan
+    (train_plan), rewriting the report after every run. Returns the report's text."""
     if args.dry_run:
         text = describe(args)
         print(text, flush=True)
         return text
     machine = machine_line(training_device(args))
+
+    def write_tables(runs: List[Dict]) -> str:
+        return report(args, [read_result(run) for run in runs], machine)
+
     if args.tables:
-        return report(args, [read_result(run) for run in full_plan(args)[0] if finished(run)], machine)
-    data_root = prepare_training(args)
+        return write_tables([run for run in plan_now()[0] if finished(run)])
+    text = write_tables(train_plan(args, plan_now, write_tables, prepare_training(args)))
+    print(text, flush=True)
+    return text
+
+
+def main(argv: Optional[List[str]] = None) -> str:
+    args = parse_args(argv)
 
     def plan_now() -> Tuple[List[Dict], str]:
         runs, waiting = full_plan(args)
         return runs, f"+{len(waiting)} waiting on a grid"
 
-    def write_tables(runs: List[Dict]) -> str:
-        return report(args, [read_result(run) for run in runs], machine)
-
-    text = write_tables(train_plan(args, plan_now, write_tables, data_root))
-    print(text, flush=True)
-    return text
+    return run_modes(args, describe, plan_now, read_result, report)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import bench_accuracy as ba  # noqa: E402
-from benchmarks.common import ROOT, RESULTS, bar_plot, command_line, machine_line  # noqa: E402
+from benchmarks.common import ROOT, RESULTS, bar_plot, command_line  # noqa: E402
 from benchmarks.common import markdown_table, read_csv, write_csv, write_report  # noqa: E402
 
 FAMILIES = ("retinanet", "faster_rcnn")
@@ -627,26 +627,13 @@ def notes(args: argparse.Namespace, rows: List[Dict], summary: List[Dict], laten
 
 def main(argv: Optional[List[str]] = None) -> str:
     args = parse_args(argv)
-    if args.dry_run:
-        text = describe(args)
-        print(text, flush=True)
-        return text
-    machine = machine_line(ba.training_device(args))
-    if args.tables:
-        return report(args, [read_result(run) for run in plan(args) if ba.finished(run)], machine)
-    data_root = ba.prepare_training(args)
 
     def plan_now() -> Tuple[List[Dict], str]:  # the plan grows as grids and the baseline choice finish
         waiting: List[Waiting] = []
         runs = plan(args, waiting)
         return runs, f"+{sum(w.runs for w in waiting)} waiting"
 
-    def write_tables(runs: List[Dict]) -> str:
-        return report(args, [read_result(run) for run in runs], machine)
-
-    text = write_tables(ba.train_plan(args, plan_now, write_tables, data_root))
-    print(text, flush=True)
-    return text
+    return ba.run_modes(args, describe, plan_now, read_result, report)
 
 
 if __name__ == "__main__":
