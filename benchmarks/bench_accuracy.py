@@ -31,7 +31,8 @@ Everything trains on synthetic_dior_train; the table reports synthetic_dior_test
 next to it. The rotated detectors train on synthetic_diorr_train (the same generated images, oriented boxes),
 choose on synthetic_diorr_val and report synthetic_diorr_test by the DOTA Task-1 rule, the VOC07 11-point
 AP50 on the rotated IoU (mAP50, what the choice reads), with COCO-style AP on the rotated IoU beside it; their
-tables go to accuracy_oriented* (the horizontal ones to accuracy*, so neither overwrites the other).
+tables go to accuracy_oriented* (the horizontal ones to accuracy*, so neither overwrites the other; --suffix
+names a rerun's, e.g. accuracy_second_pass*).
 
 Each run is a ``train_net.py`` process in WORK/<detector>/<run>; a run whose eval_results.json exists is
 kept and skipped, an unfinished one resumes from its last checkpoint, so the command can be re-run after an
@@ -190,6 +191,14 @@ def add_mode_flags(p: argparse.ArgumentParser, quick: str) -> None:
     p.add_argument("--tables", action="store_true",
                    help="rewrite the tables from the planned runs that have finished (e.g. while another "
                         "process trains the rest); no training")
+    p.add_argument("--suffix", default="",
+                   help="appended to the report files' names (e.g. _second_pass: accuracy_second_pass.md), "
+                        "so that a rerun keeps the tables it is compared with")
+
+
+def report_name(args: argparse.Namespace, base: str) -> str:
+    """The stem of a report's files in --results: ``base``, then --suffix, then _quick under --quick."""
+    return base + args.suffix + ("_quick" if args.quick else "")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -795,7 +804,7 @@ def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
 
 def scoring_report(args: argparse.Namespace, rows: List[Dict], scoring: Scoring, machine: str) -> str:
     """The Markdown, CSV and PNG tables of the ``rows`` of one scoring's detectors."""
-    name = scoring.report + ("_quick" if args.quick else "")
+    name = report_name(args, scoring.report)
     h = scoring.headline
     val, gain = f"val_{h}", f"d{h}"  # val_AP50, dAP50 for the horizontal detectors
     columns = ["detector", "method", "x", "seed", "role", "chosen", "name", *scoring.columns, val, "train_s",

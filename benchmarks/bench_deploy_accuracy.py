@@ -47,9 +47,10 @@ R-18" / "deploy R-18" of its family, PyTorch fp32 and onnxruntime, at one input 
 else the file's first) and one thread count (--threads if there, else the most).
 
 A run whose eval_results.json exists is kept, an unfinished one resumes from its last checkpoint; the tables
-(deploy_accuracy.{md,csv,png}, deploy_accuracy_runs.csv, deploy_accuracy_grid.csv in --results; _quick with
---quick) are rewritten after every run. --device and --parallel N as bench_accuracy.py's (its train_plan): up
-to N trainings at once, each once the teacher / amplifier it loads has finished.
+(deploy_accuracy.{md,csv,png}, deploy_accuracy_runs.csv, deploy_accuracy_grid.csv in --results; --suffix and
+then _quick with --quick added to the names) are rewritten after every run. --device and --parallel N as
+bench_accuracy.py's (its train_plan): up to N trainings at once, each once the teacher / amplifier it loads
+has finished.
 """
 import argparse
 import os
@@ -536,7 +537,7 @@ def targets(summary: Sequence[Dict]) -> List[Target]:
 
 def report(args: argparse.Namespace, rows: List[Dict], machine: str) -> str:
     """The Markdown, CSV and PNG tables of the finished ``rows`` (bench_accuracy's reused ones included)."""
-    name = "deploy_accuracy" + ("_quick" if args.quick else "")
+    name = ba.report_name(args, "deploy_accuracy")
     columns = ["student", "teacher", "method", "x", "seed", "role", "chosen", "reused", "name",
                *ba.METRICS, "val_AP50", "train_s", "s_per_it", "device", "weights", "overrides"]
     write_csv(os.path.join(args.results, f"{name}_runs.csv"), rows, columns)

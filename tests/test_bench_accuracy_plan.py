@@ -285,6 +285,10 @@ def test_tables_reports_the_finished_runs_and_trains_nothing(tmp_path, monkeypat
     assert f"Command: python benchmarks/bench_accuracy.py {' '.join(argv)}\n" in text  # how to train it
     with open(tmp_path / "res" / "accuracy_runs.csv") as f:
         assert len(f.readlines()) == 1 + 4
+    ba.main(argv + ["--tables", "--suffix", "_second_pass"])  # a rerun's tables beside the first ones
+    assert sorted(os.listdir(tmp_path / "res")) == sorted(
+        f"accuracy{suffix}{end}" for suffix in ("", "_second_pass")
+        for end in (".md", ".csv", ".png", "_runs.csv", "_grid.csv"))
 
 
 def test_summary_gives_mean_spread_gain_and_the_fastest_seeds_speed():
