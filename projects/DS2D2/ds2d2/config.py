@@ -1,7 +1,9 @@
 """Config keys added by DS2D2 (``add_ds2d2_config``), each with the meaning it has for users.
 
-Stage 1 (teacher) and plain students need none of ``MODEL.DS2D2``; they use Detectron2's own
-meta-architectures. Stage 2 sets ``MODEL.META_ARCHITECTURE: DS2D2Amplifier``; stage 3 sets
+Stage 1 (teacher) and plain students need no distillation key (their RetinaNet backbones read
+``MODEL.DS2D2.P7_FROM_RELU_P6``); they use Detectron2's meta-architectures or ds2d2's ``RotatedRetinaNet``
+(the horizontal Faster R-CNN with ds2d2's ``DS2D2RPN`` proposal generator).
+Stage 2 sets ``MODEL.META_ARCHITECTURE: DS2D2Amplifier``; stage 3 sets
 ``MODEL.META_ARCHITECTURE: DS2D2Distiller``.
 
 Also here: the small value helpers (``config_number``, ``model_num_classes``) and ``load_config``, the one
@@ -32,7 +34,9 @@ def add_ds2d2_config(cfg: CN) -> None:
     # Meta-architecture of the detector that the amplifier (stage 2) wraps and that the distiller (stage 3)
     # trains as the student: "RetinaNet" (dense family) or "GeneralizedRCNN" (two-stage family).
     _C.MODEL.DS2D2.DETECTOR = "RetinaNet"
-    # Teacher's own Detectron2 YAML config (stage 2: its backbone/FPN are reused; stage 3: the whole teacher).
+    # Teacher's YAML config. Stage 3 builds the teacher from it only when no config.yaml was recorded next to
+    # TEACHER_WEIGHTS (train_net.py writes one; it is used instead, its differences from this file logged);
+    # tools/run_pipeline.py derives the stage-2 config from it. DS2D2Amplifier does not read it.
     # A relative path is taken from the current directory (run the tools from the repository root).
     _C.MODEL.DS2D2.TEACHER_CONFIG = ""
     # Teacher weights (.pth written by train_net.py, or a Detectron2 .pkl). Loaded strictly: any missing,
@@ -99,8 +103,9 @@ def add_ds2d2_config(cfg: CN) -> None:
     _C.MODEL.DS2D2.FGD.GAMMA = 5e-4  # gamma: loss_fgd_att (student attentions imitate the teacher's)
     _C.MODEL.DS2D2.FGD.LAMBDA = 5e-6  # lambda: loss_fgd_global (GCNet relation of the features)
     _C.MODEL.DS2D2.FGD.TEMPERATURE = 0.5  # T of the attention softmaxes (the authors' value), > 0
-    # Levels distilled (empty: those of MODEL.DS2D2.IN_FEATURES, by default every student level, that an FPN
-    # conv computes: RetinaNet P3-P7, Faster R-CNN P2-P5, its max-pooled P6 left out, as the authors).
+    # Levels distilled (empty: those of MODEL.DS2D2.IN_FEATURES, by default every level both FPNs have at one
+    # stride, that an FPN conv computes: same-family RetinaNet P3-P7, Faster R-CNN P2-P5, its max-pooled P6
+    # left out, as the authors).
     _C.MODEL.DS2D2.FGD.IN_FEATURES = []
     # Deprecated: replaced by MODEL.DS2D2.INHERIT_TEACHER_NECK_HEAD; False is ignored. Kept so that configs
     # recorded before (every config.yaml of a run holds every key) still load; True is refused, naming the
@@ -113,8 +118,8 @@ def add_ds2d2_config(cfg: CN) -> None:
     # The authors' RetinaNet weight (Faster R-CNN: 6), set on COCO with batch 16 (8 GPUs x 2 images, so
     # statistics over 2 images), 2x schedule, FPN width 256; a correlation: same scale at any width or size.
     _C.MODEL.DS2D2.PKD.WEIGHT = 10.0
-    # Levels distilled (empty: the student's first four FPN levels by stride, RetinaNet P3-P6, Faster R-CNN
-    # P2-P5, as the authors).
+    # Levels distilled (empty: the first four levels both FPNs have at one stride, RetinaNet P3-P6, Faster
+    # R-CNN P2-P5, as the authors; MODEL.DS2D2.IN_FEATURES is not read).
     _C.MODEL.DS2D2.PKD.IN_FEATURES = []
     # MGD term ("MGD" in TERMS; Yang et al., ECCV 2022): WEIGHT (alpha) * sum_l sum((G_l(A_l(S_l) * M_l) -
     # T_l)^2) / images, a generator G_l (and a 1x1 align conv A_l when the widths differ) per level.
@@ -144,8 +149,9 @@ def add_ds2d2_config(cfg: CN) -> None:
     _C.MODEL.DS2D2.LOSS.ROI_CLS_WEIGHT = 0.5
     # Two-stage KD: how the classification KL is reduced over the RoIs the student sampled (docs/method.md).
     # "sum_per_2_images": the sum over the sampled RoIs divided by (images on this process / 2), i.e. the sum
-    #   over the RoIs of a 2-image batch, as the authors' code computes it on each GPU of their 8 x 2 images;
-    #   their l3/l4 were tuned on this sum (~1024 RoIs), and it stays the same on any number of GPUs.
+    #   over the RoIs of a 2-image batch, as the authors' code computes it on each GPU (2 images per GPU in
+    #   their configs; their README trains on 4 GPUs); their l3/l4 were tuned on this sum (~1024 RoIs), and it
+    #   stays the same on any number of GPUs.
     # "sum": the plain sum over this process's sampled RoIs (grows with the images per process).
     # "mean": the mean over RoIs (~1000x weaker than the authors' with the same l3/l4).
     _C.MODEL.DS2D2.LOSS.ROI_CLS_REDUCTION = "sum_per_2_images"
