@@ -20,7 +20,7 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ds2d2.checkpoint import AtomicCheckpointer, load_for_evaluation
+from ds2d2.checkpoint import AtomicCheckpointer, atomic_path, load_for_evaluation
 from ds2d2.compat import last_eval_results
 from ds2d2.checks import check_config
 from ds2d2.config import load_config
@@ -57,12 +57,11 @@ def setup(args) -> CfgNode:
 
 def save_results(cfg, results) -> None:
     """Write the final evaluation to OUTPUT_DIR/eval_results.json (rank 0), for scripts that chain stages.
-    Written whole or not at all (a temporary file renamed), so a script polling for it never reads half."""
+    Written whole or not at all (``atomic_path``), so a script polling for it never reads half."""
     if results and comm.is_main_process():
-        path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(path + ".tmp", path)
+        with atomic_path(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), durable=False) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(results, f, indent=2)
 
 
 def evaluated_weights(cfg: CfgNode, resume: bool) -> str:

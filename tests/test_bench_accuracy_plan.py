@@ -8,6 +8,8 @@ import sys
 import pytest
 import yaml
 
+from ds2d2.checkpoint import atomic_path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -58,10 +60,9 @@ def fake_result(output, val_ap50, test_ap50=None):
 def write_results(output, results):
     """Write eval_results.json as train_net.save_results does: whole or not at all (the parallel benchmark
     reads it while other runs' threads write theirs)."""
-    path = os.path.join(output, "eval_results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f)
-    os.replace(path + ".tmp", path)
+    with atomic_path(os.path.join(output, "eval_results.json"), durable=False) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(results, f)
 
 
 def fake_train_net(monkeypatch) -> list:
